@@ -1,0 +1,34 @@
+"""The `fleetwise` command line. Each command group lives in `controller/commands/`; heavy libraries (torch, Pyomo,
+statsmodels, FastAPI) are imported inside the commands, so `fleetwise --help` stays fast.
+
+Errors a user can cause (`InputError`, `NotFoundError`) print one line and exit with code 2; Typer's own usage
+errors also exit 2.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from controller.commands import fleet
+from controller.console import fail
+from core.errors import InputError, NotFoundError
+
+app = typer.Typer(
+    name="fleetwise",
+    help="SLO-aware control plane for GPU fleets that serve many LLMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(fleet.app, name="fleet")
+
+
+def main() -> None:
+    try:
+        app()
+    except (InputError, NotFoundError) as exc:
+        fail(str(exc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""CLI command groups, one module each; `controller.cli` registers them."""

@@ -1,0 +1,35 @@
+import pytest
+
+from core.catalog import GPU_CATALOG, MODEL_CATALOG
+from core.latency import LatencyBook, roofline
+
+
+def test_roofline_decode_of_llama_8b_on_h100_is_weight_bound() -> None:
+    lm = roofline(MODEL_CATALOG["Llama-3.1-8B"], GPU_CATALOG["H100-SXM"], 1)
+    one = lm.decode_step_s(1, 1000)
+    # 16 GB of weights at 80 % of 3.35 TB/s ≈ 6 ms, plus launch overhead.
+    assert 0.005 < one < 0.010
+    # Batching is nearly free at small batch, and grows with KV reads.
+    assert lm.decode_step_s(32, 1000) < 2 * one
+    assert lm.decode_step_s(32, 8000) > lm.decode_step_s(32, 1000)
+
+
+def test_tensor_parallelism_speeds_up_a_70b_model() -> None:
+    arch, gpu = MODEL_CATALOG["Llama-3.1-70B"], GPU_CATALOG["H100-SXM"]
+    tp2, tp4 = roofline(arch, gpu, 2), roofline(arch, gpu, 4)
+    assert tp4.decode_step_s(16, 2000) < tp2.decode_step_s(16, 2000)
+    assert tp4.host_to_gpu_s == pytest.approx(tp2.host_to_gpu_s / 2)
+
+
+def test_prefill_cost_grows_superlinearly_with_prompt_length() -> None:
+    lm = roofline(MODEL_CATALOG["Llama-3.1-8B"], GPU_CATALOG["A100-80GB"], 1)
+    assert lm.prefill_s(8000) > 8 * (lm.prefill_s(1000) - lm.c0_s)
+    assert lm.iteration_s() == 0.0
+
+
+def test_book_prefers_profiles_and_caches_presets() -> None:
+    arch, gpu = MODEL_CATALOG["Llama-3.1-8B"], GPU_CATALOG["L4"]
+    fitted = roofline(arch, gpu, 1).__class__(**{**roofline(arch, gpu, 1).__dict__, "c0_s": 0.5, "source": "profile:x"})
+    book = LatencyBook(profiles={(arch.name, gpu.name, 1): fitted})
+    assert book.get(arch, gpu, 1).source == "profile:x"
+    assert book.get(arch, gpu, 2) is book.get(arch, gpu, 2)
