@@ -82,12 +82,18 @@ class SetRouting(BaseModel):
 
 
 class SetQueueOrder(BaseModel):
-    """Order in which a replica pulls request groups (QLM virtual queue); groups not listed come last, FCFS."""
+    """How a replica orders its waiting requests.
+
+    `policy=explicit`: pull request groups in `group_ids` order (a QLM virtual queue); groups not listed come
+    after, FCFS. The other policies are local rules the worker applies on its own: `fcfs` (arrival order),
+    `priority` (SLO class priority, then arrival), `edf` (earliest TTFT deadline first; Prism's per-GPU queue).
+    """
 
     model_config = _FROZEN
     kind: Literal["set_queue_order"] = "set_queue_order"
     replica_id: str
-    group_ids: tuple[str, ...] = Field(description="RequestGroup ids, first pulled first.")
+    policy: Literal["explicit", "fcfs", "priority", "edf"] = "explicit"
+    group_ids: tuple[str, ...] = Field(default=(), description="RequestGroup ids, first pulled first (explicit).")
 
 
 class EvictRequests(BaseModel):

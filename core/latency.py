@@ -12,8 +12,11 @@ the executors all read the same `LatencyModel` objects through a `LatencyBook`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
 
 from core.catalog import GPUType, ModelArch
 
@@ -151,3 +154,39 @@ class LatencyBook:
         if model is None:
             model = self._cache[key] = roofline(arch, gpu, tp, self.assumptions)
         return model
+
+
+PROFILE_KIND = "LatencyProfiles"
+
+
+def save_profiles(path: str | Path, models: Iterable[LatencyModel], *, meta: Mapping[str, object] | None = None) -> None:
+    """Write latency models as YAML (`kind: LatencyProfiles`), the format `fleetwise profile` produces."""
+    doc = {
+        "apiVersion": "fleetwise/v1",
+        "kind": PROFILE_KIND,
+        "meta": dict(meta or {}),
+        "profiles": [asdict(m) for m in models],
+    }
+    Path(path).write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def load_profiles(path: str | Path) -> dict[tuple[str, str, int], LatencyModel]:
+    """Read a profile YAML into `{(arch, gpu_type, tp): LatencyModel}`; raises InputError on a bad file."""
+    from core.errors import InputError
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError("file", str(path), f"a readable YAML file of kind {PROFILE_KIND} ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("kind") != PROFILE_KIND:
+        raise InputError("kind", (doc or {}).get("kind") if isinstance(doc, dict) else doc, f"must be {PROFILE_KIND}",
+                         source=str(path))
+    out: dict[tuple[str, str, int], LatencyModel] = {}
+    for i, raw in enumerate(doc.get("profiles") or []):
+        try:
+            err = raw.pop("fit_error", None)
+            model = LatencyModel(**raw, fit_error=FitError(**err) if err else None)
+        except (TypeError, AttributeError) as exc:
+            raise InputError(f"profiles[{i}]", raw, f"the fields of LatencyModel ({exc})", source=str(path)) from None
+        out[(model.arch, model.gpu_type, model.tp)] = model
+    return out

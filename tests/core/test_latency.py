@@ -33,3 +33,22 @@ def test_book_prefers_profiles_and_caches_presets() -> None:
     book = LatencyBook(profiles={(arch.name, gpu.name, 1): fitted})
     assert book.get(arch, gpu, 1).source == "profile:x"
     assert book.get(arch, gpu, 2) is book.get(arch, gpu, 2)
+
+
+def test_profiles_round_trip_through_yaml(tmp_path) -> None:
+    from core.latency import FitError, load_profiles, save_profiles
+
+    base = roofline(MODEL_CATALOG["Tiny-Llama-2L"], GPU_CATALOG["L4"], 1)
+    fitted = base.__class__(**{**base.__dict__, "source": "profile:test", "fit_error": FitError(0.05, 0.09, 40)})
+    save_profiles(tmp_path / "p.yaml", [fitted], meta={"device": "cpu"})
+    loaded = load_profiles(tmp_path / "p.yaml")
+    assert loaded[("Tiny-Llama-2L", "L4", 1)] == fitted
+
+
+def test_bad_profile_file_is_an_input_error(tmp_path) -> None:
+    from core.errors import InputError
+    from core.latency import load_profiles
+
+    (tmp_path / "p.yaml").write_text("kind: Fleet\n")
+    with pytest.raises(InputError, match="LatencyProfiles"):
+        load_profiles(tmp_path / "p.yaml")
