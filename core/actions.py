@@ -220,6 +220,11 @@ class ApplyResult(BaseModel):
     message: str = ""
     worker_revision: int = Field(default=0, description="The target's revision after this call.")
     duration_s: Annotated[float, Field(ge=0)] = Field(default=0.0, description="Time the action took (or will).")
+    retriable: bool = Field(
+        default=False,
+        description="Only with status=failed: the cause is transient (busy, still loading), so re-sending the same "
+        "action may succeed. Executors retry these and never stale or conflict answers.",
+    )
 
     @property
     def ok(self) -> bool:
