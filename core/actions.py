@@ -104,6 +104,10 @@ class EvictRequests(BaseModel):
     replica_id: str
     request_ids: tuple[int, ...] = ()
     group_ids: tuple[str, ...] = Field(default=(), description="Evict every running request of these groups.")
+    slo_classes: tuple[str, ...] = Field(
+        default=(), description="Evict every running request of these SLO classes (QLM's eviction of lower-priority "
+                                "work, when the planner cannot see which requests run)."
+    )
     mode: PreemptMode = PreemptMode.RECOMPUTE
 
 
