@@ -104,6 +104,9 @@ class WorkerSet:
             for worker_id, future in futures.items():
                 try:
                     status = future.result()
+                except TimeoutError:
+                    errors[worker_id] = f"no status within {self.status_timeout_s:g} s"
+                    continue
                 except Exception as exc:  # noqa: BLE001 - any failure to answer means: not observed
                     errors[worker_id] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                     continue
