@@ -54,6 +54,19 @@ class RequestGroup:
 
 
 @dataclass(frozen=True, slots=True)
+class RunningRequest:
+    """A request a replica is decoding now: what the queue planner needs to re-estimate it or evict it."""
+
+    request_id: int
+    replica_id: str
+    model: str
+    slo_class: str
+    prompt_tokens: int
+    generated_tokens: int  # output tokens produced so far
+    started_s: float  # when it was admitted to the batch
+
+
+@dataclass(frozen=True, slots=True)
 class ModelLoad:
     """Recent observed load of one model (over the state's observation window)."""
 
@@ -76,6 +89,7 @@ class FleetState:
     groups: tuple[RequestGroup, ...] = ()
     load: dict[str, ModelLoad] = field(default_factory=dict)
     events: tuple[FleetEvent, ...] = ()  # since the previous plan
+    running: tuple[RunningRequest, ...] = ()  # requests being decoded (optional; the queue planner uses them)
     observation_window_s: float = 60.0
 
     @property

@@ -1,0 +1,245 @@
+"""Queue planner (QLM-style, without its limits): order request groups on replicas by the *distribution* of their
+waiting time, within a time budget.
+
+A group waits for the output tokens queued ahead of it on its replica, decoded at the replica's token rate, plus a
+model swap when the replica must change model. The tokens ahead are a sum of per-group totals: normal by the
+central limit theorem once 30 or more requests are ahead (QLM), else a gamma with the same mean and variance (right
+skew: a few long outputs dominate small sums, where the normal underestimates). The objective is the expected
+number of requests that miss their TTFT deadline, weighted by class priority.
+
+Search (anytime): EDF on the least-loaded replica of the group's model → local search (move a group to another
+replica, swap neighbours, split a large group so its head goes first) → an exact position-indexed MILP (scipy/HiGHS)
+on each replica with few groups. Evictions: when the head group of a replica is predicted late and lower-priority
+requests are decoding there, evict them by KV swap-out or recompute, whichever the latency model says is cheaper.
+Running requests whose output has passed their predicted p99 are re-estimated (mean residual life of a lognormal).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from scipy import stats
+
+LengthModel = Callable[[str, str, int, int], tuple[float, float]]
+"""(model, slo_class, num_requests, prompt_tokens) → (mean, variance) of the group's total output tokens."""
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    clt_min_requests: int = 30  # normal approximation from this many requests ahead (QLM); gamma below
+    split_min_requests: int = 8  # groups this large may be split
+    milp_max_groups: int = 6  # exact MILP on replicas with at most this many groups
+    priority_weight_base: float = 4.0  # class of priority p weighs base^(−p)
+    violation_to_evict: float = 0.5  # evict when the head group misses with at least this probability
+    p99_z: float = 2.326
+
+
+@dataclass(frozen=True)
+class GroupJob:
+    """A request group as the search sees it."""
+
+    group_id: str
+    model: str
+    num_requests: int
+    mean_tokens: float  # total output tokens of the group (mean)
+    var_tokens: float
+    slack_s: float  # time left until its earliest TTFT deadline (inf: offline)
+    weight: float  # priority weight per request
+    replica_id: str | None = None  # where it waits now
+
+
+@dataclass(frozen=True)
+class Server:
+    """A replica: its model, decode token rate at its SLO operating point, work already running, swap time."""
+
+    replica_id: str
+    model: str
+    tokens_per_s: float
+    busy_tokens: float = 0.0  # expected remaining output tokens of the requests it is decoding
+    swap_s: float = 0.0  # to load another model (from host memory)
+
+
+@dataclass
+class Assignment:
+    """Ordered groups per server (server index → job indices) and its cost."""
+
+    orders: list[list[int]]
+    cost: float
+    evaluations: int = 0
+    steps: dict[str, int] = field(default_factory=dict)
+
+
+def violation_probabilities(jobs: Sequence[GroupJob], server: Server, order: Sequence[int],
+                            settings: QueueSettings) -> np.ndarray:
+    """P[group misses its deadline] for each group of `order` on `server` (same order)."""
+    if not order:
+        return np.zeros(0)
+    mean = np.array([jobs[i].mean_tokens for i in order])
+    var = np.array([jobs[i].var_tokens for i in order])
+    count = np.array([jobs[i].num_requests for i in order])
+    slack = np.array([jobs[i].slack_s for i in order])
+    swaps = np.cumsum([jobs[i].model != (server.model if k == 0 else jobs[order[k - 1]].model)
+                       for k, i in enumerate(order)]) * server.swap_s
+    ahead_mean = server.busy_tokens + np.concatenate([[0.0], np.cumsum(mean)[:-1]])
+    ahead_var = np.concatenate([[0.0], np.cumsum(var)[:-1]]) + 1e-9
+    ahead_n = np.concatenate([[0], np.cumsum(count)[:-1]])
+    budget_tokens = (slack - swaps) * server.tokens_per_s
+    p = np.where(np.isinf(slack), 0.0, 1.0)
+    finite = np.isfinite(slack)
+    normal = finite & (ahead_n >= settings.clt_min_requests)
+    p[normal] = stats.norm.sf(budget_tokens[normal], ahead_mean[normal], np.sqrt(ahead_var[normal]))
+    small = finite & ~normal
+    if small.any():
+        shape = np.maximum(ahead_mean[small] ** 2 / ahead_var[small], 1e-6)
+        scale = ahead_var[small] / np.maximum(ahead_mean[small], 1e-9)
+        p[small] = np.where(ahead_mean[small] <= 0, (budget_tokens[small] < 0).astype(float),
+                            stats.gamma.sf(np.maximum(budget_tokens[small], 0), shape, scale=scale))
+    return p
+
+
+def server_cost(jobs: Sequence[GroupJob], server: Server, order: Sequence[int], settings: QueueSettings) -> float:
+    p = violation_probabilities(jobs, server, order, settings)
+    return float(sum(pi * jobs[i].weight * jobs[i].num_requests for pi, i in zip(p, order)))
+
+
+def edf_start(jobs: Sequence[GroupJob], servers: Sequence[Server]) -> list[list[int]]:
+    """Each group to the least-loaded server of its model (its current one on ties), then EDF per server."""
+    orders: list[list[int]] = [[] for _ in servers]
+    load = [s.busy_tokens / max(s.tokens_per_s, 1e-9) for s in servers]
+    for i in sorted(range(len(jobs)), key=lambda i: (jobs[i].slack_s, jobs[i].group_id)):
+        job = jobs[i]
+        same = [k for k, s in enumerate(servers) if s.model == job.model] or list(range(len(servers)))
+        k = min(same, key=lambda k: (load[k] - (1e-9 if servers[k].replica_id == job.replica_id else 0), k))
+        orders[k].append(i)
+        load[k] += job.mean_tokens / max(servers[k].tokens_per_s, 1e-9)
+    return orders
+
+
+def order_groups(jobs: list[GroupJob], servers: Sequence[Server], *, budget_s: float,
+                 settings: QueueSettings = QueueSettings(), seed: int = 0) -> tuple[list[GroupJob], Assignment]:
+    """Anytime search (module docstring); returns the (possibly split) jobs and the best assignment found."""
+    deadline = time.perf_counter() + budget_s
+    jobs = list(jobs)
+    orders = edf_start(jobs, servers)
+    costs = [server_cost(jobs, s, o, settings) for s, o in zip(servers, orders)]
+    best = Assignment(orders, sum(costs), len(servers), {"edf": 1})
+    rng = np.random.default_rng(seed)
+    while time.perf_counter() < deadline and best.cost > 1e-9:
+        improved = _improve_once(jobs, servers, best, costs, settings, rng)
+        if not improved and not _split_once(jobs, servers, best, costs, settings):
+            break
+    _exact_small(jobs, servers, best, costs, settings, deadline)
+    best.cost = sum(costs)
+    return jobs, best
+
+
+def _improve_once(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, rng) -> bool:  # noqa: ANN001
+    """One pass of moves (to the best position on another server of the model) and neighbour swaps."""
+    improved = False
+    for k in rng.permutation(len(servers)):
+        order = best.orders[k]
+        for pos in range(len(order) - 1):
+            cand = order[:pos] + [order[pos + 1], order[pos]] + order[pos + 2:]
+            c = server_cost(jobs, servers[k], cand, settings)
+            best.evaluations += 1
+            if c < costs[k] - 1e-9:
+                best.orders[k], costs[k], improved = cand, c, True
+                best.steps["swap"] = best.steps.get("swap", 0) + 1
+                order = cand
+        improved |= _move_from(jobs, servers, best, costs, settings, int(k))
+    return improved
+
+
+def _move_from(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, k: int) -> bool:  # noqa: ANN001
+    """Move the latest-missing group of server k to the server of its model where the total cost drops most."""
+    order = best.orders[k]
+    if not order:
+        return False
+    p = violation_probabilities(jobs, servers[k], order, settings)
+    pos = int(np.argmax(p * [jobs[i].weight * jobs[i].num_requests for i in order]))
+    if p[pos] <= 1e-6:
+        return False
+    i = order[pos]
+    rest = order[:pos] + order[pos + 1:]
+    rest_cost = server_cost(jobs, servers[k], rest, settings)
+    best_gain, best_move = 1e-9, None
+    for j, s in enumerate(servers):
+        if j == k or s.model != jobs[i].model:
+            continue
+        target = best.orders[j]
+        at = sum(1 for x in target if jobs[x].slack_s <= jobs[i].slack_s)  # its EDF position there
+        cand = target[:at] + [i] + target[at:]
+        c = server_cost(jobs, s, cand, settings)
+        best.evaluations += 1
+        gain = costs[k] + costs[j] - rest_cost - c
+        if gain > best_gain:
+            best_gain, best_move = gain, (j, cand, c)
+    if best_move is None:
+        return False
+    j, cand, c = best_move
+    best.orders[k], costs[k] = rest, rest_cost
+    best.orders[j], costs[j] = cand, c
+    best.steps["move"] = best.steps.get("move", 0) + 1
+    return True
+
+
+def _split_once(jobs: list[GroupJob], servers, best: Assignment, costs: list[float], settings: QueueSettings) -> bool:  # noqa: ANN001
+    """Split the group with the largest expected misses in two; its first half keeps its place, the second goes last."""
+    cands = []
+    for k, order in enumerate(best.orders):
+        p = violation_probabilities(jobs, servers[k], order, settings)
+        cands += [(p[n] * jobs[i].num_requests * jobs[i].weight, k, n) for n, i in enumerate(order)
+                  if jobs[i].num_requests >= settings.split_min_requests and p[n] > 0.05]
+    if not cands:
+        return False
+    _, k, n = max(cands)
+    i = best.orders[k][n]
+    job = jobs[i]
+    half = job.num_requests // 2
+    frac = half / job.num_requests
+    jobs[i] = replace(job, num_requests=half, mean_tokens=job.mean_tokens * frac, var_tokens=job.var_tokens * frac)
+    jobs.append(replace(job, group_id=f"{job.group_id}#2", num_requests=job.num_requests - half,
+                        mean_tokens=job.mean_tokens * (1 - frac), var_tokens=job.var_tokens * (1 - frac)))
+    best.orders[k].append(len(jobs) - 1)
+    costs[k] = server_cost(jobs, servers[k], best.orders[k], settings)
+    best.steps["split"] = best.steps.get("split", 0) + 1
+    return True
+
+
+def _exact_small(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, deadline: float) -> None:  # noqa: ANN001
+    """Position-indexed MILP (mean waiting times, weighted lateness) on servers with few groups; kept if better."""
+    from optimizers.queue_milp import solve_positions
+
+    for k, order in enumerate(best.orders):
+        if time.perf_counter() >= deadline or not 2 < len(order) <= settings.milp_max_groups or costs[k] <= 1e-9:
+            continue
+        cand = solve_positions([jobs[i] for i in order], servers[k], time_limit_s=deadline - time.perf_counter())
+        if cand is None:
+            continue
+        cand = [order[x] for x in cand]
+        c = server_cost(jobs, servers[k], cand, settings)
+        if c < costs[k] - 1e-9:
+            best.orders[k], costs[k] = cand, c
+            best.steps["milp"] = best.steps.get("milp", 0) + 1
+
+
+def residual_tokens(mean: float, var: float, generated: int, p99_z: float) -> tuple[float, bool]:
+    """Expected remaining output of a request that has produced `generated` tokens; True if it passed its p99.
+
+    Lengths are taken as lognormal with the given mean and variance; past the p99 the mean residual life
+    E[L − g | L > g] replaces the (now wrong) unconditional remainder.
+    """
+    sigma2 = math.log(1 + var / max(mean, 1e-9) ** 2)
+    mu = math.log(max(mean, 1e-9)) - sigma2 / 2
+    sigma = math.sqrt(sigma2)
+    p99 = math.exp(mu + p99_z * sigma)
+    if generated <= p99:
+        return max(mean - generated, 1.0), False
+    z = (math.log(generated) - mu) / sigma
+    tail = stats.norm.sf(z)
+    conditional = math.exp(mu + sigma2 / 2) * stats.norm.sf(z - sigma) / max(tail, 1e-300)
+    return max(conditional - generated, 1.0), True
