@@ -81,17 +81,18 @@ def _slack(rate: float, lat: LatencyModel, load: LoadShape, kv_tokens: float, sl
     """min over constraints of (limit − value)/limit at `rate`; ≥ 0 where the rate is feasible."""
     q = work_per_request_s(lat, load)
     rho = rate * q
-    if rho >= lim.max_utilization:
-        return lim.max_utilization - rho
+    if rho >= 1:
+        return -rho  # past saturation: strictly negative, so the root lies below
     tau = lat.c0_s / (1 - rho)
     batch = rate * load.mean_output_tokens * tau
     slacks = [
+        1 - rho / lim.max_utilization,
         1 - batch / lim.max_batch_seqs,
         1 - batch * load.mean_context_tokens / (lim.kv_headroom * kv_tokens),
     ]
     if slo is not None:
         slacks.append(1 - tau / (lim.tpot_margin * slo.tpot_s))
-        slacks.append(1 - ttft_quantile_s(rate, lat, load, slo.quantile) / slo.ttft_s)
+        slacks.append(1 - min(ttft_quantile_s(rate, lat, load, slo.quantile) / slo.ttft_s, 1e3))
     return min(slacks)
 
 
@@ -118,12 +119,13 @@ def ttft_quantile_s(rate: float, lat: LatencyModel, load: LoadShape, quantile: f
 
 def max_rate_per_s(lat: LatencyModel, load: LoadShape, kv_tokens: float, slo: SLOTarget | None,
                    limits: EngineLimits = EngineLimits()) -> float:
-    """Highest arrival rate (req/s) at which one replica holds every constraint; 0 if none does."""
-    if kv_tokens <= 0 or _slack(_TINY_RATE, lat, load, kv_tokens, slo, limits) < 0:
+    """Highest arrival rate (req/s) at which one replica holds every constraint; 0 if none does (also when the
+    KV share cannot hold one whole request of mean length)."""
+    if kv_tokens < load.mean_prompt_tokens + load.mean_output_tokens or _slack(_TINY_RATE, lat, load, kv_tokens, slo, limits) < 0:
         return 0.0
     upper = limits.max_utilization / work_per_request_s(lat, load)
-    if _slack(upper * (1 - 1e-9), lat, load, kv_tokens, slo, limits) >= 0:
-        return upper * (1 - 1e-9)
+    if _slack(upper, lat, load, kv_tokens, slo, limits) >= 0:
+        return upper
     return float(brentq(_slack, _TINY_RATE, upper, args=(lat, load, kv_tokens, slo, limits), xtol=1e-6, rtol=1e-6))
 
 

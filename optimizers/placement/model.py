@@ -165,7 +165,10 @@ def _online_balance(b: pyo.Block, problem: PlacementProblem, m: int, classes: li
     top = b.model()
     served = sum(float(problem.survival[s, c.index]) * top.cap[c.index] for c in problem.configs_of_model(m))
     if m in b.MA and od is not None:
-        served = served + od.online_rate_max * (
+        # Activating "a share f" serves f of the demand after the delays: a fractional activation cannot serve
+        # the whole demand at a fraction of the price (the LP would otherwise activate 1 % of a replica).
+        demand = float(problem.demand_rps[s, m, wanted].sum())
+        served = served + demand * (
             b.ah[m] * _useful(od.activate_host_s, problem) + b.ac[m] * _useful(od.activate_cold_s, problem))
     return sum(float(problem.demand_rps[s, m, c]) - b.u[m, c] for c in wanted) <= served
 

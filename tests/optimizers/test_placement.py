@@ -1,0 +1,70 @@
+import itertools
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from optimizers.placement.greedy import PlacementDecision
+from optimizers.placement.problem import PlacementSettings, build_problem, survival_probability
+from optimizers.placement.solve import evaluate, solve_block, solver_available
+from tests.factories import make_fleet
+from tests.optimizers.conftest import scenario_set
+
+pytestmark = pytest.mark.skipif(not solver_available(), reason="HiGHS (highspy) is not installed")
+
+
+def _small_problem(demand):
+    fleet = make_fleet(
+        pools=[{"name": "h100", "gpu": "H100-SXM", "count": 4, "gpus_per_node": 4}],
+        models=[{"name": "a", "arch": "Llama-3.1-8B", "tp_options": [1, 2], "max_context_tokens": 8192},
+                {"name": "b", "arch": "Llama-3.2-3B", "tp_options": [1], "max_context_tokens": 8192}])
+    return build_problem(fleet, scenario_set(fleet, demand), settings=PlacementSettings(time_limit_s=20))
+
+
+def _brute_force(problem) -> float:
+    """Minimum objective over every replica-count vector (each completed exactly by `evaluate`)."""
+    ranges = [range(0, 3) for _ in problem.configs]
+    best = np.inf
+    for counts in itertools.product(*ranges):
+        n = np.array(counts)
+        gpus = sum(c.tp * n[c.index] for c in problem.configs if not c.shares_gpus)
+        if gpus > problem.pools[0].num_gpus:
+            continue
+        d = PlacementDecision(n, np.zeros(len(n)), np.zeros(1, int), frozenset())
+        try:
+            best = min(best, evaluate(problem, d, status="enum").objective_usd)
+        except RuntimeError:  # these counts cannot fit (e.g. TP groups leave no GPU for shared replicas)
+            continue
+    return best
+
+
+def test_solver_matches_exhaustive_enumeration_on_a_small_instance() -> None:
+    problem = _small_problem([[20.0, 3.0], [30.0, 1.0], [10.0, 5.0]])
+    result = solve_block(problem, time_limit_s=20)
+    assert result.objective_usd == pytest.approx(_brute_force(problem), rel=2e-3)
+
+
+def test_more_demand_than_the_fleet_holds_is_priced_not_infeasible() -> None:
+    problem = _small_problem([[500.0, 300.0]])
+    result = solve_block(problem, time_limit_s=5)
+    assert result.unmet_rps.sum() > 100
+    assert result.decision.gpus_used(problem).sum() <= 4
+    assert result.objective_usd > 0
+
+
+def test_tail_models_share_one_gpu() -> None:
+    fleet = make_fleet(
+        pools=[{"name": "h100", "gpu": "H100-SXM", "count": 4, "gpus_per_node": 4}],
+        models=[{"name": "t{i}", "arch": "Llama-3.2-1B", "tp_options": [1], "max_context_tokens": 4096,
+                 "copies": 6}])
+    problem = build_problem(fleet, scenario_set(fleet, np.full((2, 6), 0.3)))
+    result = solve_block(problem, time_limit_s=5)
+    assert result.decision.replicas.sum() == 6
+    assert result.decision.gpus_used(problem).sum() == 1  # six 1B models multiplexed on one GPU
+    assert result.unmet_rps.sum() == pytest.approx(0, abs=1e-6)
+
+
+@pytest.mark.parametrize("n,k,tp", [(32, 8, 1), (32, 8, 2), (24, 3, 4), (10, 0, 2), (8, 7, 2)])
+def test_survival_is_the_hypergeometric_probability_of_no_lost_gpu(n, k, tp) -> None:
+    expected = stats.hypergeom(n, k, tp).pmf(0)  # none of the tp GPUs among the k removed
+    assert survival_probability(n, k, tp) == pytest.approx(expected)
