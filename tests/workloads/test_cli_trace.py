@@ -1,0 +1,115 @@
+"""`fleetwise trace inspect | convert`: the acceptance runs as a subprocess (exactly as users run them), the rest
+in-process through the same entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.cli import run_cli
+from tests.factories import EXAMPLES
+from tests.workloads.helpers import AZURE_CONV, M_LARGE, Result, invoke, need, write
+from workloads.canonical import read_canonical
+
+Cap = pytest.CaptureFixture[str]
+Patch = pytest.MonkeyPatch
+CHAT_MIX = EXAMPLES / "workloads" / "chat-mix.yaml"
+
+
+def test_inspect_azure_conv_reports_requests_and_duration() -> None:
+    res = run_cli("trace", "inspect", str(need(AZURE_CONV)))
+    assert res.returncode == 0, res.stderr
+    assert "19,366 requests over 58.4 minutes" in res.stdout
+    assert "1020/2734/4142" in res.stdout  # prompt p50/p90/p99
+
+
+def test_malformed_row_exits_2_naming_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "bad.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:00:00,1,1\n"
+                 "2023-11-16 18:00:01,12,-5\n")
+    res = run_cli("trace", "inspect", str(path))
+    _one_line_error(Result(res.returncode, res.stdout, res.stderr), "bad.csv:3", "-5", "GeneratedTokens")
+
+
+def test_inspect_chat_mix_json_and_plot(tmp_path: Path, capsys: Cap, monkeypatch: Patch) -> None:
+    plot = tmp_path / "rate.png"
+    res = invoke(capsys, monkeypatch, "trace", "inspect", str(CHAT_MIX), "--json", "--plot", str(plot), "--top", "3")
+    assert res.code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["num_models"] == 8 and len(data["models"]) == 4 and data["models"][-1]["model"] == "others"
+    assert data["requests"] == sum(row["requests"] for row in data["models"])
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_inspect_table_output(capsys: Cap, monkeypatch: Patch) -> None:
+    res = invoke(capsys, monkeypatch, "trace", "inspect", str(CHAT_MIX), "--top", "3")
+    assert res.code == 0, res.stderr
+    for text in ("Per model", "llama8b-0", "others (5)", "all (8)", "interactive"):
+        assert text in res.stdout
+
+
+def test_inspect_servegen_folder_summarises_rates(tmp_path: Path, capsys: Cap, monkeypatch: Patch) -> None:
+    plot = tmp_path / "sg.png"
+    res = invoke(capsys, monkeypatch, "trace", "inspect", str(need(M_LARGE)), "--json", "--top", "5", "--plot",
+                 str(plot))
+    assert res.code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["clients"] == 162 and data["windows"] == 2016 and round(data["expected_requests"]) == 236_892_826
+    assert len(data["top"]) == 5 and data["others"] is not None and plot.stat().st_size > 0
+
+
+def test_convert_slices_scales_and_splits(tmp_path: Path, capsys: Cap, monkeypatch: Patch) -> None:
+    dest = tmp_path / "out.csv"
+    res = invoke(capsys, monkeypatch, "trace", "convert", str(need(AZURE_CONV)), str(dest), "--start-s", "600",
+                 "--end-s", "1200", "--rate-scale", "2", "--split", "4", "--slo-class", "interactive", "--seed", "3")
+    assert res.code == 0, res.stderr
+    table = read_canonical(dest)
+    assert set(table.model_names) == {"model-0", "model-1", "model-2", "model-3"}
+    assert table.slo_names == ("interactive",)
+    assert table.arrival_s.min() >= 0 and table.arrival_s.max() < 600
+    assert 2 * 1900 < len(table) < 2 * 3300  # ~5.5 req/s over 10 minutes, doubled
+    assert f"wrote {len(table):,} requests" in res.stdout
+
+
+def test_convert_onto_a_fleet(tmp_path: Path, capsys: Cap, monkeypatch: Patch) -> None:
+    dest = tmp_path / "out.csv"
+    res = invoke(capsys, monkeypatch, "trace", "convert", str(CHAT_MIX), str(dest),
+                 "--fleet", str(EXAMPLES / "small-hetero.yaml"))
+    assert res.code == 0, res.stderr
+    assert len(read_canonical(dest).model_names) == 8
+
+
+def test_unsorted_trace_warns_on_stderr(tmp_path: Path, capsys: Cap, monkeypatch: Patch) -> None:
+    path = write(tmp_path / "u.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:00:05,1,1\n"
+                 "2023-11-16 18:00:01,1,1\n")
+    res = invoke(capsys, monkeypatch, "trace", "inspect", str(path), "--json")
+    assert res.code == 0 and "1 of 2 rows" in res.stderr and json.loads(res.stdout)["requests"] == 2
+
+
+def _one_line_error(res: Result, *needles: str) -> None:
+    assert res.code == 2, (res.stdout, res.stderr)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--rate-scale", "0"], ["--rate-scale"]),
+        (["--start-s", "9", "--end-s", "3"], ["--end-s"]),
+        (["--split", "2", "--split-models", "a,b"], ["--split"]),
+    ],
+)
+def test_bad_convert_options_exit_2(tmp_path: Path, capsys: Cap, monkeypatch: Patch, args: list[str],
+                                    needles: list[str]) -> None:
+    src = write(tmp_path / "a.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:00:00,1,1\n")
+    _one_line_error(invoke(capsys, monkeypatch, "trace", "convert", str(src), str(tmp_path / "o.csv"), *args), *needles)
+
+
+def test_yaml_with_transform_options_and_missing_files_exit_2(tmp_path: Path, capsys: Cap, monkeypatch: Patch) -> None:
+    res = invoke(capsys, monkeypatch, "trace", "convert", str(CHAT_MIX), str(tmp_path / "o.csv"), "--split", "3")
+    _one_line_error(res, "--split", "workload YAML")
+    _one_line_error(invoke(capsys, monkeypatch, "trace", "inspect", str(tmp_path / "missing.csv")), "missing.csv")

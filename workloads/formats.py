@@ -1,0 +1,66 @@
+"""Trace format detection and one reader for every supported request-trace file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from core.errors import InputError
+from core.requests import RequestTable
+from workloads.azure import AZURE_COLUMNS, read_azure
+from workloads.canonical import CANONICAL_COLUMNS, read_canonical
+from workloads.mooncake import read_mooncake
+from workloads.servegen import is_servegen_folder
+
+TraceFormat = Literal["azure", "mooncake", "canonical", "servegen"]
+FORMATS: tuple[str, ...] = ("azure", "mooncake", "canonical", "servegen")
+_KNOWN = (
+    "a ServeGen folder, a Mooncake .jsonl file, a CSV with the header TIMESTAMP,ContextTokens,GeneratedTokens "
+    "(Azure) or arrival_s,model,slo_class,prompt_tokens,output_tokens (canonical), or a workload .yaml"
+)
+
+
+def detect_format(path: str | Path) -> TraceFormat:
+    """The format of a trace path: a folder of chunk files is ServeGen, `.jsonl`/`.json` is Mooncake, a CSV is
+    Azure or canonical by its header."""
+    path = Path(path)
+    if path.is_dir():
+        if is_servegen_folder(path):
+            return "servegen"
+        raise InputError("path", str(path), _KNOWN, problem=f"{path} holds no chunk-<client>-trace.csv files")
+    if not path.is_file():
+        raise InputError("path", str(path), _KNOWN, problem=f"no such file or folder: {path}")
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".jsonl", ".json"):
+        return "mooncake"
+    try:
+        header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except (ValueError, UnicodeDecodeError):
+        header = []
+    if set(AZURE_COLUMNS) <= set(header):
+        return "azure"
+    if set(CANONICAL_COLUMNS) <= set(header):
+        return "canonical"
+    if path.name.startswith("chunk-") and path.name.endswith("-trace.csv"):
+        raise InputError("path", str(path), "the ServeGen folder that holds this file",
+                         problem=f"{path.name} is one ServeGen client's file")
+    raise InputError("path", str(path), _KNOWN, problem=f"{path}: unknown trace format (header {header[:6]})")
+
+
+def read_trace(
+    path: str | Path, *, format: TraceFormat | Literal["auto"] = "auto", model: str | None = None,
+    slo_class: str = "default",
+) -> RequestTable:
+    """Read a request trace file (Azure, Mooncake or canonical). `model` names single-model traces (default: the
+    format's name); canonical traces carry their own models and classes."""
+    fmt = detect_format(path) if format == "auto" else format
+    if fmt == "azure":
+        return read_azure(path, model=model or "azure", slo_class=slo_class)
+    if fmt == "mooncake":
+        return read_mooncake(path, model=model or "mooncake", slo_class=slo_class)
+    if fmt == "canonical":
+        return read_canonical(path)
+    raise InputError("format", fmt, "a request trace file (azure, mooncake, canonical); ServeGen folders hold "
+                     "rates: synthesise requests from them with workloads.servegen.synthesize")
