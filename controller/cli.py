@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from controller.commands import db as db_command
 from controller.commands import fleet, trace
-from controller.commands import worker as worker_command
 from controller.console import fail
 from core.errors import InputError, NotFoundError
 
@@ -22,11 +20,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.add_typer(db_command.app, name="db")
 app.add_typer(fleet.app, name="fleet")
 app.add_typer(trace.app, name="trace")
-app.command("worker")(worker_command.worker)
-app.command("profile")(worker_command.profile)
 
 
 def main() -> None:
