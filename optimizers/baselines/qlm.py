@@ -225,11 +225,18 @@ class _Scheduler:
             if not inst.queue or not inst.running or inst.queue[0] not in late:
                 continue
             head = self.fleet.slo_class(inst.queue[0].slo_class)
-            lower = [c.name for c in self.fleet.slo_classes if c.priority > head.priority]
-            if lower:
-                self.draft.steps.append(Step(inst.gpu_ids[0], EvictRequests(
-                    replica_id=inst.replica_id, slo_classes=tuple(lower), mode=PreemptMode.SWAP),
-                    f"qlm: eviction — {inst.queue[0].group_id} heads the queue and would miss its deadline"))
+            lower = tuple(c.name for c in self.fleet.slo_classes if c.priority > head.priority)
+            if not lower:
+                continue
+            # Name the running requests when the state lists them; otherwise evict by class.
+            listed = [r for r in self.state.running if r.replica_id == inst.replica_id]
+            ids = tuple(r.request_id for r in listed if r.slo_class in lower)
+            if listed and not ids:
+                continue
+            args = EvictRequests(replica_id=inst.replica_id, request_ids=ids, slo_classes=() if ids else lower,
+                                 mode=PreemptMode.SWAP)
+            self.draft.steps.append(Step(inst.gpu_ids[0], args, f"qlm: eviction — {inst.queue[0].group_id} heads "
+                                                                 f"the queue and would miss its deadline"))
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _demand(self, model: str) -> ModelDemand:

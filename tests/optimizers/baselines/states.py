@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from core.actions import Action, ActivateModel, DeactivateModel, Residency
 from core.fleet import FleetSpec
 from core.plan import Plan
-from core.state import EventKind, FleetEvent, FleetState, ModelLoad, RequestGroup, group_id
+from core.state import EventKind, FleetEvent, FleetState, ModelLoad, RequestGroup, RunningRequest, group_id
 from core.status import ReplicaStatus, WorkerStatus
 
 
@@ -38,9 +38,11 @@ def loads(rates: Mapping[str, float], *, prompt: float = 512, output: float = 12
 
 
 def state(fleet: FleetSpec, *, time_s: float = 0.0, plan: Plan | None = None, rates: Mapping[str, float] = {},
-          groups: Iterable[RequestGroup] = (), events: Iterable[FleetEvent] = (), **worker_kw: object) -> FleetState:
+          groups: Iterable[RequestGroup] = (), events: Iterable[FleetEvent] = (),
+          running: Iterable[RunningRequest] = (), **worker_kw: object) -> FleetState:
     return FleetState(time_s=time_s, workers=workers(fleet, time_s=time_s, **worker_kw),  # type: ignore[arg-type]
-                      current_plan=plan, groups=tuple(groups), load=loads(rates), events=tuple(events))
+                      current_plan=plan, groups=tuple(groups), load=loads(rates), events=tuple(events),
+                      running=tuple(running))
 
 
 def group(model: str, slo: str, *, n: int, deadline_s: float, replica_id: str | None, window_s: float = 0.0,

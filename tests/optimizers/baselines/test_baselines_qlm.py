@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.actions import EvictRequests, MigrateRequests, SetQueueOrder
-from core.state import EventKind
+from core.state import EventKind, RunningRequest
 from optimizers.baselines import QLMPlanner
 from tests.factories import make_fleet
 from tests.optimizers.baselines.states import activated, deactivated, event, group, resident, state
@@ -101,3 +101,17 @@ def test_qlm_evicts_lower_priority_running_work_for_a_late_head_group() -> None:
     plan = planner.plan(fleet, st, None, 1.0)
     evictions = [a.args for a in plan.actions if isinstance(a.args, EvictRequests)]
     assert evictions == [EvictRequests(replica_id=rid, slo_classes=("standard",), mode="swap")]
+
+
+def test_qlm_names_the_running_requests_it_evicts_when_the_state_lists_them() -> None:
+    fleet = _fleet(1, ["a"])
+    planner, first = _start(fleet, {"a": 1.0})
+    rid = first.replicas[0].replica_id
+    running = resident(first)
+    running["a10/0"] = [s.model_copy(update={"num_running": 200}) for s in running["a10/0"]]
+    listed = [RunningRequest(i, rid, "a", "standard" if i % 2 else "interactive", 512, 10, 0.0) for i in range(6)]
+    urgent = group("a", "interactive", n=30, deadline_s=3.5, replica_id=rid, window_s=3, arrival_s=3)
+    st = state(fleet, time_s=3, plan=first, rates={"a": 1.0}, replicas=running, groups=[urgent], running=listed)
+    plan = planner.plan(fleet, st, None, 1.0)
+    (evict,) = [a.args for a in plan.actions if isinstance(a.args, EvictRequests)]
+    assert evict.request_ids == (1, 3, 5) and evict.slo_classes == ()
