@@ -132,14 +132,15 @@ def local_workers(worker_ids: Iterable[str], factory: Callable[[str], WorkerClie
     return WorkerSet(_built(worker_ids, factory), router, kind=BackendKind.LOCAL)
 
 
-def http_workers(base_urls: Mapping[str, str], factory: Callable[[str], WorkerClient],
+def http_workers(base_urls: Mapping[str, str], factory: Callable[[str, str], WorkerClient],
                  router: Router | None = None, *, status_timeout_s: float = 5.0) -> WorkerSet:
-    """The `http` backend: `factory(base_url)` for each GPU id → worker agent URL. Building contacts no agent; an
-    agent that turns out to serve another GPU id is reported by `observe()`."""
+    """The `http` backend: `factory(worker_id, base_url)` for each GPU id → worker agent URL (for the engine's
+    agents: `lambda _, url: HttpWorkerClient(url)`). Building contacts no agent; an agent that turns out to serve
+    another GPU id is reported by `observe()`."""
     for worker_id, url in base_urls.items():
         if not url.startswith(("http://", "https://")):
             raise InputError(f"workers[{worker_id!r}].url", url, "an http:// or https:// URL")
-    clients = {worker_id: factory(url) for worker_id, url in sorted(base_urls.items())}
+    clients = {worker_id: factory(worker_id, url) for worker_id, url in sorted(base_urls.items())}
     return WorkerSet(clients, router, kind=BackendKind.HTTP, status_timeout_s=status_timeout_s)
 
 

@@ -5,8 +5,9 @@ have moved on (a worker restarted and lost its replicas, a replica died, an earl
 work). `diff` therefore
 
 - drops the plan's actions whose effect is already observed (each with the reason, so it can be logged),
-- adds the actions the plan's target state needs but its action list lacks (drift), numbered after the plan's
-  own seqs, with reasons that start with "executor:",
+- adds the actions the plan's target state needs but its action list lacks (drift), with reasons that start with
+  "executor:" and seqs derived from their content (`drift_seq`): diffing the same plan again, after a crash or
+  against a changed fleet, gives the same action the same idempotency key and never reuses a key for another,
 - damps small changes (see `Damping`), and
 - orders everything by `depends_on` completed with the make-before-break rules of `executors.ordering`.
 
@@ -17,6 +18,7 @@ left alone (keeping weights warm costs no GPU memory); a plan drops them by nami
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +33,8 @@ from executors.observed import GIB, ObservedFleet, ObservedReplica, Weights, nor
 from executors.ordering import order_actions
 
 EXECUTOR_REASON = "executor: "
+DRIFT_SEQ_BASE = 1_000_000  # plans number their own actions below this
+DRIFT_SEQ_SPAN = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +95,10 @@ class Schedule:
 
     @property
     def record(self) -> Plan:
-        """The plan as the action log stores it: every action (satisfied, kept, added), in seq order."""
-        # Satisfied actions need nothing first; recorded without dependencies so a resume never waits on them.
-        every = [s.action.model_copy(update={"depends_on": ()}) for s in self.satisfied] + list(self.actions)
-        return self.plan.model_copy(update={"actions": tuple(sorted(every, key=lambda a: a.seq))})
+        """The plan as the action log stores it: the plan's own actions as the planner wrote them, then the ones
+        the executor added. (Structural dependencies are not stored: every execution derives them again.)"""
+        drift = sorted((a for a in self.actions if a.seq in self.added), key=lambda a: a.seq)
+        return self.plan.model_copy(update={"actions": self.plan.actions + tuple(drift)})
 
     def action(self, seq: int) -> Action:
         return next(a for a in self.actions if a.seq == seq)
@@ -113,6 +117,13 @@ def diff(
     Raises InputError if the plan's own dependencies are inconsistent.
     """
     return _Differ(plan, ObservedFleet(observed, routing), damping).schedule()
+
+
+def drift_seq(worker_id: str | None, args: ActionArgs) -> int:
+    """The seq of an executor-added action: a digest of what it does and where, so that the same drift action
+    keeps its idempotency key across executions. Below 2**31 (database integer columns)."""
+    text = f"{worker_id}\x1f{args.model_dump_json()}"
+    return DRIFT_SEQ_BASE + int(hashlib.sha256(text.encode()).hexdigest()[:15], 16) % DRIFT_SEQ_SPAN
 
 
 def target_key(args: ActionArgs) -> tuple[str, str] | None:
@@ -139,7 +150,9 @@ class _Differ:
     def __init__(self, plan: Plan, fleet: ObservedFleet, damping: Damping):
         self.plan, self.fleet, self.damping = plan, fleet, damping
         self.planned = {target_key(a.args) for a in plan.actions} - {None}
-        self._next_seq = max((a.seq for a in plan.actions), default=-1) + 1
+        self._used = {a.seq for a in plan.actions}
+        if self._used and max(self._used) >= DRIFT_SEQ_BASE:
+            raise InputError("actions[].seq", max(self._used), f"seq numbers below {DRIFT_SEQ_BASE}")
 
     def schedule(self) -> Schedule:
         added = [self._add(c) for c in self._residency_changes() if target_key(c.args) not in self.planned]
@@ -162,8 +175,10 @@ class _Differ:
         return Schedule(self.plan, ordered, tuple(satisfied), frozenset(a.seq for a in added))
 
     def _add(self, change: _Change) -> Action:
-        seq = self._next_seq
-        self._next_seq += 1
+        seq = drift_seq(change.worker_id, change.args)
+        while seq in self._used:  # a hash collision: vanishingly rare, resolved the same way every time
+            seq += 1
+        self._used.add(seq)
         return Action(plan_id=self.plan.plan_id, seq=seq, worker_id=change.worker_id, args=change.args,
                       revision=self.plan.generation, reason=change.reason)
 

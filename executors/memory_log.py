@@ -23,7 +23,9 @@ class _Entry:
 
 
 class InMemoryActionLog:
-    """`record_plan` is idempotent per plan id; an outcome is final once recorded (what `unfinished` excludes)."""
+    """`record_plan` is idempotent per plan id and per action: recording a plan again adds only the actions whose
+    keys are new (the ones an executor added for drift) and leaves recorded ones as they are. An outcome is final
+    once recorded (what `unfinished` excludes)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -32,11 +34,11 @@ class InMemoryActionLog:
 
     def record_plan(self, plan: Plan) -> None:
         with self._lock:
-            if plan.plan_id in self._plans:
-                return
-            ordered = sorted(plan.actions, key=lambda a: a.seq)
-            self._plans[plan.plan_id] = [a.idempotency_key for a in ordered]
-            self._entries.update({a.idempotency_key: _Entry(a) for a in ordered})
+            keys = self._plans.setdefault(plan.plan_id, [])
+            new = [a for a in plan.actions if a.idempotency_key not in self._entries]
+            self._entries.update({a.idempotency_key: _Entry(a) for a in new})
+            keys.extend(a.idempotency_key for a in new)
+            keys.sort(key=lambda k: self._entries[k].action.seq)
 
     def mark_started(self, key: str, *, attempt: int) -> None:
         with self._lock:

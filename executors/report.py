@@ -7,7 +7,8 @@ that says where they came from; `state_of` reads it back (after a restart the re
 - `skipped: …` (status failed) — a dependency did not succeed, not sent;
 - `unreachable: …` (status failed) — the worker did not answer within the timeout, after every retry;
 - `not sent: …` (status failed) — the worker was known to be down (unhealthy, no client, or it just stopped
-  answering another action), so nothing was sent.
+  answering another action), so nothing was sent;
+- `not logged: …` (status failed) — an executor-added action the action log could not hold, so it was not sent.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ SATISFIED = "satisfied: "
 SKIPPED = "skipped: "
 UNREACHABLE = "unreachable: "
 NOT_SENT = "not sent: "
+NOT_LOGGED = "not logged: "
 
 ActionState = Literal["applied", "deferred", "satisfied", "stale", "conflict", "failed", "unreachable", "skipped"]
 PlanOutcome = Literal["applied", "partially_applied", "failed"]
@@ -35,7 +37,7 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 def state_of(result: ApplyResult) -> ActionState:
     """The record state of a logged result (see the module docstring for the prefixes)."""
     for prefix, state in ((SATISFIED, "satisfied"), (SKIPPED, "skipped"), (UNREACHABLE, "unreachable"),
-                          (NOT_SENT, "unreachable")):
+                          (NOT_SENT, "unreachable"), (NOT_LOGGED, "failed")):
         if result.message.startswith(prefix):
             return state  # type: ignore[return-value]
     return result.status
@@ -47,29 +49,26 @@ def made_here(key: str, status: ApplyStatus, prefix: str, message: str, *, retri
 
 
 class ActionRecord(BaseModel):
-    """One action's fate. `kind`/`worker_id` are None only for executor-added actions finished before a restart
-    (the ActionLog protocol returns their outcomes, not the actions)."""
+    """One action's fate in an execution (`worker_id` None: the fleet router)."""
 
     model_config = _FROZEN
     seq: int
     idempotency_key: str
-    kind: str | None
+    kind: str
     worker_id: str | None
     state: ActionState
     status: ApplyStatus
     message: str = ""
-    attempts: int = Field(default=0, description="Sends in this run (0: not sent by this run).")
+    attempts: int = Field(default=0, description="Sends in this execution (0: not sent by it).")
     reason: str = Field(default="", description="Why the plan (or the executor) wanted it.")
     added_by_executor: bool = False
     duration_s: float = 0.0
 
     @classmethod
-    def of(cls, action: Action | None, key: str, seq: int, result: ApplyResult, *, attempts: int = 0,
-           added: bool = False) -> ActionRecord:
-        return cls(seq=seq, idempotency_key=key, kind=action.kind if action else None,
-                   worker_id=action.worker_id if action else None, state=state_of(result), status=result.status,
-                   message=result.message, attempts=attempts, reason=action.reason if action else "",
-                   added_by_executor=added, duration_s=result.duration_s)
+    def of(cls, action: Action, result: ApplyResult, *, attempts: int = 0, added: bool = False) -> ActionRecord:
+        return cls(seq=action.seq, idempotency_key=action.idempotency_key, kind=action.kind,
+                   worker_id=action.worker_id, state=state_of(result), status=result.status, message=result.message,
+                   attempts=attempts, reason=action.reason, added_by_executor=added, duration_s=result.duration_s)
 
     @property
     def in_place(self) -> bool:
@@ -88,7 +87,7 @@ class ExecutionReport(BaseModel):
     unreachable_workers: tuple[str, ...] = ()
     needs_replan: bool = False
     replan_reasons: tuple[str, ...] = ()
-    resumed: bool = Field(default=False, description="Continued a run that an earlier executor left unfinished.")
+    resumed: bool = Field(default=False, description="Some outcomes came from an earlier execution's log.")
     wall_s: float = 0.0
 
     @classmethod
@@ -97,7 +96,7 @@ class ExecutionReport(BaseModel):
         bad = [r for r in ordered if not r.in_place]
         outcome: PlanOutcome = "applied" if not bad else "partially_applied" if len(bad) < len(ordered) else "failed"
         unreachable = sorted({r.worker_id for r in bad if r.state == "unreachable" and r.worker_id})
-        reasons = tuple(f"seq {r.seq} {r.kind or 'action'} on {r.worker_id or 'router'}: {r.state}: {r.message}"
+        reasons = tuple(f"seq {r.seq} {r.kind} on {r.worker_id or 'router'}: {r.state}: {r.message}"
                         for r in bad if r.state != "stale")
         return cls(plan_id=plan_id, outcome=outcome, actions=ordered, unreachable_workers=tuple(unreachable),
                    needs_replan=bool(reasons), replan_reasons=reasons, resumed=resumed, wall_s=wall_s)
@@ -112,5 +111,5 @@ class ExecutionReport(BaseModel):
     def events(self, time_s: float) -> list[FleetEvent]:
         """`action_failed` events for the controller's next FleetState (one per action that did not take effect)."""
         return [FleetEvent(EventKind.ACTION_FAILED, time_s, worker_id=r.worker_id,
-                           detail=f"{r.idempotency_key} {r.kind or ''} {r.state}: {r.message}".strip())
+                           detail=f"{r.idempotency_key} {r.kind} {r.state}: {r.message}")
                 for r in self.actions if not r.in_place and r.state != "stale"]

@@ -130,8 +130,7 @@ class ActionRunner:
         # Durable before any dependent can be considered: the contract restarts rely on.
         self.log.record_outcome(action.idempotency_key, sent.result)
         results[action.seq] = sent.result
-        records[action.seq] = ActionRecord.of(action, action.idempotency_key, action.seq, sent.result,
-                                              attempts=sent.attempts, added=action.seq in added)
+        records[action.seq] = ActionRecord.of(action, sent.result, attempts=sent.attempts, added=action.seq in added)
 
 
 def _slot(action: Action) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from core.actions import Action, ApplyResult
+from core.protocols import ActionLog
 from executors.attempt import RetryPolicy
 from executors.backends import WorkerSet, local_workers
 from executors.executor import PlanExecutor
@@ -35,8 +36,8 @@ class TestFleet:
     __test__ = False
 
     def __init__(self, n: int = 2, *, routing: dict[str, dict[str, float]] | None = None,
-                 config: RunnerConfig | None = None, **worker_options: object):
-        self.log = InMemoryActionLog()
+                 config: RunnerConfig | None = None, log: ActionLog | None = None, **worker_options: object):
+        self.log = log or InMemoryActionLog()
         self.checks: list[Callable[[Action], None]] = []
         self.max_in_flight = 0  # applies in flight at once, across all workers
         self.workers = {f"h100/{i}": StateMachineTestWorker(TestWorkerConfig(f"h100/{i}", **worker_options),

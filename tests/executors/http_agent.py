@@ -1,7 +1,7 @@
 """A test worker agent: a StateMachineTestWorker (or the fleet router) behind a real HTTP server, in its own process.
 
 `python -m tests.executors.http_agent --worker-id h100/0 [--journal F] [--apply-delay-s 0.2] [--seed rid=model]`
-serves GET /status, POST /apply, POST /submit on 127.0.0.1 (an OS-chosen port, printed as `LISTENING <port>`).
+serves GET /status, POST /apply, POST /submit, GET /received (every key received) on 127.0.0.1 (an OS-chosen port, printed as `LISTENING <port>`).
 With `--router`, it serves a RoutingTable instead (GET /weights, POST /apply). Tests pause it with SIGSTOP (the
 socket still accepts connections; nothing answers) and kill it with SIGKILL.
 
@@ -50,6 +50,8 @@ def _worker_app(worker: StateMachineTestWorker):  # noqa: ANN202 - FastAPI impor
     def submit(request: dict) -> dict:
         return worker.submit(Request(**request)).model_dump(mode="json")
 
+    app.get("/received")(lambda: worker.received)
+
     return app
 
 
@@ -58,21 +60,22 @@ def _router_app(journal: Path | None):  # noqa: ANN202
 
     from executors.routing import RoutingTable
 
-    table, seen, lock = RoutingTable(), set(), threading.Lock()
+    table, received, lock = RoutingTable(), [], threading.Lock()
     app = FastAPI()
 
     @app.post("/apply")
     def apply(action: dict) -> dict:
         parsed = Action.model_validate(action)
         with lock:
-            fresh = parsed.idempotency_key not in seen
-            seen.add(parsed.idempotency_key)
+            fresh = parsed.idempotency_key not in received
+            received.append(parsed.idempotency_key)
             result = table.apply(parsed)
             if fresh and result.status == "applied" and journal is not None:
                 _append(journal, f"router {parsed.idempotency_key}")
         return result.model_dump(mode="json")
 
     app.get("/weights")(table.weights)
+    app.get("/received")(lambda: received)
     return app
 
 
@@ -192,6 +195,11 @@ class HttpTestRouterClient(HttpTestWorkerClient):
 
     def weights(self) -> dict[str, dict[str, float]]:
         return self._ok(self.http.get("/weights")).json()
+
+
+def received_keys(*urls: str) -> list[str]:
+    """Every key the agents at `urls` received, repeats included."""
+    return [key for url in urls for key in httpx.get(f"{url}/received").json()]
 
 
 def journal_keys(*paths: Path) -> list[str]:

@@ -42,6 +42,8 @@ class _Replica:
 
 @dataclass
 class TestWorkerConfig:
+    __test__ = False  # not a pytest class
+
     worker_id: str
     model_gib: dict[str, float] = field(default_factory=lambda: {"chat": 16.0, "code": 16.0, "big": 60.0})
     memory_total_gib: float = 80.0

@@ -6,7 +6,7 @@ import pytest
 
 from core.actions import ActivateModel, DeactivateModel, Residency, ResizeKV, SetRouting
 from core.errors import InputError
-from executors.diff import NO_DAMPING, Damping, Schedule, diff
+from executors.diff import DRIFT_SEQ_BASE, NO_DAMPING, Damping, Schedule, diff, drift_seq
 from tests.executors.plans import make_plan, replica, seen, status
 
 CHAT0 = replica("chat@h100/0", "chat", ("h100/0",))
@@ -105,7 +105,7 @@ def test_satisfied_plan_actions_are_dropped_with_a_reason() -> None:
     assert schedule.actions == ()
     assert [s.action.seq for s in schedule.satisfied] == [0, 1]
     assert "already active" in schedule.satisfied[0].reason
-    assert [a.seq for a in schedule.record.actions] == [0, 1] and schedule.record.actions[1].depends_on == ()
+    assert schedule.record.actions == plan.actions  # the log stores the plan's actions as the planner wrote them
 
 
 def test_small_routing_and_kv_changes_are_damped_and_large_ones_are_not() -> None:
@@ -146,9 +146,23 @@ def test_drift_a_restarted_worker_gets_its_replica_back() -> None:
     schedule = diff([status("h100/0")], plan, routing={"chat": {"chat@h100/0": 1.0}})
     assert _kinds(schedule) == [("activate_model", "chat@h100/0")]
     activate = schedule.actions[0]
-    assert activate.seq == 1 and schedule.added == {1} and activate.args.kv_limit_gib == 24.0
+    assert schedule.added == {activate.seq} and activate.args.kv_limit_gib == 24.0
     assert "not observed" in activate.reason
-    assert [(s.action.seq, s.reason) for s in schedule.satisfied] == [(0, "the activation (seq 1) sets this limit")]
+    assert [(s.action.seq, s.reason) for s in schedule.satisfied] == [
+        (0, f"the activation (seq {activate.seq}) sets this limit")]
+    assert schedule.record.actions == (*plan.actions, activate)
+
+
+def test_added_actions_keep_their_key_from_one_diff_to_the_next() -> None:
+    plan = make_plan((CHAT0, CHAT1))
+    first = diff([status("h100/0"), status("h100/1")], plan, routing={})
+    # Later the first activation has happened: the remaining actions keep their seqs (and idempotency keys).
+    again = diff([status("h100/0", seen("chat@h100/0", "chat", ("h100/0",))), status("h100/1")], plan, routing={})
+    seqs = {(a.kind, a.worker_id): a.seq for a in first.actions}
+    assert {(a.kind, a.worker_id): a.seq for a in again.actions}.items() < seqs.items()
+    assert len(set(seqs.values())) == 3 and min(seqs.values()) >= DRIFT_SEQ_BASE
+    assert drift_seq("h100/1", first.action(seqs[("activate_model", "h100/1")]).args) == seqs[("activate_model",
+                                                                                                "h100/1")]
 
 
 def test_drift_a_replica_that_died_is_reactivated_and_routing_waits_for_it() -> None:

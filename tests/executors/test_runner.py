@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.actions import Action, ActivateModel, ResizeKV, SetQueueOrder, SetRouting
+from core.actions import Action, ActivateModel, EvictRequests, ResizeKV, SetQueueOrder, SetRouting
 from core.state import EventKind
 from executors.attempt import RetryPolicy
+from executors.report import ActionRecord, ExecutionReport
 from executors.runner import RunnerConfig
 from tests.executors.fleet import FAST_RETRY, TestFleet
 from tests.executors.plans import make_plan, replica
 
 CHAT0 = replica("chat@h100/0", "chat", ("h100/0",))
 CHAT1 = replica("chat@h100/1", "chat", ("h100/1",))
+
+
+def _only(report: ExecutionReport, kind: str) -> ActionRecord:
+    (record,) = [r for r in report.actions if r.kind == kind]
+    return record
 
 
 def _activate(rid: str, model: str, worker: str, kv_gib: float = 20.0) -> ActivateModel:
@@ -33,11 +39,11 @@ def test_moving_a_replica_keeps_serving_at_every_step() -> None:
     fleet.checks += [make_before_break, fleet.dependencies_recorded]
     report = fleet.executor.execute(make_plan((CHAT1,)))
     assert report.outcome == "applied" and not report.needs_replan
-    assert [r.kind for r in report.actions] == ["activate_model", "deactivate_model", "set_routing"]  # by seq
+    assert sorted(r.kind for r in report.actions) == ["activate_model", "deactivate_model", "set_routing"]
     assert all(r.added_by_executor and r.attempts == 1 for r in report.actions)
     assert fleet.active_replicas() == {"chat@h100/1"} and fleet.router.shares("chat") == {"chat@h100/1": 1.0}
     assert fleet.log.unfinished(report.plan_id) == []
-    assert fleet.log.history(f"{report.plan_id}:0") == ["started:1", "outcome:applied"]
+    assert fleet.log.history(report.actions[0].idempotency_key) == ["started:1", "outcome:applied"]
 
 
 def test_independent_actions_run_in_parallel_but_one_at_a_time_per_worker() -> None:
@@ -66,7 +72,7 @@ def test_one_by_one_mode_applies_in_schedule_order() -> None:
 def test_retriable_failures_are_retried_with_the_same_key_until_they_succeed() -> None:
     fleet = TestFleet(busy_attempts={"activate_model": 2})
     report = fleet.executor.execute(make_plan((CHAT0,)), routing={})
-    act = report.record(0)
+    act = _only(report, "activate_model")
     assert act.state == "applied" and act.attempts == 3
     assert fleet.workers["h100/0"].received == [act.idempotency_key] * 3
     assert fleet.log.history(act.idempotency_key) == ["started:1", "started:2", "started:3", "outcome:applied"]
@@ -75,7 +81,7 @@ def test_retriable_failures_are_retried_with_the_same_key_until_they_succeed() -
 def test_retries_give_up_and_dependents_are_skipped_with_the_reason() -> None:
     fleet = TestFleet(busy_attempts={"activate_model": 5})
     report = fleet.executor.execute(make_plan((CHAT0,)), routing={})
-    act, route = report.record(0), report.record(1)
+    act, route = _only(report, "activate_model"), _only(report, "set_routing")
     assert (act.state, act.attempts) == ("failed", 3) and "busy" in act.message
     assert route.state == "skipped" and route.attempts == 0
     assert f"depends on seq {act.seq}, which ended failed: busy" in route.message
@@ -120,32 +126,40 @@ def test_a_deferred_shrink_counts_as_in_place() -> None:
     assert [r.state for r in report.actions] == ["deferred", "applied"] and report.outcome == "applied"
 
 
-def test_executing_a_finished_plan_again_sends_nothing() -> None:
+def test_executing_a_plan_again_sends_nothing_already_logged() -> None:
     fleet = TestFleet()
-    plan = make_plan((CHAT0,))
+    plan = make_plan((CHAT0,), ((None, SetRouting(model="chat", weights={"chat@h100/0": 1.0}), ()),))
     first = fleet.executor.execute(plan, routing={})
     received = list(fleet.workers["h100/0"].received)
+    # The router is told nothing changed, so the diff wants the plan's routing action again: the log has it.
     again = fleet.executor.execute(plan, routing={})
-    assert again.resumed and fleet.workers["h100/0"].received == received
-    assert [(r.seq, r.state) for r in again.actions] == [(r.seq, r.state) for r in first.actions]
-    assert [r.kind for r in again.actions] == [None, None]  # executor-added, finished: only outcomes are logged
+    assert fleet.workers["h100/0"].received == received and fleet.router.weights() == {"chat": {"chat@h100/0": 1}}
+    assert [(r.seq, r.state, r.attempts) for r in again.actions] == [(0, "applied", 0)]
+    assert again.resumed and not first.resumed and again.outcome == "applied"
 
 
-def test_resume_resends_a_started_action_and_the_worker_applies_it_once() -> None:
-    fleet = TestFleet()
-    plan = make_plan((CHAT0, CHAT1))
-    schedule = fleet.executor.plan_schedule(plan, [w.status() for w in fleet.workers.values()], {})
-    # An earlier executor recorded the plan, sent the first activation, and died before logging the answer.
-    first = schedule.actions[0]
-    fleet.log.record_plan(schedule.record)
-    fleet.log.mark_started(first.idempotency_key, attempt=1)
-    assert fleet.workers[first.worker_id].apply(first).status == "applied"
-    report = fleet.executor.execute(plan, routing={})
+def test_a_restarted_execution_resends_only_what_has_no_logged_outcome() -> None:
+    fleet = TestFleet(routing={"chat": {"chat@h100/0": 1.0}})
+    fleet.workers["h100/0"].seed("chat@h100/0", "chat", kv_limit_gib=20.0)
+    plan = make_plan((replica("chat@h100/0", "chat", ("h100/0",), kv_gib=4.0),), (
+        ("h100/0", SetQueueOrder(replica_id="chat@h100/0", policy="edf"), ()),
+        ("h100/0", EvictRequests(replica_id="chat@h100/0", request_ids=(7,)), (0,)),
+        ("h100/0", ResizeKV(replica_id="chat@h100/0", kv_limit_gib=4.0), (1,)),
+    ), generation=2)
+    worker = fleet.workers["h100/0"]
+    # An earlier executor finished seq 0, sent seq 1 (the worker applied it) and died before logging the answer.
+    fleet.log.record_plan(plan)
+    for action in plan.actions[:2]:
+        fleet.log.mark_started(action.idempotency_key, attempt=1)
+        assert worker.apply(action).status == "applied"
+    fleet.log.record_outcome(plan.actions[0].idempotency_key, worker.apply(plan.actions[0]))
+    report = fleet.executor.execute(plan)
+    assert [(r.seq, r.state, r.attempts) for r in report.actions] == [(0, "applied", 0), (1, "applied", 1),
+                                                                        (2, "applied", 1)]
     assert report.resumed and report.outcome == "applied"
-    assert [r.kind for r in report.actions] == ["activate_model", "activate_model", "set_routing"]
-    assert fleet.workers[first.worker_id].received == [first.idempotency_key] * 2
-    assert fleet.workers[first.worker_id].applied == [first.idempotency_key]
-    assert fleet.log.history(first.idempotency_key) == ["started:1", "started:1", "outcome:applied"]
+    keys = [a.idempotency_key for a in plan.actions]
+    assert worker.applied == keys and worker.received == [keys[0], keys[1], keys[0], keys[1], keys[2]]
+    assert fleet.log.history(keys[1]) == ["started:1", "started:1", "outcome:applied"]
 
 
 def test_unhealthy_or_unknown_workers_get_nothing_and_the_report_asks_for_a_replan() -> None:
@@ -180,7 +194,7 @@ def test_back_off_waits_on_the_given_clock() -> None:
     retry = RetryPolicy(backoff_initial_s=10.0, backoff_max_s=100.0, backoff_jitter_s=0.0)
     executor = PlanExecutor(fleet.worker_set, fleet.log, config=RunnerConfig(retry=retry), clock=clock)
     report = executor.execute(make_plan((CHAT0,)), routing={})
-    assert report.record(0).attempts == 3 and clock.t == 10.0 + 20.0  # exponential: 10 s, then 20 s
+    assert _only(report, "activate_model").attempts == 3 and clock.t == 10.0 + 20.0  # exponential: 10 s, 20 s
 
 
 def test_routing_actions_go_to_the_router_under_its_revision_contract() -> None:

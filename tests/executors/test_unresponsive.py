@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core.actions import ActivateModel
 from core.errors import NotFoundError
 from executors.attempt import RetryPolicy
 from executors.backends import http_workers
@@ -26,14 +27,10 @@ CODE1 = replica("code@h100/1", "code", ("h100/1",))
 
 def _executor(urls: dict[str, str], retry: RetryPolicy, status_timeout_s: float = 5.0
               ) -> tuple[PlanExecutor, InMemoryActionLog]:
-    workers = http_workers(urls, lambda url: HttpTestWorkerClient(url, _worker_of(urls, url)), RoutingTable(),
+    workers = http_workers(urls, lambda worker_id, url: HttpTestWorkerClient(url, worker_id), RoutingTable(),
                            status_timeout_s=status_timeout_s)
     log = InMemoryActionLog()
     return PlanExecutor(workers, log, config=RunnerConfig(retry=retry)), log
-
-
-def _worker_of(urls: dict[str, str], url: str) -> str:
-    return next(w for w, u in urls.items() if u == url)
 
 
 def _when(condition, then, timeout_s: float = 20.0) -> threading.Thread:  # noqa: ANN001
@@ -74,7 +71,8 @@ def test_a_paused_worker_times_out_and_the_retry_after_it_recovers_applies_once(
     executor, log = _executor({"h100/0": agent.url}, RetryPolicy(max_attempts=3, timeout_floor_s=1.0,
                                                                  backoff_initial_s=0.05, backoff_jitter_s=0.0))
     observed = [executor.workers.clients["h100/0"].status()]
-    plan = make_plan((CHAT0,))
+    plan = make_plan((CHAT0,), (("h100/0", ActivateModel(model="chat", replica_id="chat@h100/0",
+                                                         gpu_ids=("h100/0",), kv_limit_gib=20.0), ()),))
     key = f"{plan.plan_id}:0"
     agent.pause()
     resumer = _when(lambda: log.attempts(key) >= 2, agent.resume)
