@@ -196,18 +196,23 @@ def _split_once(jobs: list[GroupJob], servers, best: Assignment, costs: list[flo
                   if jobs[i].num_requests >= settings.split_min_requests and p[n] > 0.05]
     if not cands:
         return False
-    _, k, n = max(cands)
-    i = best.orders[k][n]
-    job = jobs[i]
-    half = job.num_requests // 2
-    frac = half / job.num_requests
-    jobs[i] = replace(job, num_requests=half, mean_tokens=job.mean_tokens * frac, var_tokens=job.var_tokens * frac)
-    jobs.append(replace(job, group_id=f"{job.group_id}#2", num_requests=job.num_requests - half,
-                        mean_tokens=job.mean_tokens * (1 - frac), var_tokens=job.var_tokens * (1 - frac)))
-    best.orders[k].append(len(jobs) - 1)
-    costs[k] = server_cost(jobs, servers[k], best.orders[k], settings)
-    best.steps["split"] = best.steps.get("split", 0) + 1
-    return True
+    for _, k, n in sorted(cands, reverse=True):
+        i = best.orders[k][n]
+        job = jobs[i]
+        half = job.num_requests // 2
+        frac = half / job.num_requests
+        jobs[i] = replace(job, num_requests=half, mean_tokens=job.mean_tokens * frac, var_tokens=job.var_tokens * frac)
+        jobs.append(replace(job, group_id=f"{job.group_id}#2", num_requests=job.num_requests - half,
+                            mean_tokens=job.mean_tokens * (1 - frac), var_tokens=job.var_tokens * (1 - frac)))
+        cand = best.orders[k] + [len(jobs) - 1]
+        c = server_cost(jobs, servers[k], cand, settings)
+        if c < costs[k] - 1e-9:  # keep the split only when it lowers the expected misses
+            best.orders[k], costs[k] = cand, c
+            best.steps["split"] = best.steps.get("split", 0) + 1
+            return True
+        jobs.pop()
+        jobs[i] = job
+    return False
 
 
 def _exact_small(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, deadline: float) -> None:  # noqa: ANN001

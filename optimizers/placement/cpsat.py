@@ -47,8 +47,14 @@ _EXECUTOR: ProcessPoolExecutor | None = None
 def _worker() -> ProcessPoolExecutor:
     global _EXECUTOR
     if _EXECUTOR is None:
-        _EXECUTOR = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        _EXECUTOR = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_load_ortools)
     return _EXECUTOR
+
+
+def _load_ortools() -> None:
+    """Load OR-Tools before anything pulls in scipy.optimize's HiGHS (unpickling the items does)."""
+    from ortools.sat.python import cp_model  # noqa: F401
 
 
 def _solve_pool(items: list[_Item], gpus: list[str], memory: dict[str, float], load: dict[str, float],
