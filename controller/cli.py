@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from controller.commands import db as db_command
 from controller.commands import fleet, trace
 from controller.console import fail
 from core.errors import InputError, NotFoundError
@@ -20,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(db_command.app, name="db")
 app.add_typer(fleet.app, name="fleet")
 app.add_typer(trace.app, name="trace")
 
