@@ -12,8 +12,10 @@ the fitted parameters compare with the rate and CV columns and why the columns a
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import pandas as pd
 
 from core.errors import InputError
 from core.requests import RequestTable
-from workloads.arrivals import FAMILY_NAMES, Family, Segments, moment_match, renewal_arrivals
+from workloads.arrivals import FAMILY_NAMES, Family, Segments, moment_match, renewal_arrivals, weibull_cv
 from workloads.lengths import LengthModel, as_length_model
 from workloads.tabular import numeric_column, raise_bad_value, read_csv_frame, warn_if_unsorted
 
@@ -174,6 +176,7 @@ def synthesize(
     model_prefix: str | None = None,
     slo_class: str = "default",
     on_progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> RequestTable:
     """Requests whose per-window arrivals follow `sg`: one model per client (`{folder}-c{client:03d}`) or one for
     the whole folder, lengths resampled jointly from `lengths`, all in `slo_class`.
@@ -182,7 +185,8 @@ def synthesize(
     arrival_s in the result is relative to `start_s`. `rate_scale` multiplies every window's rate (the CV is
     kept). The same seed and bounds always give the same table; groups of `WINDOWS_PER_CHUNK` windows aligned to
     the source have their own generator, so a slice aligned to those groups reproduces the full run's arrivals.
-    `on_progress(done, total)` is called after each group of windows.
+    `on_progress(done, total)` is called after each group of windows; `workers` threads generate groups in
+    parallel (default: up to 4, one per CPU).
     """
     start_s = sg.start_s if start_s is None else float(start_s)
     end_s = sg.end_s if end_s is None else float(end_s)
@@ -195,15 +199,23 @@ def synthesize(
     first = max(int(np.floor((start_s - sg.start_s) / sg.window_s)), 0)
     last = min(int(np.ceil((end_s - sg.start_s) / sg.window_s)), sg.num_windows)
     chunks = range(first // WINDOWS_PER_CHUNK, -(-last // WINDOWS_PER_CHUNK))
-    parts = []
-    for done, chunk in enumerate(chunks, start=1):
-        rng = np.random.default_rng([seed, chunk])
-        windows = np.arange(max(chunk * WINDOWS_PER_CHUNK, first), min((chunk + 1) * WINDOWS_PER_CHUNK, last))
-        segs = _segments(sg, windows, shape, scale, start_s, end_s, rate_scale)
-        parts.append(_arrivals(segs, rng, length_model, per_client, origin_s=start_s))
-        if on_progress is not None:
-            on_progress(done, len(chunks))
-    return _assemble(parts, sg.model_names(per_client=per_client, prefix=model_prefix), slo_class)
+    segments = [_segments(sg, np.arange(max(c * WINDOWS_PER_CHUNK, first), min((c + 1) * WINDOWS_PER_CHUNK, last)),
+                          shape, scale, start_s, end_s, rate_scale) for c in chunks]
+    out = _Columns(_capacity(segments))
+
+    def generate(chunk: int, segs: Segments) -> tuple[np.ndarray, ...]:
+        rng = np.random.default_rng([seed, chunk])  # per chunk: the result does not depend on the threads
+        arrival_s, stream = renewal_arrivals(segs, rng, origin_s=start_s)
+        return arrival_s, stream, *length_model.sample(rng, arrival_s.shape[0])
+
+    # numpy releases the GIL in its generators and sorts, so chunks run in parallel threads; results are consumed
+    # in chunk order, which keeps the output sorted.
+    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+        for done, (arrival_s, stream, prompt, output) in enumerate(pool.map(generate, chunks, segments), start=1):
+            out.append(arrival_s, stream if per_client else 0, prompt, output)
+            if on_progress is not None:
+                on_progress(done, len(chunks))
+    return out.table(sg.model_names(per_client=per_client, prefix=model_prefix), slo_class)
 
 
 def _segments(sg: ServeGenSet, windows: np.ndarray, shape: np.ndarray, scale: np.ndarray, start_s: float,
@@ -220,29 +232,55 @@ def _segments(sg: ServeGenSet, windows: np.ndarray, shape: np.ndarray, scale: np
     )
 
 
-def _arrivals(segs: Segments, rng: np.random.Generator, lengths: LengthModel, per_client: bool,
-              *, origin_s: float) -> tuple[np.ndarray, ...]:
-    arrival_s, stream = renewal_arrivals(segs, rng, origin_s=origin_s)
-    model_idx = stream.astype(np.int32) if per_client else np.zeros(stream.shape[0], np.int32)
-    prompt, output = lengths.sample(rng, arrival_s.shape[0])
-    return arrival_s, model_idx, prompt.astype(np.int32), output.astype(np.int32)
+def _capacity(segments: list[Segments]) -> int:
+    """Expected requests plus 8 standard deviations (Var[count] ≈ rate·span·cv² per segment)."""
+    mean = sum(float((g.rate_per_s * g.span_s).sum()) for g in segments)
+    var = sum(float((g.rate_per_s * g.span_s * _cv2(g)).sum()) for g in segments)
+    return int(mean + 8 * np.sqrt(var) + 1024)
 
 
-def _assemble(parts: list[tuple[np.ndarray, ...]], model_names: tuple[str, ...], slo_class: str) -> RequestTable:
-    """Concatenate chunk columns one at a time (freeing each column's chunks), so peak memory stays near the
-    size of the result plus one column."""
-    columns = []
-    for k in range(4):
-        columns.append(np.concatenate([p[k] for p in parts]) if parts else np.zeros(0))
-        for j, p in enumerate(parts):  # in place: the caller's list must not keep the chunks alive
-            parts[j] = tuple(None if i == k else col for i, col in enumerate(p))
-    arrival_s, model_idx, prompt, output = columns
-    n = arrival_s.shape[0]
-    # Built directly rather than through from_columns: chunks are disjoint in time and each is sorted, so the
-    # concatenation is sorted, and skipping the check saves a pass (and a temporary) over up to 10⁸ rows.
-    return RequestTable(
-        arrival_s=arrival_s.astype(np.float64, copy=False), model_idx=model_idx.astype(np.int32, copy=False),
-        slo_idx=np.zeros(n, np.int16), prompt_tokens=prompt.astype(np.int32, copy=False),
-        output_tokens=output.astype(np.int32, copy=False), model_names=model_names, slo_names=(slo_class,),
-        request_id=np.arange(n, dtype=np.int64),
-    )
+def _cv2(segs: Segments) -> np.ndarray:
+    """Squared CV of each segment's gap distribution, from its moment-matched parameters."""
+    weibull = segs.family == Family.WEIBULL
+    cv2 = np.where(segs.family == Family.GAMMA, 1.0 / segs.shape, 1.0)
+    cv2[weibull] = weibull_cv(segs.shape[weibull]) ** 2
+    return cv2
+
+
+class _Columns:
+    """The result's columns, preallocated from the expected count and filled chunk by chunk (grown when a chunk
+    overflows): no list of chunks and no final concatenation, so peak memory is about the result itself."""
+
+    def __init__(self, capacity: int) -> None:
+        self.size = 0
+        self.arrival_s = np.empty(capacity, np.float64)
+        self.model_idx = np.empty(capacity, np.int32)
+        self.prompt_tokens = np.empty(capacity, np.int32)
+        self.output_tokens = np.empty(capacity, np.int32)
+
+    def append(self, arrival_s: np.ndarray, model_idx: np.ndarray | int, prompt: np.ndarray,
+               output: np.ndarray) -> None:
+        end = self.size + arrival_s.shape[0]
+        if end > self.arrival_s.shape[0]:
+            self._grow(int(end * 1.25))
+        rows = slice(self.size, end)
+        self.arrival_s[rows], self.model_idx[rows] = arrival_s, model_idx
+        self.prompt_tokens[rows], self.output_tokens[rows] = prompt, output
+        self.size = end
+
+    def _grow(self, capacity: int) -> None:
+        for name in ("arrival_s", "model_idx", "prompt_tokens", "output_tokens"):
+            old = getattr(self, name)
+            new = np.empty(capacity, old.dtype)
+            new[: self.size] = old[: self.size]
+            setattr(self, name, new)
+
+    def table(self, model_names: tuple[str, ...], slo_class: str) -> RequestTable:
+        n = self.size
+        # Built directly rather than through from_columns: chunks are disjoint in time and each is sorted, so the
+        # columns are sorted, and skipping the check saves a pass (and a temporary) over up to 10⁸ rows.
+        return RequestTable(
+            arrival_s=self.arrival_s[:n], model_idx=self.model_idx[:n], slo_idx=np.zeros(n, np.int16),
+            prompt_tokens=self.prompt_tokens[:n], output_tokens=self.output_tokens[:n], model_names=model_names,
+            slo_names=(slo_class,), request_id=np.arange(n, dtype=np.int64),
+        )

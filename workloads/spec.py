@@ -290,9 +290,7 @@ def _onto_fleet(
         table = assign_slo_mix(table, slo.mix, seed=_stage_seed(seed, 3))
     elif fleet is not None and (slo is not None or not set(table.slo_names) <= {c.name for c in fleet.slo_classes}):
         table = assign_slo_classes(table, fleet, seed=_stage_seed(seed, 3))
-    if fleet is not None:
-        _check_on_fleet(table, fleet)
-    return table
+    return _on_fleet_names(table, fleet) if fleet is not None else table
 
 
 def _map_models(table: RequestTable, spec: ModelMap, fleet: FleetSpec | None, seed: int) -> RequestTable:
@@ -317,21 +315,22 @@ def _auto_map(table: RequestTable, fleet: FleetSpec, seed: int) -> RequestTable:
     shares = fleet_model_shares(fleet)
     if len(table.model_names) == 1:
         return split_by_shares(table, shares, seed=_stage_seed(seed, 2))
-    by_share = sorted(shares, key=lambda name: -shares[name])
-    mapped = map_by_rank(table, by_share)
-    in_fleet_order = np.asarray([fleet.model_names.index(n) for n in by_share], np.int32)
-    return mapped.with_labels(model_idx=in_fleet_order[mapped.model_idx], model_names=fleet.model_names)
+    return map_by_rank(table, sorted(shares, key=lambda name: -shares[name]))
 
 
-def _check_on_fleet(table: RequestTable, fleet: FleetSpec) -> None:
-    stray = [m for m in table.model_names if m not in set(fleet.model_names)]
-    if stray:
-        raise InputError("models", stray[0], f"a model of fleet {fleet.name!r}: {', '.join(fleet.model_names[:12])}"
-                         + (" …" if len(fleet.model_names) > 12 else ""))
-    classes = {c.name for c in fleet.slo_classes}
-    stray = [c for c in table.slo_names if c not in classes]
-    if stray:
-        raise InputError("slo classes", stray[0], f"a class of fleet {fleet.name!r}: {', '.join(sorted(classes))}")
+def _on_fleet_names(table: RequestTable, fleet: FleetSpec) -> RequestTable:
+    """Check every model and class is the fleet's, and use the fleet's dictionaries (all its models and classes,
+    in fleet order), so indices mean the same in every table built for one fleet."""
+    models, classes = fleet.model_names, [c.name for c in fleet.slo_classes]
+    for kind, names, known in (("models", table.model_names, models), ("slo classes", table.slo_names, classes)):
+        stray = [n for n in names if n not in set(known)]
+        if stray:
+            shown = ", ".join(known[:12]) + (" …" if len(known) > 12 else "")
+            raise InputError(kind, stray[0], f"one of fleet {fleet.name!r}'s {kind}: {shown}")
+    model_pos = np.asarray([models.index(n) for n in table.model_names], np.int32)
+    class_pos = np.asarray([classes.index(n) for n in table.slo_names], np.int16)
+    return table.with_labels(model_idx=model_pos[table.model_idx], model_names=models,
+                             slo_idx=class_pos[table.slo_idx], slo_names=classes)
 
 
 def _stage_seed(seed: int, stage: int) -> int:
