@@ -1,0 +1,132 @@
+"""The paged engine against the dense reference: batching, chunking, pool sharing and preemption must not change
+a single greedy token."""
+
+import pytest
+
+from core.actions import Residency
+from tests.workers.engines import dense_tokens, make_engine, request
+from workers.handles import SamplingParams
+
+
+def test_two_models_in_one_pool_generate_exactly_the_dense_tokens() -> None:
+    engine = make_engine(max_num_batched_tokens=40)  # prompts of up to 61 tokens are prefilled in chunks
+    handles = [engine.submit(request(i, "ab"[i % 2], prompt=5 + 7 * i, output=12))[1] for i in range(8)]
+    reports = engine.run_until_idle()
+    assert {r.model for r in reports} == {"a", "b"}
+    assert any(r.prefill_tokens and r.decode_seqs for r in reports), "some iteration mixed prefill and decode"
+    for h in handles:
+        assert h.finish_reason == "length"
+        assert h.tokens == dense_tokens(h.model, h.prompt_token_ids, 12)
+    engine.scheduler.check_invariants()
+    assert engine.pool.num_used_pages == 0
+
+
+def test_running_out_of_pages_preempts_by_priority_and_every_request_still_matches() -> None:
+    engine = make_engine(activate=("a",), kv_pages=6)  # 384 tokens for 10 requests of up to 88 tokens
+    handles = [engine.submit(request(i, "a", "batch" if i % 3 else "interactive", prompt=40, output=48))[1]
+               for i in range(10)]
+    engine.run_until_idle()
+    assert engine.scheduler.num_preemptions > 0
+    for h in handles:
+        assert h.finish_reason == "length"
+        assert h.tokens == dense_tokens("a", h.prompt_token_ids, 48)
+    # Offline requests resume from their host checkpoints: nothing of theirs is ever recomputed.
+    assert all(h.num_recomputed_tokens == 0 for i, h in enumerate(handles) if i % 3)
+
+
+def test_a_paused_offline_request_resumes_with_zero_recomputed_tokens_and_the_same_output() -> None:
+    engine = make_engine(activate=("b",))
+    _, handle = engine.submit(request(1, "b", "batch", prompt=30, output=40))
+    for _ in range(8):
+        engine.step()
+    assert engine.scheduler.pause_offline([1]) == [1]
+    assert engine.pool.pages_used("b") == 0 and engine.pool.host_tokens(1) > 0
+    assert engine.step() is None  # paused: nothing runs
+    engine.scheduler.resume_offline([1])
+    engine.run_until_idle()
+    assert handle.num_preemptions == 1 and handle.num_recomputed_tokens == 0
+    assert handle.tokens == dense_tokens("b", handle.prompt_token_ids, 40)
+
+
+def test_swapped_out_online_request_comes_back_intact() -> None:
+    engine = make_engine(activate=("a",))
+    _, handle = engine.submit(request(2, "a", prompt=50, output=30))
+    for _ in range(6):
+        engine.step()
+    assert engine.scheduler.swap_out([2]) == [2]
+    engine.step()  # copies the KV out while nothing else runs
+    assert engine.memory.host_tokens(2) >= 50
+    engine.scheduler.swap_in([2])
+    engine.run_until_idle()
+    assert handle.num_recomputed_tokens == 0
+    assert handle.tokens == dense_tokens("a", handle.prompt_token_ids, 30)
+    assert engine.memory.host_tokens(2) == 0, "host blocks are returned once the copy is back"
+
+
+def test_requests_for_an_inactive_model_are_queued_and_answered_after_activation() -> None:
+    engine = make_engine(activate=("a",))
+    result, handle = engine.submit(request(3, "b"))
+    assert result.status == "queued"
+    engine.run_until_idle()
+    assert not handle.done
+    timing = engine.activate("b")
+    assert timing.from_residency is Residency.COLD and timing.disk_to_host_s > 0
+    engine.run_until_idle()
+    assert handle.finish_reason == "length"
+
+
+def test_deactivation_to_host_then_back_is_timed_without_a_load() -> None:
+    engine = make_engine(activate=("a",))
+    assert engine.deactivate("a", Residency.HOST, drain=False)
+    assert engine.store.residency("a") is Residency.HOST
+    timing = engine.activate("a")
+    assert timing.from_residency is Residency.HOST and timing.disk_to_host_s == 0 and timing.host_to_device_s > 0
+
+
+def test_draining_deactivation_completes_once_requests_finish() -> None:
+    engine = make_engine(activate=("a",))
+    _, handle = engine.submit(request(4, "a", output=5))
+    assert not engine.deactivate("a", Residency.COLD, drain=True)
+    assert engine.is_draining("a")
+    engine.run_until_idle()
+    assert handle.finish_reason == "length" and engine.store.residency("a") is Residency.COLD
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"model": "nope"}, "a model this worker serves"),
+    ({"slo_class": "gold"}, "interactive, batch"),
+    ({"prompt": 1000, "output": 100}, "context of a: 1024 tokens"),
+])
+def test_bad_requests_are_rejected_with_the_reason(kwargs: dict, match: str) -> None:
+    engine = make_engine(activate=())
+    model = kwargs.pop("model", "a")
+    slo = kwargs.pop("slo_class", "interactive")
+    result, handle = engine.submit(request(5, model, slo, **kwargs))
+    assert result.status == "rejected" and match in result.message and handle is None
+
+
+def test_temperature_sampling_is_reproducible_and_independent_of_batching() -> None:
+    params = SamplingParams(temperature=0.8, seed=7)
+    alone = make_engine(activate=("a",))
+    _, h1 = alone.submit(request(6, output=20), params)
+    alone.run_until_idle()
+    crowded = make_engine(activate=("a",))
+    for i in range(4):
+        crowded.submit(request(100 + i, output=20), params)
+    _, h2 = crowded.submit(request(6, output=20), params)
+    crowded.run_until_idle()
+    assert h1.tokens == h2.tokens
+    assert h1.tokens != dense_tokens("a", h1.prompt_token_ids, 20)
+
+
+def test_eos_ends_a_completion_unless_ignored() -> None:
+    engine = make_engine(activate=("a",))
+    prompt = request(7).__class__(7, 0.0, "a", "interactive", 0, 200, prompt_text="stop here")
+    _, handle = engine.submit(prompt, SamplingParams())
+    engine.run_until_idle()
+    expected = dense_tokens("a", handle.prompt_token_ids, 200)
+    eos = 257
+    if eos in expected:
+        assert handle.finish_reason == "stop" and handle.tokens == expected[: expected.index(eos) + 1]
+    else:
+        assert handle.finish_reason == "length" and handle.tokens == expected

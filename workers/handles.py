@@ -1,0 +1,91 @@
+"""The caller's side of one request in the engine: sampling parameters in, tokens and the outcome out.
+
+The engine thread pushes tokens into a `RequestHandle`; any other thread reads them, waits for the end, or
+subscribes a callback (the HTTP agent forwards tokens to its event loop for streaming).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core.errors import InputError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens and when to stop."""
+
+    temperature: float = 0.0  # 0: greedy
+    seed: int = 0  # seeds the draws at temperature > 0 (with the position: see workers.runner)
+    ignore_eos: bool = False  # generate exactly max tokens (trace replay), even past EOS
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.temperature <= 100:
+            raise InputError("temperature", self.temperature, "a number in [0, 100] (0: greedy)")
+
+
+# Replaying a trace: the trace fixes the output length, so EOS must not cut it short.
+REPLAY = SamplingParams(ignore_eos=True)
+
+# callback(handle, token): a new token, or None once the request has ended.
+Listener = Callable[["RequestHandle", int | None], None]
+
+
+class RequestHandle:
+    """Tokens of one request as the engine produces them, and how it ended."""
+
+    def __init__(self, request_id: int, model: str, prompt_token_ids: tuple[int, ...], params: SamplingParams) -> None:
+        self.request_id = request_id
+        self.model = model
+        self.prompt_token_ids = prompt_token_ids
+        self.params = params
+        self.tokens: list[int] = []
+        self.finish_reason: str | None = None  # "stop" (EOS), "length", "dropped: …", "removed: …"
+        self.ttft_s: float | None = None
+        self.tpot_s: float | None = None
+        self.num_preemptions = 0
+        self.num_recomputed_tokens = 0
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until the request ends; False on timeout."""
+        return self._done.wait(timeout_s)
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener` for every token — those already produced first — and once more (None) at the end."""
+        with self._lock:
+            self._listeners.append(listener)
+            produced = list(self.tokens)
+            ended = self.done
+            for token in produced:  # under the lock, so no new token can slip in before these
+                listener(self, token)
+            if ended:
+                listener(self, None)
+
+    def push(self, token: int) -> None:
+        with self._lock:
+            self.tokens.append(token)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(self, token)
+
+    def finish(self, reason: str, *, ttft_s: float | None = None, tpot_s: float | None = None,
+               num_preemptions: int = 0, num_recomputed_tokens: int = 0) -> None:
+        with self._lock:
+            if self.done:
+                return
+            self.finish_reason = reason
+            self.ttft_s, self.tpot_s = ttft_s, tpot_s
+            self.num_preemptions, self.num_recomputed_tokens = num_preemptions, num_recomputed_tokens
+            self._done.set()
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(self, None)
