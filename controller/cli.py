@@ -11,6 +11,7 @@ import typer
 
 from controller.commands import db as db_command
 from controller.commands import fleet, trace
+from controller.commands import worker as worker_command
 from controller.console import fail
 from core.errors import InputError, NotFoundError
 
@@ -24,6 +25,8 @@ app = typer.Typer(
 app.add_typer(db_command.app, name="db")
 app.add_typer(fleet.app, name="fleet")
 app.add_typer(trace.app, name="trace")
+app.command("worker")(worker_command.worker)
+app.command("profile")(worker_command.profile)
 
 
 def main() -> None:

@@ -1,0 +1,49 @@
+"""`fleetwise worker` and `fleetwise profile` as users run them (real CLI in a subprocess)."""
+
+import os
+import subprocess
+import sys
+
+import httpx
+import yaml
+
+from tests.cli import ROOT, run_cli
+
+
+def test_profile_writes_a_yaml_with_its_fit_error(tmp_path) -> None:
+    out = tmp_path / "profiles.yaml"
+    result = run_cli("profile", "--model", "Tiny-Llama-2L", "--batches", "1,3", "--prompts", "8,24",
+                     "--output-tokens", "5", "--threads", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "MAPE" in result.stdout
+    doc = yaml.safe_load(out.read_text())
+    assert doc["kind"] == "LatencyProfiles" and doc["profiles"][0]["fit_error"]["num_heldout"] > 0
+
+
+def test_bad_options_give_one_line_and_exit_code_2() -> None:
+    for args, needle in [(("profile", "--model", "GPT-5"), "--model"),
+                         (("profile", "--model", "Tiny-Llama-2L", "--prompts", "8,-1"), "--prompts"),
+                         (("worker", "--model", "Tiny-Llama-2L", "--weights", "x=/nowhere"), "--weights"),
+                         (("worker", "--model", "Tiny-Llama-2L", "--device", "tpu"), "--device")]:
+        result = run_cli(*args)
+        assert result.returncode == 2 and needle in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_worker_serves_on_a_free_port() -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "worker", "--model", "tiny=Tiny-Llama-2L",
+                             "--port", "0", "--threads", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("LISTENING "):
+                url = line.split()[1]
+                break
+        assert url is not None
+        body = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 3},
+                          timeout=60).json()
+        assert body["usage"]["completion_tokens"] <= 3 and body["model"] == "tiny"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from core.latency import load_profiles, save_profiles
+from tests.workers.engines import make_engine
+from workers.engine import StepReport
+from workers.profile import ProfileGrid, fit_latency, profile_model
+
+TRUE = dict(c0=2e-3, prefill=4e-5, attn=1e-8, decode=5e-5, kv=3e-7)
+
+
+def _synthetic(n: int, noise: float, seed: int = 0) -> list[StepReport]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        prefill = int(rng.integers(0, 512)) if rng.random() < 0.5 else 0
+        decode = int(rng.integers(1, 64)) if not prefill or rng.random() < 0.3 else 0
+        attn = prefill * (prefill + 1) / 2
+        kv = decode * int(rng.integers(16, 1024))
+        t = TRUE["c0"] + TRUE["prefill"] * prefill + TRUE["attn"] * attn + TRUE["decode"] * decode + TRUE["kv"] * kv
+        out.append(StepReport("m", prefill, attn, decode, kv, 0, t * (1 + noise * rng.standard_normal()), 0))
+    return out
+
+
+def test_nnls_recovers_the_coefficients_of_a_linear_worker() -> None:
+    fit = fit_latency(_synthetic(200, noise=0.0))
+    assert fit.c0_s == pytest.approx(TRUE["c0"], rel=1e-6)
+    assert fit.c_kv_s == pytest.approx(TRUE["kv"], rel=1e-6)
+    assert fit.error.mape < 1e-9 and fit.error.num_heldout == 50 and fit.num_train == 150
+
+
+def test_noise_shows_up_in_the_held_out_error_and_coefficients_stay_non_negative() -> None:
+    fit = fit_latency(_synthetic(200, noise=0.05, seed=1))
+    assert 0.01 < fit.error.mape < 0.1 and fit.error.p90_abs_rel_error > fit.error.mape
+    assert min(fit.c0_s, fit.c_prefill_s, fit.c_attn_s, fit.c_decode_s, fit.c_kv_s) >= 0
+    with pytest.raises(ValueError, match="at least 10"):
+        fit_latency(_synthetic(5, noise=0.0))
+
+
+def test_profiling_a_real_engine_writes_a_loadable_profile(tmp_path) -> None:
+    engine = make_engine(activate=())
+    grid = ProfileGrid(batch_sizes=(1, 4), prompt_tokens=(8, 40), output_tokens=6)
+    model = profile_model(engine, "a", grid)
+    assert model.arch == "Tiny-Llama-2L" and model.source == "profile:local/0"
+    assert model.fit_error is not None and model.fit_error.num_heldout >= 2
+    assert model.disk_to_host_s > 0 and model.host_to_gpu_s > 0 and model.kv_swap_bytes_per_s > 0
+    path = tmp_path / "p.yaml"
+    save_profiles(path, [model])
+    assert load_profiles(path)[("Tiny-Llama-2L", "CPU", 1)] == model

@@ -1,0 +1,198 @@
+"""The worker agent: a FastAPI app over one engine (`fleetwise worker` serves it with uvicorn).
+
+- Control API (the WorkerClient protocol; `workers.client.HttpWorkerClient` speaks it):
+  `GET /v1/worker/status`, `POST /v1/worker/actions` (an `Action` → `ApplyResult`), `POST /v1/worker/requests`
+  (a `Request` → `SubmitResult`).
+- `POST /v1/completions`: OpenAI-compatible completions, text (byte-level models) or token ids, streamed as
+  server-sent events with `stream: true`.
+- `GET /metrics` (Prometheus), `GET /healthz`.
+
+Bad input answers 4xx with a JSON body naming the field, the value and what is allowed (`core.errors.InputError`
+form); requests for a model the worker does not serve answer 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import itertools
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI, Request as HttpRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from core.actions import Action, ApplyResult
+from core.errors import InputError
+from core.requests import Request
+from core.status import SubmitResult, WorkerStatus
+from workers.control import LocalWorkerClient
+from workers.handles import RequestHandle, SamplingParams
+from workers.metrics import WorkerMetrics
+from workers.schemas import Choice, CompletionRequest, CompletionResponse, RequestIn, Usage
+from workers.tokenizer import ByteTokenizer
+
+COMPLETION_ID_BASE = 1 << 40  # completion request ids start here, clear of trace request ids
+
+
+def create_app(client: LocalWorkerClient) -> FastAPI:
+    """The agent's routes over `client` (whose engine loop must be running)."""
+    app = FastAPI(title="fleetwise worker", description=__doc__)
+    metrics = WorkerMetrics(client.engine)
+    completions = _Completions(client)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: HttpRequest, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        err = InputError(where, first.get("input"), first.get("msg", "see errors"))
+        return JSONResponse({**err.to_dict(), "errors": _jsonable_errors(exc)}, status_code=422)
+
+    @app.exception_handler(InputError)
+    async def _input_error(_: HttpRequest, exc: InputError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=400)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, object]:
+        return {"status": "ok", "worker_id": client.worker_id}
+
+    @app.get("/v1/worker/status", response_model=WorkerStatus)
+    def status() -> WorkerStatus:
+        return client.status()
+
+    @app.post("/v1/worker/actions", response_model=ApplyResult)
+    def apply(action: Action) -> ApplyResult:
+        return client.apply(action)
+
+    @app.post("/v1/worker/requests", response_model=SubmitResult)
+    def submit(body: RequestIn) -> SubmitResult:
+        return client.submit(body.to_request())
+
+    @app.post("/v1/completions", response_model=CompletionResponse)
+    async def complete(body: CompletionRequest) -> Response:
+        return await completions.serve(body)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+class _Completions:
+    """`/v1/completions`: turns the OpenAI body into a request, waits on (or streams) its handle."""
+
+    def __init__(self, client: LocalWorkerClient) -> None:
+        self.client = client
+        self.engine = client.engine
+        self._ids = itertools.count(COMPLETION_ID_BASE)
+        self._ids_lock = threading.Lock()
+
+    async def serve(self, body: CompletionRequest) -> Response:
+        if not self.engine.store.knows(body.model):
+            err = InputError("model", body.model, f"a model this worker serves: {', '.join(self.engine.store.names)}")
+            return JSONResponse({**err.to_dict(), "error": "not_found"}, status_code=404)
+        request = self._request(body)
+        self.engine.validate(request)  # raises InputError → 400 with field, value, allowed
+        params = SamplingParams(temperature=body.temperature, seed=body.seed or 0, ignore_eos=body.ignore_eos)
+        result, handle = self.client.submit_with_handle(request, params)
+        if handle is None:
+            return JSONResponse({"error": "rejected", "message": result.message}, status_code=400)
+        events = _events(handle)
+        if body.stream:
+            return StreamingResponse(self._stream(body, handle, events), media_type="text/event-stream")
+        async for _ in events:
+            pass
+        return JSONResponse(self._response(body, handle, _text(body, handle.tokens), handle.finish_reason,
+                                           usage=True).model_dump())
+
+    def _request(self, body: CompletionRequest) -> Request:
+        with self._ids_lock:
+            request_id = next(self._ids)
+        slo = body.slo_class or next(c.name for c in self.engine.slo_classes.values() if c.online)
+        text, ids = (body.prompt, None) if isinstance(body.prompt, str) else (None, tuple(body.prompt))
+        prompt_len = len(ids) if ids is not None else len(ByteTokenizer().encode(text or ""))
+        return Request(request_id=request_id, arrival_s=time.time(), model=body.model, slo_class=slo,
+                       prompt_tokens=prompt_len, output_tokens=body.max_tokens, prompt_text=text,
+                       prompt_token_ids=ids)
+
+    async def _stream(self, body: CompletionRequest, handle: RequestHandle,
+                      events: AsyncIterator[int | None]) -> AsyncIterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        async for token in events:
+            if token is None:
+                chunk = self._response(body, handle, decoder.decode(b"", final=True), handle.finish_reason, usage=True)
+            else:
+                piece = decoder.decode(bytes([token])) if _byte_level(body, token) else ""
+                chunk = self._response(body, handle, piece, None, usage=False, token_ids=[token])
+            yield f"data: {chunk.model_dump_json()}\n\n"
+        yield "data: [DONE]\n\n"
+
+    def _response(self, body: CompletionRequest, handle: RequestHandle, text: str, finish: str | None, *,
+                  usage: bool, token_ids: list[int] | None = None) -> CompletionResponse:
+        n_prompt, n_out = len(handle.prompt_token_ids), len(handle.tokens)
+        return CompletionResponse(
+            id=f"cmpl-{handle.request_id}", created=int(time.time()), model=body.model,
+            choices=[Choice(text=text, token_ids=handle.tokens if token_ids is None else token_ids,
+                            finish_reason=finish)],
+            usage=Usage(prompt_tokens=n_prompt, completion_tokens=n_out, total_tokens=n_prompt + n_out,
+                        num_preemptions=handle.num_preemptions, num_recomputed_tokens=handle.num_recomputed_tokens)
+            if usage else None,
+        )
+
+
+def _byte_level(body: CompletionRequest, token: int) -> bool:
+    return isinstance(body.prompt, str) and 0 <= token < 256
+
+
+def _text(body: CompletionRequest, tokens: list[int]) -> str:
+    return ByteTokenizer().decode(tokens) if isinstance(body.prompt, str) else ""
+
+
+async def _events(handle: RequestHandle) -> AsyncIterator[int | None]:
+    """The handle's tokens as they come (the engine thread hands them to this event loop), then None."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[int | None] = asyncio.Queue()
+    handle.subscribe(lambda _h, token: loop.call_soon_threadsafe(queue.put_nowait, token))
+    while True:
+        token = await queue.get()
+        yield token
+        if token is None:
+            return
+
+
+def _jsonable_errors(exc: RequestValidationError) -> list[dict[str, object]]:
+    return [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()]
+
+
+@dataclass
+class RunningAgent:
+    """A uvicorn server running in a background thread (tests, benchmarks, `fleetwise worker`)."""
+
+    server: uvicorn.Server
+    thread: threading.Thread
+    url: str
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def serve_in_thread(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0) -> RunningAgent:
+    """Start `app` on `host:port` (0: any free port) and return once it accepts connections."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="worker-agent", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the worker agent did not start on {host}:{port}")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()
+    return RunningAgent(server, thread, f"http://{bound[0]}:{bound[1]}")

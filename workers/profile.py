@@ -1,0 +1,137 @@
+"""`fleetwise profile`: measure this worker's iterations and fit the latency model of `core.latency`.
+
+Each grid point submits `batch` requests of `prompt` tokens at once and runs them to completion, so the engine's
+own scheduler produces prefill iterations (possibly chunked), decode iterations at growing context and, between
+them, mixed ones; every iteration is recorded with its batch features (the scheduler's `Batch` counters, the same
+numbers the simulator feeds its LatencyModel) and its wall time. The five coefficients are fitted by non-negative
+least squares on relative error (each row divided by its measured time, so short and long iterations weigh
+alike) on a random three quarters of the iterations; the held-out quarter gives the profile's `FitError`.
+Weight loading (cold → host → device) and KV copy bandwidth (device → host) are timed directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import nnls
+
+from core.actions import Residency
+from core.latency import FitError, LatencyModel
+from core.requests import Request
+from workers.engine import Engine, StepReport
+
+FEATURES = ("const", "prefill_tokens", "prefill_attn", "decode_seqs", "kv_tokens")
+
+
+@dataclass(frozen=True)
+class ProfileGrid:
+    """The batches to measure: every (batch size, prompt length), each run to `output_tokens` tokens."""
+
+    batch_sizes: tuple[int, ...] = (1, 4, 16, 32)
+    prompt_tokens: tuple[int, ...] = (16, 64, 256)
+    output_tokens: int = 24
+    repeats: int = 1
+
+    @property
+    def points(self) -> list[tuple[int, int]]:
+        return [(b, p) for _ in range(self.repeats) for b in self.batch_sizes for p in self.prompt_tokens]
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Fitted coefficients (seconds) and the error on held-out iterations."""
+
+    c0_s: float
+    c_prefill_s: float
+    c_attn_s: float
+    c_decode_s: float
+    c_kv_s: float
+    error: FitError
+    num_train: int
+
+
+def feature_matrix(samples: Sequence[StepReport]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows [1, prefill_tokens, prefill_attn, decode_seqs, kv_tokens] and measured seconds."""
+    x = np.array([[1.0, s.prefill_tokens, s.prefill_attn, s.decode_seqs, s.kv_tokens] for s in samples])
+    y = np.array([s.duration_s for s in samples])
+    return x, y
+
+
+def fit_latency(samples: Sequence[StepReport], *, holdout_fraction: float = 0.25, seed: int = 0) -> Fit:
+    """NNLS on relative error over a random train split; MAPE and p90 on the rest (see the module docstring)."""
+    x, y = feature_matrix(samples)
+    if len(y) < 10:
+        raise ValueError(f"need at least 10 iterations to fit and validate, got {len(y)}")
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_hold = max(2, int(round(holdout_fraction * len(y))))
+    hold, train = order[:n_hold], order[n_hold:]
+    xw, yw = x[train] / y[train, None], np.ones(len(train))
+    scale = np.maximum(np.abs(xw).max(axis=0), 1e-30)  # columns to unit range: conditioning for NNLS
+    coef = nnls(xw / scale, yw)[0] / scale
+    rel = np.abs(x[hold] @ coef - y[hold]) / y[hold]
+    error = FitError(mape=float(rel.mean()), p90_abs_rel_error=float(np.quantile(rel, 0.9)), num_heldout=len(hold))
+    return Fit(*map(float, coef), error=error, num_train=len(train))
+
+
+def measure(engine: Engine, model: str, grid: ProfileGrid,
+            progress: Callable[[int, int], None] | None = None) -> list[StepReport]:
+    """Run the grid on `model` (active) and return every compute iteration; a first point warms up, unrecorded."""
+    samples: list[StepReport] = []
+    next_id = iter(range(1 << 50, 1 << 51))
+    points = grid.points
+    for i, (batch, prompt) in enumerate([points[0], *points]):
+        for _ in range(batch):
+            engine.submit(Request(next(next_id), 0.0, model, _online_class(engine), prompt, grid.output_tokens))
+        reports = engine.run_until_idle()
+        if i:  # point 0 is the warm-up
+            samples += [r for r in reports if r.model == model and not r.swap_tokens]
+            if progress:
+                progress(i, len(points))
+    return samples
+
+
+def kv_copy_bytes_per_s(engine: Engine, model: str, num_blocks: int = 64, repeats: int = 3) -> float:
+    """Device → host KV bandwidth over `num_blocks` whole blocks (the best of `repeats`)."""
+    mem = engine.memory
+    layout = engine.layout(model)
+    blocks = max(1, min(num_blocks, engine.pool.num_pages * layout.blocks_per_page,
+                        mem.host_pool.num_pages * layout.blocks_per_page))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        mem.copy_raw(model, list(range(blocks)), list(range(blocks)), to_host=True)
+        best = min(best, time.perf_counter() - start)
+    return blocks * layout.block_bytes / best
+
+
+def activation_times(engine: Engine, model: str) -> tuple[float, float]:
+    """(disk → host, host → device) seconds: the model is sent cold and activated, then to host and activated."""
+    engine.deactivate(model, Residency.COLD, drain=False)
+    cold = engine.activate(model)
+    engine.deactivate(model, Residency.HOST, drain=False)
+    warm = engine.activate(model)
+    return cold.disk_to_host_s, warm.host_to_device_s
+
+
+def profile_model(engine: Engine, model: str, grid: ProfileGrid, *, seed: int = 0,
+                  progress: Callable[[int, int], None] | None = None) -> LatencyModel:
+    """Measure and fit one model on this worker; returns a LatencyModel with its fit error."""
+    engine.activate(model)
+    samples = measure(engine, model, grid, progress)
+    fit = fit_latency(samples, seed=seed)
+    disk_to_host_s, host_to_device_s = activation_times(engine, model)
+    arch = engine.store.source(model).arch
+    return LatencyModel(
+        arch=arch.name, gpu_type=engine.config.gpu_type, tp=1, c0_s=fit.c0_s, c_prefill_s=fit.c_prefill_s,
+        c_attn_s=fit.c_attn_s, c_decode_s=fit.c_decode_s, c_kv_s=fit.c_kv_s, disk_to_host_s=disk_to_host_s,
+        host_to_gpu_s=host_to_device_s, kv_swap_bytes_per_s=kv_copy_bytes_per_s(engine, model),
+        kv_bytes_per_token=engine.layout(model).bytes_per_token, source=f"profile:{engine.config.worker_id}",
+        fit_error=fit.error,
+    )
+
+
+def _online_class(engine: Engine) -> str:
+    return next(c.name for c in engine.slo_classes.values() if c.online)
