@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.patches import Patch
 
 Report = dict[str, Any]
 _COLORS = plt.get_cmap("tab10").colors
@@ -39,23 +40,31 @@ def plot_comparison(report: Report, path: Path) -> None:
     plt.close(fig)
 
 
+_HATCHES = ("//", "..", "xx", "\\\\", "++", "oo")
+
+
 def _attainment_bars(ax: plt.Axes, policies: dict[str, dict[str, Any]], names: list[str]) -> None:
+    """Per policy (its colour): all requests solid, then one hatched, lighter bar per SLO class."""
     classes = list(dict.fromkeys(c for f in policies.values() for c in f.get("per_class", {})))
-    series = ["all requests", *classes]
-    width = 0.8 / len(series)
-    x = np.arange(len(names))
-    for k, label in enumerate(series):
-        values = [100 * (f["slo_attainment"] if k == 0 else f["per_class"].get(label, {}).get("slo_attainment", 0))
-                  for f in (policies[n] for n in names)]
-        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width, label=label,
-                      color="0.25" if k == 0 else _color(k - 1))
-        if k == 0:
-            ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
-    ax.set_xticks(x, names)
-    ax.set_ylim(0, 109)
+    width = 0.8 / (1 + len(classes))
+    for i, name in enumerate(names):
+        f = policies[name]
+        values = [f["slo_attainment"]] + [f["per_class"].get(c, {}).get("slo_attainment", 0.0) for c in classes]
+        for k, v in enumerate(values):
+            x = i + (k - len(classes) / 2) * width
+            bar = ax.bar(x, 100 * v, width, color=_color(i), alpha=1.0 if k == 0 else 0.45,
+                         hatch=None if k == 0 else _HATCHES[(k - 1) % len(_HATCHES)], edgecolor="white" if k else None)
+            if k == 0:
+                ax.bar_label(bar, fmt="%.1f", fontsize=8, padding=2)
+    handles = [Patch(facecolor="0.35", label="all requests")] + [
+        Patch(facecolor="0.8", hatch=_HATCHES[k % len(_HATCHES)], edgecolor="white", label=f"class {c}")
+        for k, c in enumerate(classes)]
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 124)
+    ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("SLO attainment (%)")
     ax.set_title("SLO attainment (TTFT and TPOT met; dropped = missed)")
-    ax.legend(fontsize=8, loc="lower right", ncols=len(series))
+    ax.legend(handles=handles, fontsize=8, loc="upper center", ncols=len(handles), framealpha=0.9)
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -71,16 +80,24 @@ def _cost_bars(ax: plt.Axes, policies: dict[str, dict[str, Any]], names: list[st
 
 
 def _timeline(ax: plt.Axes, policies: dict[str, dict[str, Any]], names: list[str]) -> None:
+    """Attainment per window of arrival time; the y axis zooms to the data so close policies stay apart."""
+    lowest = 100.0
+    styles = ("-", "--", "-.", ":")
     for i, name in enumerate(names):
         tl = policies[name].get("timeline") or {}
         t = np.asarray(tl.get("t_s", []), dtype=float)
-        y = np.asarray(tl.get("slo_attainment", []), dtype=float)
+        y = 100 * np.asarray(tl.get("slo_attainment", []), dtype=float)
+        counts = np.asarray(tl.get("requests", [1] * len(t)))
         if len(t):
-            ax.plot(t / 60, 100 * y, label=name, color=_color(i), lw=1.6, drawstyle="steps-post")
+            y = np.where(counts > 0, y, np.nan)  # windows without arrivals have no attainment
+            lowest = min(lowest, float(np.nanmin(y)) if np.isfinite(y).any() else 100.0)
+            # Close the last window: a step plot draws each value up to the next window's start.
+            t, y = np.append(t, t[-1] + float(tl.get("window_s", 0))), np.append(y, y[-1])
+            ax.step(t / 60, y, where="post", label=name, color=_color(i), lw=1.8, ls=styles[i % len(styles)])
     window = next((p.get("timeline", {}).get("window_s") for p in policies.values() if p.get("timeline")), None)
     ax.set_xlabel("time (minutes)")
     ax.set_ylabel("SLO attainment (%)")
-    ax.set_ylim(-2, 104)
+    ax.set_ylim(max(0.0, np.floor(lowest / 5) * 5 - 5), 101)
     ax.set_title(f"SLO attainment over time (requests by arrival, {window:g} s windows)" if window
                  else "SLO attainment over time")
     ax.legend(fontsize=9, ncols=len(names), loc="lower left")

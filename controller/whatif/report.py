@@ -44,28 +44,44 @@ def write_json(report: Report, path: Path) -> None:
 
 
 def comparison_table(report: Report, *, title: str = "What-if comparison") -> Table:
-    """One row per policy: attainment (overall, TTFT, TPOT, per class), latency percentiles, goodput and cost."""
+    """Policies side by side (one column each, so it fits a terminal): attainment overall, of TTFT, of TPOT and
+    per class; latency percentiles; goodput; GPU-hours and cost; requests; actions. The best value is green."""
     policies: dict[str, Figures] = report["policies"]
+    names = list(policies)
     classes = list(dict.fromkeys(c for f in policies.values() for c in f.get("per_class", {})))
     t = Table(title=title, title_justify="left")
-    t.add_column("policy", style="bold")
-    for col in ["SLO att.", "TTFT att.", "TPOT att.", *[f"{c} att." for c in classes], "TTFT p50/p99 s",
-                "TPOT p50/p99 ms", "goodput tok/s", "GPU-h", "cost $", "done/dropped", "actions", "wall s"]:
-        t.add_column(col, justify="right")
-    best = max((f["slo_attainment"] for f in policies.values()), default=None)
-    for name, f in policies.items():
-        att = _pct(f["slo_attainment"])
-        t.add_row(
-            name, f"[green]{att}[/]" if f["slo_attainment"] == best else att, _pct(f["ttft_attainment"]),
-            _pct(f["tpot_attainment"]),
-            *[_pct(f["per_class"][c]["slo_attainment"]) if c in f["per_class"] else "-" for c in classes],
-            f"{_num(f['ttft_s']['p50'])} / {_num(f['ttft_s']['p99'])}",
-            f"{_ms(f['tpot_s']['p50'])} / {_ms(f['tpot_s']['p99'])}",
-            f"{f['goodput_tokens_per_s']:,.0f}", f"{f['gpu_hours']:.2f}", f"{f['cost_usd']:.2f}",
-            f"{f['requests']['completed']:,}/{f['requests']['dropped']:,}",
-            f"{sum(f['actions'].values()):,}", f"{f['wall_s']:.1f}",
-        )
-    t.caption = "attainment counts dropped requests as misses; TTFT and TPOT percentiles over completed requests"
+    t.add_column("", style="bold")
+    for name in names:
+        t.add_column(name, justify="right")
+    rows: list[tuple[str, list[float | None], str, int]] = [  # label, values, format, +1 higher / −1 lower better
+        ("SLO attainment", [f["slo_attainment"] for f in policies.values()], "pct", 1),
+        ("  TTFT met", [f["ttft_attainment"] for f in policies.values()], "pct", 1),
+        ("  TPOT met", [f["tpot_attainment"] for f in policies.values()], "pct", 1),
+        *[(f"  class {c}", [f["per_class"].get(c, {}).get("slo_attainment") for f in policies.values()], "pct", 1)
+          for c in classes],
+        ("TTFT p50 (s)", [f["ttft_s"]["p50"] for f in policies.values()], "s", -1),
+        ("TTFT p99 (s)", [f["ttft_s"]["p99"] for f in policies.values()], "s", -1),
+        ("TPOT p50 (ms)", [f["tpot_s"]["p50"] for f in policies.values()], "ms", -1),
+        ("TPOT p99 (ms)", [f["tpot_s"]["p99"] for f in policies.values()], "ms", -1),
+        ("goodput (tok/s)", [f["goodput_tokens_per_s"] for f in policies.values()], "int", 1),
+        ("GPU-hours", [f["gpu_hours"] for f in policies.values()], "2f", -1),
+        ("cost (USD)", [f["cost_usd"] for f in policies.values()], "2f", -1),
+        ("completed", [f["requests"]["completed"] for f in policies.values()], "int", 1),
+        ("dropped", [f["requests"]["dropped"] for f in policies.values()], "int", -1),
+        ("actions", [sum(f["actions"].values()) for f in policies.values()], "int", 0),
+        ("plans", [f.get("plans") for f in policies.values()], "int", 0),
+        ("simulation wall (s)", [f["wall_s"] for f in policies.values()], "1f", 0),
+    ]
+    for label, values, fmt, better in rows:
+        known = [v for v in values if v is not None]
+        best = (max(known) if better > 0 else min(known)) if known and better else None
+        cells = [_fmt(v, fmt) for v in values]
+        if best is not None and len(set(known)) > 1:
+            cells = [f"[green]{c}[/]" if v == best else c for c, v in zip(cells, values)]
+        t.add_row(label, *cells)
+    requests = next(iter(policies.values()))["requests"]["total"] if policies else 0
+    t.caption = (f"{requests:,} requests; attainment counts dropped requests as misses; latency percentiles over "
+                 f"completed requests; green: best")
     return t
 
 
@@ -91,9 +107,8 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
-
-
-def _ms(x: float | None) -> str:
-    return "-" if x is None else f"{1000 * x:.0f}"
+def _fmt(x: float | None, fmt: str) -> str:
+    if x is None:
+        return "-"
+    return {"pct": lambda: _pct(x), "s": lambda: f"{x:.3f}", "ms": lambda: f"{1000 * x:.1f}",
+            "int": lambda: f"{x:,.0f}", "2f": lambda: f"{x:.2f}", "1f": lambda: f"{x:.1f}"}[fmt]()

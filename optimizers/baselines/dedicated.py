@@ -19,7 +19,7 @@ from core.latency import LatencyBook
 from core.plan import Plan, SolverStats
 from core.state import EventKind, FleetState
 from optimizers.baselines.demand import expected_demand
-from optimizers.baselines.draft import PlanDraft, kv_share_gib, replica_id
+from optimizers.baselines.draft import PlanDraft, replica_id
 from optimizers.baselines.inventory import Inventory
 from optimizers.baselines.sizing import size_replicas
 
@@ -71,9 +71,7 @@ class DedicatedPlanner(StaticPlanner):
         sized, reasons = size_replicas(fleet, inventory, self.latency, demand,
                                        target_utilization=self.target_utilization)
         for s in sized:
-            weights = fleet.model(s.model).arch.weight_bytes / s.tp
-            share = kv_share_gib(inventory.gpu(s.gpu_ids[0]).usable_bytes, weights)
-            draft.add_replica(s.model, s.pool, s.gpu_ids, s.tp, kv_share_gib=share, reason=s.reason)
+            draft.add_replica(s.model, s.pool, s.gpu_ids, s.tp, reason=s.reason)
             # Route in proportion to capacity: replicas on faster GPUs take more of their model's traffic.
             draft.routing.setdefault(s.model, {})[replica_id(s.model, s.gpu_ids)] = s.capacity_per_s
         idle = len(inventory) - sum(len(s.gpu_ids) for s in sized)

@@ -11,10 +11,18 @@ dependencies only point backwards, so a plan never deadlocks:
 4. activations of new replicas, after any deactivation on a GPU they share (memory is freed first);
 5. routing for every model whose weights changed, after its new replicas are active;
 6. queue orders for new replicas and for changed explicit orders, after activation.
+
+KV memory: a replica's `kv_share_gib` is computed here. A GPU's room (usable memory − the weights of every replica
+on it) is split among its replicas: each keeps one full-context sequence, the rest goes in proportion to the
+`kv_weight` its planner gave it (MuxServe: rate × KV bytes per token; default equal). Replicas are activated
+without a KV limit — the device's page pool is shared by whatever is resident — except TP > 1 replicas that share
+their GPUs with another replica: a TP group reserves its KV on every member when it is activated, so it gets its
+share as a limit (and a kept one is resized, before its new neighbour is activated).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from core.actions import (
@@ -23,6 +31,7 @@ from core.actions import (
     ActivateModel,
     DeactivateModel,
     Residency,
+    ResizeKV,
     SetQueueOrder,
     SetRouting,
 )
@@ -32,6 +41,7 @@ from core.latency import LatencyBook
 from core.plan import Plan, Replica, SolverStats, digest, make_plan_id
 from core.state import FleetState
 
+KV_SLACK = 0.02  # fraction of a GPU's KV room left unassigned when shares are split (page rounding)
 QueueRule = str  # a local SetQueueOrder policy: "fcfs", "priority" or "edf"
 
 
@@ -63,27 +73,31 @@ class PlanDraft:
     queues: dict[str, tuple[str, ...]] = field(default_factory=dict)  # replica_id → group ids (explicit)
     steps: list[Step] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    kv_weight: dict[str, float] = field(default_factory=dict)  # replica_id → weight of its KV share (default 1)
     _why: dict[str, str] = field(default_factory=dict)  # replica_id → reason it is activated
 
     # -- filling ---------------------------------------------------------------------------------------------------
-    def add_replica(self, model: str, pool: str, gpu_ids: tuple[str, ...], tp: int, *, kv_share_gib: float,
-                    reason: str) -> Replica:
+    def add_replica(self, model: str, pool: str, gpu_ids: tuple[str, ...], tp: int, *, reason: str,
+                    kv_weight: float = 1.0) -> Replica:
         """Place a replica (new, or the same as the current plan's: then it is kept, not re-activated)."""
         rid = replica_id(model, gpu_ids)
         gpu_type = self.fleet.pool(pool).gpu.name
         rep = Replica(replica_id=rid, model=model, pool=pool, gpu_type=gpu_type, gpu_ids=gpu_ids, tp=tp,
-                      kv_share_gib=max(kv_share_gib, 0.0))
+                      kv_share_gib=0.0)
         self.replicas[rid] = rep
+        self.kv_weight[rid] = kv_weight
         self._why[rid] = reason
         return rep
 
-    def keep(self, rep: Replica) -> None:
-        """Keep a replica of the current plan as it is."""
+    def keep(self, rep: Replica, *, kv_weight: float = 1.0) -> None:
+        """Keep a replica of the current plan (its KV share is recomputed with its new neighbours)."""
         self.replicas[rep.replica_id] = rep
+        self.kv_weight[rep.replica_id] = kv_weight
         self._why.setdefault(rep.replica_id, "kept from the current plan")
 
     def remove(self, rid: str) -> None:
         self.replicas.pop(rid, None)
+        self.kv_weight.pop(rid, None)
         self._why.pop(rid, None)
 
     def replicas_of(self, model: str) -> list[Replica]:
@@ -95,6 +109,7 @@ class PlanDraft:
     # -- building --------------------------------------------------------------------------------------------------
     def build(self, solver: SolverStats, *, horizon_s: float = 0.0) -> Plan:
         """The Plan: replicas, routing (equal weights where the planner set none), queues and ordered actions."""
+        self.replicas = _with_kv_shares(self.fleet, self.replicas, self.kv_weight, self.state.current_plan)
         routing = self._final_routing()
         prev = self.state.current_plan
         generation = self.state.generation
@@ -137,12 +152,13 @@ class PlanDraft:
             deact[r.replica_id] = seq.add(
                 r.leader, DeactivateModel(model=r.model, replica_id=r.replica_id, to=Residency.HOST),
                 f"{self.policy}: {r.model} leaves {', '.join(r.gpu_ids)}", deps)
+        resized = self._resize_kept(seq, prev_reps, deact, gone)
         activated = {}
         for r in new:  # phase 4
             deps = tuple(deact[g.replica_id] for g in gone if set(g.gpu_ids) & set(r.gpu_ids))
-            # Every baseline shares the device's KV pool among its resident models (no per-model limit):
-            # vLLM owns its GPUs, MuxServe's unified KV cache and Prism's kvcached pool are shared.
-            args = ActivateModel(model=r.model, replica_id=r.replica_id, tp=r.tp, gpu_ids=r.gpu_ids)
+            deps += tuple(n for rid, n in resized.items() if set(self.replicas[rid].gpu_ids) & set(r.gpu_ids))
+            args = ActivateModel(model=r.model, replica_id=r.replica_id, tp=r.tp, gpu_ids=r.gpu_ids,
+                                 kv_limit_gib=r.kv_share_gib if _limited(r, self.replicas.values()) else None)
             activated[r.replica_id] = seq.add(r.leader, args, f"{self.policy}: {self._why[r.replica_id]}", deps,
                                               duration_s=self._activation_s(r))
         for model, weights in sorted(routing.items()):  # phase 5
@@ -151,6 +167,23 @@ class PlanDraft:
                 seq.add(None, SetRouting(model=model, weights=weights),
                         f"{self.policy}: route {model} over {len(weights)} replica(s)", deps)
         self._order_queues(seq, new, activated, prev)  # phase 6
+
+    def _resize_kept(self, seq: _Sequencer, prev_reps: dict[str, Replica], deact: dict[str, int],
+                     gone: list[Replica]) -> dict[str, int]:
+        """Kept TP replicas whose enforced KV limit changes get it before new neighbours arrive."""
+        out = {}
+        prev_all = list(prev_reps.values())
+        for rid, r in sorted(self.replicas.items()):
+            old = prev_reps.get(rid)
+            if old is None or not _limited(r, self.replicas.values()):
+                continue
+            if _limited(old, prev_all) and abs(old.kv_share_gib - r.kv_share_gib) < 1e-6:
+                continue
+            deps = tuple(deact[g.replica_id] for g in gone if set(g.gpu_ids) & set(r.gpu_ids))
+            out[rid] = seq.add(r.leader, ResizeKV(replica_id=rid, kv_limit_gib=r.kv_share_gib),
+                               f"{self.policy}: {r.model} shares its GPUs; its KV share is {r.kv_share_gib:.1f} GiB",
+                               deps)
+        return out
 
     def _drain_routing(self, seq: _Sequencer, gone: list[Replica],
                        prev_routing: dict[str, dict[str, float]]) -> dict[str, int]:
@@ -201,6 +234,41 @@ class _Sequencer:
         return n
 
 
-def kv_share_gib(usable_bytes: float, weight_bytes: float) -> float:
-    """KV memory per GPU left after the weights (what a replica may grow into in a shared pool)."""
-    return max(usable_bytes - weight_bytes, 0.0) / GIB
+def _limited(rep: Replica, everyone: Iterable[Replica]) -> bool:
+    """A TP > 1 replica sharing a GPU with another replica runs under a KV limit (see the module docstring)."""
+    return rep.tp > 1 and any(o.replica_id != rep.replica_id and set(o.gpu_ids) & set(rep.gpu_ids) for o in everyone)
+
+
+def _with_kv_shares(fleet: FleetSpec, replicas: dict[str, Replica], weights: dict[str, float],
+                    prev: Plan | None) -> dict[str, Replica]:
+    """Each replica with its KV share per GPU: the GPU's room after all weights, one full-context sequence each,
+    the rest split by weight; a TP group gets the smallest of its members' shares. GPUs whose replicas are the
+    same as in `prev` keep their shares (a static placement's shares never drift)."""
+    on_gpu: dict[str, list[Replica]] = {}
+    for r in replicas.values():
+        for g in r.gpu_ids:
+            on_gpu.setdefault(g, []).append(r)
+    before: dict[str, set[str]] = {}
+    for r in prev.replicas if prev else ():
+        for g in r.gpu_ids:
+            before.setdefault(g, set()).add(r.replica_id)
+    kept = {r.replica_id: r.kv_share_gib * GIB for r in prev.replicas} if prev else {}
+    share: dict[str, float] = {}
+    for g, reps in on_gpu.items():
+        unchanged = before.get(g) == {r.replica_id for r in reps}
+        for r, mine in zip(reps, [kept[r.replica_id] for r in reps] if unchanged else _split_room(fleet, g, reps,
+                                                                                                    weights)):
+            share[r.replica_id] = min(share.get(r.replica_id, mine), mine)
+    return {rid: r.model_copy(update={"kv_share_gib": max(share.get(rid, 0.0), 0.0) / GIB})
+            for rid, r in replicas.items()}
+
+
+def _split_room(fleet: FleetSpec, gpu_id: str, reps: list[Replica], weights: dict[str, float]) -> list[float]:
+    models = [fleet.model(r.model) for r in reps]
+    room = fleet.usable_bytes_per_gpu(fleet.pool_of_gpu(gpu_id).gpu) - sum(
+        m.arch.weight_bytes / r.tp for m, r in zip(models, reps))
+    floor = [m.max_context_tokens * m.arch.kv_bytes_per_token_per_gpu(r.tp) for m, r in zip(models, reps)]
+    # Keep a little back: the engine rounds every share to whole KV pages.
+    spare = max(room * (1 - KV_SLACK) - sum(floor), 0.0)
+    total = sum(weights.get(r.replica_id, 1.0) for r in reps) or 1.0
+    return [base + spare * weights.get(r.replica_id, 1.0) / total for r, base in zip(reps, floor)]

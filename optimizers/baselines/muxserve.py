@@ -35,7 +35,7 @@ from core.latency import LatencyBook
 from core.state import FleetState
 from optimizers.baselines.dedicated import StaticPlanner
 from optimizers.baselines.demand import ModelDemand, expected_demand, replica_capacity_per_s, tightest_tpot_s
-from optimizers.baselines.draft import PlanDraft, kv_share_gib
+from optimizers.baselines.draft import PlanDraft
 from optimizers.baselines.inventory import Inventory, MemoryLedger
 
 OVERLOAD_ALLOWANCE = 0.2  # MuxServe's `overload_threshold` of 20 (of 100 % compute) per mesh
@@ -154,24 +154,32 @@ class _Placer:
         ledger = MemoryLedger(self.inventory)
         for model in self.order:
             ranked = sorted(meshes, key=lambda m: (-m.load_tag, -ledger.free_bytes(m.gpu_ids[0])))
-            best, best_gain, best_served, best_util = None, -1.0, 0.0, 0.0
+            best: tuple[tuple[float, float], Mesh, float, float] | None = None  # (gain, per-GPU capacity), …
             for mesh in ranked:
                 if not self._fits(model, mesh, ledger):
                     continue
                 served, util = self.mesh_estimate(mesh, mesh.models + [model.name], ledger, extra=model)
                 if respect_compute and util > 1 + OVERLOAD_ALLOWANCE:
                     continue
-                gain = served - mesh.served_per_s
-                if gain > best_gain + 1e-12 or (abs(gain - best_gain) <= 1e-12 and best and mesh.size < best.size):
-                    best, best_gain, best_served, best_util = mesh, gain, served, util
+                # Most throughput gained; ties (the model is served either way) to the mesh that serves it most
+                # efficiently per GPU — on a homogeneous cluster the smaller mesh, MuxServe's rule.
+                key = (round(served - mesh.served_per_s, 9), round(self._per_gpu_capacity(model, mesh), 9))
+                if best is None or key > best[0]:
+                    best = (key, mesh, served, util)
             if best is None:
                 return None
-            ledger.place(model, best.gpu_ids, best.size)
-            best.models.append(model.name)
-            best.served_per_s = best_served
-            best.utilisation = best_util
-            best.load_tag -= self.demand[model.name].rate_per_s * model.arch.params_b / best.size
+            _, mesh, served, util = best
+            ledger.place(model, mesh.gpu_ids, mesh.size)
+            mesh.models.append(model.name)
+            mesh.served_per_s, mesh.utilisation = served, util
+            mesh.load_tag -= self.demand[model.name].rate_per_s * model.arch.params_b / mesh.size
         return meshes
+
+    def _per_gpu_capacity(self, model: ServedModel, mesh: Mesh) -> float:
+        """Requests per second per GPU the model alone would get from the mesh."""
+        lat = self.latency.get(model.arch, self.inventory.gpu_type_of(mesh.pool), mesh.size)
+        kv = self.inventory.kv_tokens(model, mesh.pool, mesh.size)
+        return replica_capacity_per_s(lat, self.demand[model.name], kv_tokens=kv, tpot_s=self.tpot_s) / mesh.size
 
     def _fits(self, model: ServedModel, mesh: Mesh, ledger: MemoryLedger) -> bool:
         return mesh.size in self.inventory.fitting_tps(model, mesh.pool) and ledger.can_place(
@@ -196,16 +204,14 @@ class _Placer:
 
     # -- output ----------------------------------------------------------------------------------------------------
     def emit(self, draft: PlanDraft, meshes: list[Mesh]) -> None:
-        ledger = MemoryLedger(self.inventory)
+        """The placement as replicas; a mesh's KV is split in proportion to rate × KV bytes per token (MuxServe's
+        initial quotas)."""
         for mesh in meshes:
-            for name in mesh.models:
-                ledger.place(self.fleet.model(name), mesh.gpu_ids, mesh.size)
-        for mesh in meshes:
-            share = kv_share_gib(ledger.kv_room_bytes(mesh.gpu_ids[0]), 0.0)
             peers = len(mesh.models) - 1
             for name in mesh.models:
                 d = self.demand[name]
-                draft.add_replica(name, mesh.pool, mesh.gpu_ids, mesh.size, kv_share_gib=share, reason=(
+                weight = max(d.rate_per_s, 1e-6) * self.fleet.model(name).kv_bytes_per_token
+                draft.add_replica(name, mesh.pool, mesh.gpu_ids, mesh.size, kv_weight=weight, reason=(
                     f"{name} ({d.rate_per_s:.2f} req/s expected) on a {mesh.size}-GPU mesh of {mesh.pool} "
                     f"shared with {peers} other model(s), where it adds the most estimated throughput"))
 

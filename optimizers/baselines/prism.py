@@ -35,7 +35,7 @@ from core.plan import Plan, Replica, SolverStats
 from core.state import EventKind, FleetState
 from core.status import ReplicaStatus
 from optimizers.baselines.demand import ModelDemand, expected_demand, observed_demand, tightest_tpot_s
-from optimizers.baselines.draft import PlanDraft, kv_share_gib
+from optimizers.baselines.draft import PlanDraft
 from optimizers.baselines.inventory import Inventory, MemoryLedger
 
 IDLE_EVICT_S = 45.0  # evict a model idle this long when memory is tight (paper: <40 s thrashes, >80 s hoards)
@@ -260,10 +260,9 @@ class _Round:
         self.ledger.place(model, group.gpu_ids, tp)
         self.weighted[model.name] = w
         if keep is not None:
-            self.draft.keep(keep)
+            self.draft.keep(keep, kv_weight=max(w, 1e-9))
             return
-        share = kv_share_gib(self.ledger.kv_room_bytes(group.gpu_ids[0]), 0.0)
-        self.draft.add_replica(model.name, group.pool, group.gpu_ids, tp, kv_share_gib=share, reason=reason)
+        self.draft.add_replica(model.name, group.pool, group.gpu_ids, tp, reason=reason, kv_weight=max(w, 1e-9))
 
     def _unplace(self, rep: Replica, reason: str) -> None:
         self.ledger.remove(self.fleet.model(rep.model), rep.gpu_ids, rep.tp)

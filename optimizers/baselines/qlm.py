@@ -39,10 +39,10 @@ from core.actions import EvictRequests, MigrateRequests, PreemptMode
 from core.fleet import FleetSpec
 from core.forecast import ScenarioSet
 from core.latency import LatencyBook
-from core.plan import Plan, Replica, SolverStats
+from core.plan import Plan, SolverStats
 from core.state import EventKind, FleetState, RequestGroup
 from optimizers.baselines.demand import ModelDemand, expected_demand, observed_demand, replica_capacity_per_s
-from optimizers.baselines.draft import PlanDraft, Step, kv_share_gib, replica_id
+from optimizers.baselines.draft import PlanDraft, Step, replica_id
 from optimizers.baselines.inventory import Inventory
 from optimizers.baselines.sizing import size_replicas
 
@@ -93,9 +93,7 @@ class QLMPlanner:
         sized, reasons = size_replicas(fleet, inventory, self.latency, demand, target_utilization=0.0,
                                        fill_all=True)
         for s in sized:
-            weights = fleet.model(s.model).arch.weight_bytes / s.tp
-            draft.add_replica(s.model, s.pool, s.gpu_ids, s.tp, reason=f"instance starts with {s.model}",
-                              kv_share_gib=kv_share_gib(inventory.gpu(s.gpu_ids[0]).usable_bytes, weights))
+            draft.add_replica(s.model, s.pool, s.gpu_ids, s.tp, reason=f"instance starts with {s.model}")
             draft.routing.setdefault(s.model, {})[replica_id(s.model, s.gpu_ids)] = token_throughput(
                 fleet, self.latency, demand[s.model], s.pool, s.tp)
         draft.reasons.extend(reasons)
@@ -294,18 +292,13 @@ class _Scheduler:
 
     # -- output ----------------------------------------------------------------------------------------------------
     def _emit(self, reordered: bool) -> None:
-        inventory = Inventory(self.fleet, self.state)
         for inst in self.instances:
-            weights = self.fleet.model(inst.model).arch.weight_bytes / inst.tp
-            rep = Replica(replica_id=inst.replica_id, model=inst.model, pool=inst.pool,
-                          gpu_type=self.fleet.pool(inst.pool).gpu.name, gpu_ids=inst.gpu_ids, tp=inst.tp,
-                          kv_share_gib=kv_share_gib(inventory.gpu(inst.gpu_ids[0]).usable_bytes, weights))
             prev = self.prev.replica(inst.replica_id)
             if prev is not None:
                 self.draft.keep(prev)
             else:
-                self.draft.add_replica(rep.model, rep.pool, rep.gpu_ids, rep.tp, kv_share_gib=rep.kv_share_gib,
-                                       reason=f"model swap: {rep.model} needed for a group predicted to miss")
+                self.draft.add_replica(inst.model, inst.pool, inst.gpu_ids, inst.tp,
+                                       reason=f"model swap: {inst.model} needed for a group predicted to miss")
             if reordered or prev is None:
                 self.draft.routing.setdefault(inst.model, {})[inst.replica_id] = self.token_throughput(
                     inst.model, inst)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.actions import ActivateModel
+from core.actions import ActivateModel, ResizeKV
+from core.catalog import GIB
 from core.fleet import load_fleet
 from core.latency import LatencyBook
 from core.plan import SolverStats
@@ -57,12 +58,12 @@ def test_every_model_is_routed_to_its_replicas(name: str) -> None:
 def test_draft_frees_a_gpu_before_activating_on_it() -> None:
     st0 = state(FLEET, rates=ZIPF_RATES)
     first = PlanDraft("t", FLEET, st0, LatencyBook(), queue_rule="fcfs")
-    first.add_replica("llama8b-0", "h100", ("h100/0",), 1, kv_share_gib=10, reason="start")
-    first.add_replica("llama8b-1", "h100", ("h100/1",), 1, kv_share_gib=10, reason="start")
+    first.add_replica("llama8b-0", "h100", ("h100/0",), 1, reason="start")
+    first.add_replica("llama8b-1", "h100", ("h100/1",), 1, reason="start")
     plan0 = first.build(SolverStats(name="t", status="heuristic"))
     second = PlanDraft("t", FLEET, state(FLEET, time_s=5, plan=plan0), LatencyBook(), queue_rule="fcfs")
     second.keep(plan0.replicas[1])
-    second.add_replica("qwen-14b", "h100", ("h100/0",), 1, kv_share_gib=10, reason="swap in")
+    second.add_replica("qwen-14b", "h100", ("h100/0",), 1, reason="swap in")
     plan1 = second.build(SolverStats(name="t", status="heuristic"))
     kinds = {a.kind: a for a in plan1.actions}
     assert set(kinds) == {"deactivate_model", "activate_model", "set_routing", "set_queue_order"}
@@ -70,3 +71,25 @@ def test_draft_frees_a_gpu_before_activating_on_it() -> None:
     assert isinstance(act.args, ActivateModel) and act.args.model == "qwen-14b"
     assert kinds["deactivate_model"].seq in act.depends_on
     assert plan1.parent_id == plan0.plan_id and plan1.generation == 1
+
+
+def test_tp_replicas_sharing_gpus_get_kv_limits_that_fit() -> None:
+    st0 = state(FLEET, rates=ZIPF_RATES)
+    first = PlanDraft("t", FLEET, st0, LatencyBook(), queue_rule="fcfs")
+    first.add_replica("llama8b-0", "h100", ("h100/0", "h100/1"), 2, reason="alone")
+    plan0 = first.build(SolverStats(name="t", status="heuristic"))
+    (alone,) = [a.args for a in plan0.actions if isinstance(a.args, ActivateModel)]
+    assert alone.kv_limit_gib is None, "alone on its GPUs: the shared pool, no limit"
+    second = PlanDraft("t", FLEET, state(FLEET, time_s=5, plan=plan0), LatencyBook(), queue_rule="fcfs")
+    second.keep(plan0.replicas[0], kv_weight=3.0)
+    second.add_replica("qwen-14b", "h100", ("h100/0", "h100/1"), 2, reason="neighbour", kv_weight=1.0)
+    plan1 = second.build(SolverStats(name="t", status="heuristic"))
+    resize = next(a for a in plan1.actions if isinstance(a.args, ResizeKV))
+    act = next(a for a in plan1.actions if isinstance(a.args, ActivateModel))
+    assert resize.seq in act.depends_on
+    shares = {r.model: r.kv_share_gib for r in plan1.replicas}
+    assert resize.args.kv_limit_gib == shares["llama8b-0"] and act.args.kv_limit_gib == shares["qwen-14b"]
+    assert shares["llama8b-0"] > shares["qwen-14b"], "the share follows the planner's weights"
+    usable = FLEET.usable_bytes_per_gpu(FLEET.pool("h100").gpu) / GIB
+    weights = sum(FLEET.model(m).weight_gib / 2 for m in shares)
+    assert sum(shares.values()) + weights <= usable + 1e-6
