@@ -4,7 +4,7 @@ without applying anything twice.
 Every call runs in its own transaction and commits before it returns: a recorded start or outcome survives a
 crash of the executor the moment the call returns (SQLite runs with `synchronous=FULL`, PostgreSQL commits are
 durable by default). The log shares its tables with the plan API: a plan stored by the controller
-(`db.plans.create_plan`) is already recorded, and `record_plan` leaves it as it is.
+(`db.plans.create_plan`) is already recorded, and `record_plan` adds only actions it does not hold yet.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from core.actions import Action, ApplyResult
 from core.errors import NotFoundError
 from core.plan import Plan
 from db.actions import (
+    add_missing_actions,
     get_action,
     mark_action_started,
     record_action_outcome,
@@ -40,22 +41,26 @@ class SqlActionLog:
         return cls(make_engine(url))
 
     def record_plan(self, plan: Plan) -> None:
-        """Store `plan` with its actions `pending`, unless a plan with its id is stored already.
+        """Store `plan` with its actions `pending`; idempotent per plan id.
 
         A plan first seen here is stored as a non-advisory `proposed` plan of its fleet (created by name if the
-        database does not know it yet); its parent, if any, must be stored.
+        database does not know it yet); its parent, if any, must be stored. For a plan already stored (by the plan
+        API, or by an earlier run) only actions it does not have yet — e.g. ones the executor added — are stored;
+        recorded actions keep their state.
         """
-        with self._sessions.begin() as session:
-            if session.get(PlanRow, plan.plan_id) is not None:
+        for retry in (False, True):
+            try:
+                with self._sessions.begin() as session:
+                    if session.get(PlanRow, plan.plan_id) is None:
+                        ensure_fleet(session, name=plan.fleet)
+                        create_plan(session, plan=plan, advisory=False)
+                    else:
+                        add_missing_actions(session, plan=plan)
                 return
-        try:
-            with self._sessions.begin() as session:
-                ensure_fleet(session, name=plan.fleet)
-                create_plan(session, plan=plan, advisory=False)
-        except IntegrityError:
-            # Another executor recorded the same plan between our check and our insert: that is the idempotent case.
-            with self._sessions.begin() as session:
-                if session.get(PlanRow, plan.plan_id) is None:
+            except IntegrityError:
+                # Another executor stored the same plan or actions between our read and our insert; reading again
+                # finds them, which is the idempotent case.
+                if retry:
                     raise
 
     def mark_started(self, key: str, *, attempt: int) -> None:

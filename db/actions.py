@@ -15,10 +15,30 @@ from sqlalchemy.orm import Session
 
 from core.actions import Action, ApplyResult
 from core.errors import InputError, NotFoundError
+from core.plan import Plan
 from db.models import PlanActionRow, PlanRow, utcnow
 
 UNFINISHED = ("pending", "started")
 OUTCOME_STATUSES = ("applied", "deferred", "stale", "conflict", "failed")
+
+
+def action_row(action: Action) -> PlanActionRow:
+    """A new `pending` row for `action` (added to its plan by the caller)."""
+    return PlanActionRow(
+        plan_id=action.plan_id, seq=action.seq, idempotency_key=action.idempotency_key, kind=action.kind,
+        worker_id=action.worker_id, depends_on=list(action.depends_on), payload=action.model_dump(mode="json"),
+        status="pending", attempts=0,
+    )
+
+
+def add_missing_actions(session: Session, *, plan: Plan) -> int:
+    """Store, as `pending`, the actions of `plan` whose keys the stored plan does not have yet (e.g. actions an
+    executor added to a stored plan); returns how many were added. Recorded actions are left as they are."""
+    known = set(session.scalars(select(PlanActionRow.idempotency_key).where(PlanActionRow.plan_id == plan.plan_id)))
+    missing = [action_row(a) for a in plan.actions if a.idempotency_key not in known]
+    session.add_all(missing)
+    session.flush()
+    return len(missing)
 
 
 def list_actions(session: Session, *, plan_id: str) -> list[PlanActionRow]:

@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session
 
 from core.errors import InputError, NotFoundError
 from core.plan import Plan
+from db.actions import action_row
 from db.fleets import get_fleet
-from db.models import PLAN_STATUSES, PlanActionRow, PlanRow
+from db.models import PLAN_STATUSES, PlanRow
 from db.rows import add_row, row_by_key
 
 PLAN_TRANSITIONS: dict[str, frozenset[str]] = {
@@ -57,13 +58,7 @@ def create_plan(session: Session, *, plan: Plan, advisory: bool, fleet_version: 
         expected=plan.expected.overall.model_dump(mode="json") if plan.expected else None,
         payload=plan.model_dump(mode="json"),
     )
-    row.actions = [
-        PlanActionRow(
-            seq=a.seq, idempotency_key=a.idempotency_key, kind=a.kind, worker_id=a.worker_id,
-            depends_on=list(a.depends_on), payload=a.model_dump(mode="json"), status="pending", attempts=0,
-        )
-        for a in plan.actions
-    ]
+    row.actions = [action_row(a) for a in plan.actions]
     return add_row(session, row)
 
 

@@ -67,10 +67,11 @@ class RequestOutcomes:
         if bad is not None:
             raise InputError("outcome", bad, f"one of {', '.join(REQUEST_OUTCOMES)}")
         floats = {
-            name: _float_column(col, n)
+            name: _float_column(name, col, n)
             for name, col in zip(LATENCY_COLUMNS, (ttft_s, tpot_s, e2e_s, finish_s), strict=True)
         }
-        labels = {name: _encode(col, n) for name, col in zip(LABEL_COLUMNS, (drop_reason, worker_id, replica_id))}
+        label_columns = (drop_reason, worker_id, replica_id)
+        labels = {name: _encode(name, col, n) for name, col in zip(LABEL_COLUMNS, label_columns, strict=True)}
         return cls(
             **floats,
             outcome_idx=np.fromiter((codes[o] for o in outcome), np.int8, n),
@@ -165,8 +166,8 @@ def read_telemetry(
         query = query.where(t.model == model)
     rows = session.execute(query.order_by(t.arrival_s, t.id)).all()
     cols = list(zip(*rows)) if rows else [()] * len(columns)
-    model_idx, model_names = _encode(cols[2], len(rows))
-    slo_idx, slo_names = _encode(cols[3], len(rows))
+    model_idx, model_names = _encode("model", cols[2], len(rows))
+    slo_idx, slo_names = _encode("slo_class", cols[3], len(rows))
     table = RequestTable.from_columns(
         arrival_s=np.asarray(cols[0], np.float64), request_id=cols[1], model_idx=model_idx, slo_idx=slo_idx,
         prompt_tokens=cols[4], output_tokens=cols[5], model_names=model_names, slo_names=slo_names, sort=False,
@@ -178,22 +179,25 @@ def read_telemetry(
     return table, outcomes
 
 
-def _float_column(values: Sequence[float | None] | np.ndarray | None, n: int) -> np.ndarray:
+def _float_column(name: str, values: Sequence[float | None] | np.ndarray | None, n: int) -> np.ndarray:
     if values is None:
         return np.full(n, np.nan)
-    arr = np.asarray([np.nan if v is None else v for v in values] if not isinstance(values, np.ndarray) else values,
-                     dtype=np.float64)
+    try:
+        arr = np.asarray(values, dtype=np.float64)  # None becomes NaN
+    except (TypeError, ValueError):
+        bad = next(v for v in values if not isinstance(v, (int, float, type(None))))
+        raise InputError(name, bad, "a number of seconds (None or NaN where unknown)") from None
     if arr.shape != (n,):
-        raise InputError("telemetry columns", arr.shape[0], f"one value per request ({n})")
+        raise InputError(name, len(arr), f"one value per request ({n})")
     return arr
 
 
-def _encode(values: Sequence[str | None] | None, n: int) -> tuple[np.ndarray, tuple[str, ...]]:
+def _encode(name: str, values: Sequence[str | None] | None, n: int) -> tuple[np.ndarray, tuple[str, ...]]:
     """Dictionary-encode labels in order of first appearance; None → -1."""
     if values is None:
         return np.full(n, NO_LABEL, np.int32), ()
     if len(values) != n:
-        raise InputError("telemetry columns", len(values), f"one value per request ({n})")
+        raise InputError(name, len(values), f"one value per request ({n})")
     names: dict[str, int] = {}
     codes = np.fromiter(
         (NO_LABEL if v is None else names.setdefault(v, len(names)) for v in values), np.int32, n

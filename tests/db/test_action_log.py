@@ -83,3 +83,14 @@ def test_unknown_plans_and_keys(engine: Engine) -> None:
         log.unfinished("nope")
     with pytest.raises(NotFoundError, match="action"):
         log.mark_started("nope:0", attempt=1)
+
+
+def test_actions_added_to_a_stored_plan_are_recorded_and_recorded_ones_keep_their_state(engine: Engine) -> None:
+    plan = make_plan()
+    first = plan.actions[0]
+    log = SqlActionLog(engine)
+    log.record_plan(plan.model_copy(update={"actions": (first,)}))  # as the plan API stored it
+    log.mark_started(first.idempotency_key, attempt=1)
+    log.record_plan(plan)  # the executor's copy carries two more actions
+    assert log.unfinished(plan.plan_id) == list(plan.actions)
+    assert log.attempts(first.idempotency_key) == 1

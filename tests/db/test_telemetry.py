@@ -116,3 +116,13 @@ def test_bad_input_names_the_column(sessions: sessionmaker[Session]) -> None:
             ingest_requests(s, fleet="nope", table=table)
     with pytest.raises(InputError, match="interval_s"), sessions.begin() as s:
         request_counts(s, fleet="f", start_s=0, end_s=10, interval_s=0)
+
+
+def test_outcome_columns_from_plain_lists() -> None:
+    outcomes = RequestOutcomes.from_columns(outcome=["completed", "dropped"], ttft_s=[0.25, None],
+                                            drop_reason=[None, "timeout"])
+    assert np.isnan(outcomes.ttft_s[1]) and outcomes.labels("drop_reason").tolist() == [None, "timeout"]
+    with pytest.raises(InputError, match="ttft_s.*'fast'.*number of seconds"):
+        RequestOutcomes.from_columns(outcome=["completed"], ttft_s=["fast"])
+    with pytest.raises(InputError, match="worker_id.*one value per request"):
+        RequestOutcomes.from_columns(outcome=["completed"], worker_id=["a", "b"])
