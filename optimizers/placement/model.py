@@ -20,15 +20,33 @@ scenario's availability), and the compute shares `cap/μ` of the replicas time-s
 
 from __future__ import annotations
 
+import numpy as np
 import pyomo.environ as pyo
 
 from optimizers.placement.problem import PlacementProblem, ReplicaConfig
 
 
 def on_demand_config(problem: PlacementProblem, m: int) -> ReplicaConfig | None:
-    """The config a scenario activates for model m on demand: fewest GPUs, then the highest capacity."""
-    options = problem.configs_of_model(m)
-    return min(options, key=lambda c: (c.tp, -c.online_rate_max), default=None)
+    """The config a scenario activates for model m on demand (`PlacementProblem.on_demand`)."""
+    return problem.on_demand[m]
+
+
+def useful_capacity(problem: PlacementProblem) -> np.ndarray:
+    """(K,) the most SLO capacity one replica of each config can usefully offer: its table's maximum, capped by the
+    model's largest online demand over the scenarios divided by the config's survival there.
+
+    `cap[k] ≤ useful[k]·n[k]` is valid (capacity beyond what config k alone needs to cover every scenario's demand
+    serves nothing; any optimum can be cut down to it) and it is what makes the relaxation honest about a replica's
+    fixed cost: without it a tail model with demand d takes n = d / rate_max of a replica and pays that fraction of
+    its weight memory; with it, serving d needs a whole replica, as in any integer solution.
+    """
+    online = problem.online_demand()  # (S, M)
+    out = np.zeros(len(problem.configs))
+    for c in problem.configs:
+        sigma = problem.survival[:, c.index]
+        need = np.divide(online[:, c.model_index], sigma, out=np.zeros_like(sigma), where=sigma > 1e-9)
+        out[c.index] = min(c.online_rate_max, float(need.max(initial=0.0)))
+    return out
 
 
 def build_first_stage(model: pyo.ConcreteModel, problem: PlacementProblem) -> None:
@@ -55,8 +73,8 @@ def build_first_stage(model: pyo.ConcreteModel, problem: PlacementProblem) -> No
     model.kv_lo = pyo.Constraint(model.K1, rule=lambda b, k: b.kv[k] >= cfg[k].kv_min_gib * b.n[k])
     model.SEG = pyo.Set(dimen=2, initialize=[(k, j) for k in model.K1 for j in range(len(cfg[k].online.segments))])
     model.pwl = pyo.Constraint(model.SEG, rule=lambda b, k, j: _segment(b, cfg[k], j))
-    model.whole = pyo.Constraint([k for k in model.K if not cfg[k].shares_gpus],
-                                 rule=lambda b, k: b.cap[k] <= cfg[k].online_rate_max * b.n[k])
+    useful = useful_capacity(problem)
+    model.useful = pyo.Constraint(model.K, rule=lambda b, k: b.cap[k] <= float(useful[k]) * b.n[k])
     model.pool_compute = pyo.Constraint(model.P, rule=lambda b, p: _pool_compute(b, problem, p))
     model.memory = pyo.Constraint(model.P, rule=lambda b, p: _pool_memory(b, problem, p))
     model.inventory = pyo.Constraint(model.P, rule=lambda b, p: b.g[p] + sum(
@@ -82,11 +100,11 @@ def build_scenario_block(block: pyo.Block, problem: PlacementProblem, s: int) ->
     demand = problem.demand_rps[s]
     online = [c for c, cls in enumerate(problem.classes) if cls.online]
     offline = [c for c, cls in enumerate(problem.classes) if not cls.online]
-    od = {m: on_demand_config(problem, m) for m in top.M}
+    od = dict(enumerate(problem.on_demand))
     # -- sets -----------------------------------------------------------------------------------------------------
     block.MC = pyo.Set(initialize=[(m, c) for m in top.M for c in range(len(problem.classes)) if demand[m, c] > 0])
     block.MA = pyo.Set(initialize=[m for m in top.M if od[m] is not None and demand[m, online].sum() > 0
-                                   and m in _rarely_used(problem)])
+                                   and m in problem.rarely_used])
     # -- variables ------------------------------------------------------------------------------------------------
     block.u = pyo.Var(block.MC, domain=pyo.NonNegativeReals, bounds=lambda _, m, c: (0, float(demand[m, c])))
     block.ah = pyo.Var(block.MA, domain=pyo.NonNegativeReals, bounds=(0, 1))
@@ -179,24 +197,15 @@ def _offline_balance(b: pyo.Block, problem: PlacementProblem, m: int, classes: l
     if not wanted:
         return pyo.Constraint.Skip
     top = b.model()
-    spare = sum(float(problem.survival[s, c.index]) * c.offline_rate_per_s * (
-        top.n[c.index] - top.cap[c.index] / c.online_rate_max) for c in problem.configs_of_model(m)
-        if c.online_rate_max > 0)
+    terms = [(float(problem.survival[s, c.index]) * c.offline_rate_per_s, c) for c in problem.configs_of_model(m)
+             if c.online_rate_max > 0]
+    spare = sum(rate * top.n[c.index] - rate / c.online_rate_max * top.cap[c.index] for rate, c in terms)
     return sum(float(problem.demand_rps[s, m, c]) - b.u[m, c] for c in wanted) <= spare
 
 
 def _useful(delay_s: float, problem: PlacementProblem) -> float:
     """Share of the horizon an on-demand replica serves after the reaction and activation delays."""
     return max(0.0, 1 - (problem.settings.reaction_s + delay_s) / problem.horizon_s)
-
-
-def _rarely_used(problem: PlacementProblem) -> set[int]:
-    """Models whose mean online demand is a small share of one replica: where activating on demand (Prism's path)
-    competes with keeping a replica, and where host-vs-cold residency matters. Busier models are placed."""
-    mean = problem.weights @ problem.online_demand()
-    limit = problem.settings.on_demand_max_load
-    return {m for m in range(len(problem.models))
-            if (od := on_demand_config(problem, m)) is not None and mean[m] <= limit * od.online_rate_max}
 
 
 def _spare(b: pyo.Block, problem: PlacementProblem, p: int, s: int, od: dict) -> object:

@@ -6,19 +6,24 @@ shared GPUs under two capacities per GPU — memory (weights + KV share) and com
 them) — with one replica of a model per GPU (spreading a model's replicas is its fault tolerance). Replicas that
 already run keep their GPUs when they still fit (stability).
 
-Two packers: `pack_ffd` (first-fit decreasing, milliseconds) and `pack_cpsat` (OR-Tools CP-SAT: fewest GPUs, fewest
-moves, within a time limit). `pack` uses CP-SAT up to `CPSAT_MAX_ITEMS` shared replicas and FFD beyond, where
-bench/solver_scaling.py measures CP-SAT no longer finding fewer GPUs within its limit (docs/optimizers.md).
+Two packers: `pack_ffd` (first-fit decreasing, milliseconds) and `pack_cpsat` (OR-Tools CP-SAT, hinted with the
+first-fit packing, so never worse: fewest replicas dropped, then KV shares shrunk, then GPUs, then moves). Measured
+(bench/solver_scaling.py, docs/optimizers.md): at the program's KV shares CP-SAT finds no packing with fewer GPUs
+than first-fit on the benchmark fleets, but where first-fit must drop a replica or shrink a KV share, CP-SAT often
+fits it whole, at 0.3–2 s. So `pack(packer="auto")` runs first-fit and calls CP-SAT only to repair a packing that
+dropped or shrank something, keeping whichever is better.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from core.errors import InputError
 from optimizers.placement.problem import PlacementProblem, ReplicaConfig
 
-CPSAT_MAX_ITEMS = 160
-CPSAT_IN_AUTO = False  # measured: see docs/optimizers.md (FFD matches CP-SAT's GPU count on the benchmark fleets)
+PACKERS = ("auto", "ffd", "cpsat")
+CPSAT_MIN_S = 0.2  # below this budget CP-SAT cannot even load the first-fit hint on benchmark-sized pools
 _MIB = 1024
 
 
@@ -44,6 +49,7 @@ class PackingResult:
     dropped: tuple[str, ...]  # reasons for replicas that did not fit anywhere
     packer: str
     gpus_used: int
+    num_shrunk: int = 0  # shared replicas whose KV share was cut to the minimum to fit (SLO capacity lost)
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,14 @@ class _Pool:
         self.models: dict[str, set[str]] = {g: set() for g in gpu_ids}
         self.whole: set[str] = set()
 
+    def copy(self) -> _Pool:
+        """An independent copy (to try a packing without taking the room)."""
+        other = _Pool([], 1, 0.0, 0.0)
+        other.gpu_ids, other.node = list(self.gpu_ids), dict(self.node)
+        other.memory, other.load = dict(self.memory), dict(self.load)
+        other.models, other.whole = {g: set(m) for g, m in self.models.items()}, set(self.whole)
+        return other
+
     def fits(self, g: str, item: _Item) -> bool:
         """Memory always; compute: a replica alone may fill its GPU (its capacity table has its own margins),
         replicas time-sharing one stay under the utilisation cap together."""
@@ -117,13 +131,28 @@ class _Pool:
 def pack(problem: PlacementProblem, items: list[_Item], gpu_ids: dict[str, list[str]], *, time_limit_s: float = 1.0,
          packer: str = "auto") -> PackingResult:
     """Place items on the pools' healthy GPUs; `packer` is 'ffd', 'cpsat' or 'auto' (module docstring)."""
-    shared = sum(1 for i in items if i.config.shares_gpus)
-    use_cpsat = packer == "cpsat" or (packer == "auto" and shared <= CPSAT_MAX_ITEMS and CPSAT_IN_AUTO)
-    if use_cpsat:
-        from optimizers.placement.cpsat import pack_cpsat
+    if packer not in PACKERS:
+        raise InputError("packer", packer, f"one of {', '.join(PACKERS)}")
+    if packer == "cpsat":
+        return _pack_cpsat(problem, items, gpu_ids, time_limit_s)
+    ffd = pack_ffd(problem, items, gpu_ids)
+    if packer == "ffd" or (not ffd.dropped and not ffd.num_shrunk) or time_limit_s < CPSAT_MIN_S:
+        return ffd
+    repaired = _pack_cpsat(problem, items, gpu_ids, time_limit_s)
+    if _rank(repaired) >= _rank(ffd):
+        return ffd
+    return replace(repaired, packer="ffd+cp-sat")
 
-        return pack_cpsat(problem, items, gpu_ids, time_limit_s=time_limit_s)
-    return pack_ffd(problem, items, gpu_ids)
+
+def _pack_cpsat(problem: PlacementProblem, items: list[_Item], gpu_ids: dict[str, list[str]],
+                time_limit_s: float) -> PackingResult:
+    from optimizers.placement.cpsat import pack_cpsat  # OR-Tools loads only when a packing needs it
+
+    return pack_cpsat(problem, items, gpu_ids, time_limit_s=time_limit_s)
+
+
+def _rank(result: PackingResult) -> tuple[int, int, int]:
+    return len(result.dropped), result.num_shrunk, result.gpus_used
 
 
 def new_pools(problem: PlacementProblem, gpu_ids: dict[str, list[str]]) -> dict[int, _Pool]:
@@ -152,21 +181,34 @@ def pack_ffd(problem: PlacementProblem, items: list[_Item], gpu_ids: dict[str, l
     out: list[PlacedReplica] = []
     dropped: list[str] = []
     place_tp_groups(problem, items, pools, out, dropped)
-    order = sorted((i for i in items if i.config.shares_gpus), key=lambda i: (not i.current, -i.memory_gib))
-    for item in order:
-        pool = pools[item.config.pool_index]
-        gpu = _first_fit(pool, item)
+    shared = [i for i in items if i.config.shares_gpus]
+    done: set[int] = set()
+    num_shrunk = 0
+    for p, pool in pools.items():
+        mine = [i for i in shared if i.config.pool_index == p]
+        for index, gpu, shrunk in pack_shared_ffd(mine, pool):
+            out.append(placed(problem, shrink(mine[index]) if shrunk else mine[index], (gpu,)))
+            done.add(id(mine[index]))
+            num_shrunk += shrunk
+    dropped += [f"{i.config.model}: no GPU of {problem.pools[i.config.pool_index].name} has "
+                f"{shrink(i).memory_gib:.1f} GiB and {shrink(i).load_share:.2f} compute free"
+                for i in shared if id(i) not in done]
+    return PackingResult(tuple(out), tuple(dropped), "ffd", count_gpus(out), num_shrunk)
+
+
+def pack_shared_ffd(items: list[_Item], pool: _Pool) -> Iterator[tuple[int, str, bool]]:
+    """First-fit decreasing of one pool's shared items (running ones first); takes their room on `pool` and yields
+    (item index, GPU, shrunk to the minimum KV) for each item placed."""
+    order = sorted(range(len(items)), key=lambda i: (not items[i].current, -items[i].memory_gib))
+    for index in order:
+        item = items[index]
+        gpu, shrunk = _first_fit(pool, item), False
         if gpu is None:
-            smaller = shrink(item)
-            gpu = _first_fit(pool, smaller)
-            item = smaller
-        if gpu is None:
-            dropped.append(f"{item.config.model}: no GPU of {problem.pools[item.config.pool_index].name} has "
-                           f"{item.memory_gib:.1f} GiB and {item.load_share:.2f} compute free")
-            continue
-        pool.take(gpu, item)
-        out.append(placed(problem, item, (gpu,)))
-    return PackingResult(tuple(out), tuple(dropped), "ffd", _count_gpus(out))
+            item, shrunk = shrink(item), True
+            gpu = _first_fit(pool, item)
+        if gpu is not None:
+            pool.take(gpu, item)
+            yield index, gpu, shrunk
 
 
 def _first_fit(pool: _Pool, item: _Item) -> str | None:
@@ -193,5 +235,5 @@ def placed(problem: PlacementProblem, item: _Item, gpus: tuple[str, ...]) -> Pla
                          item.memory_gib, item.load_share, item.config.index)
 
 
-def _count_gpus(out: list[PlacedReplica]) -> int:
+def count_gpus(out: list[PlacedReplica]) -> int:
     return len({g for r in out for g in r.gpu_ids})

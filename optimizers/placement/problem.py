@@ -148,6 +148,21 @@ class PlacementProblem:
         mask = np.array([c.online for c in self.classes])
         return self.demand_rps[:, :, mask].sum(axis=2)
 
+    @cached_property
+    def on_demand(self) -> tuple[ReplicaConfig | None, ...]:
+        """Per model, the config a scenario activates on demand: fewest GPUs, then the highest capacity."""
+        return tuple(min(self.configs_of_model(m), key=lambda c: (c.tp, -c.online_rate_max), default=None)
+                     for m in range(len(self.models)))
+
+    @cached_property
+    def rarely_used(self) -> frozenset[int]:
+        """Models whose mean online demand is a small share of one on-demand replica: where activating on demand
+        (Prism's path) competes with keeping a replica, and where host-vs-cold residency matters."""
+        mean = self.weights @ self.online_demand()
+        limit = self.settings.on_demand_max_load
+        return frozenset(m for m, od in enumerate(self.on_demand)
+                         if od is not None and mean[m] <= limit * od.online_rate_max)
+
     def offline_demand(self) -> np.ndarray:
         mask = np.array([not c.online for c in self.classes])
         return self.demand_rps[:, :, mask].sum(axis=2)
