@@ -1,4 +1,4 @@
-"""Solve the placement program with HiGHS (through Pyomo's APPSI interface), within a time limit and warm-started.
+"""Solve the placement program with HiGHS (compiled once to matrices), within a time limit and warm-started.
 
 Solving is separate from building (`placement.model`). Large fleets are decomposed into blocks of models, each
 given the share of every pool its demand calls for (`solve_placement`); blocks are independent programs, so time
@@ -17,7 +17,7 @@ import pyomo.environ as pyo
 
 from optimizers.placement.greedy import PlacementDecision, current_decision, demand_quantile, greedy_placement
 from optimizers.placement.highs import CompiledProgram, Solution
-from optimizers.placement.model import build_model
+from optimizers.placement.model import build_model, useful_capacity
 from optimizers.placement.problem import CurrentPlacement, PlacementProblem
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,12 @@ def solve_block(problem: PlacementProblem, *, time_limit_s: float, warm: Placeme
                 warm_name: str = "greedy") -> PlacementResult:
     """Build, compile and solve one program within `time_limit_s`, anytime:
 
-    1. the LP relaxation (a lower bound, and the guide for rounding);
-    2. candidates with the replica counts fixed — the LP's counts rounded up, and the warm start — each completed
-       by a small MIP over the shared-GPU counts and residencies (the best is the incumbent);
-    3. the full MIP from that incumbent for the time that is left.
+    1. the LP relaxation (the lower bound, and the guide for rounding);
+    2. candidates with the replica counts fixed — the LP rounded model by model (`round_counts`) and the warm
+       start — each completed by a small MIP over the shared GPUs and residencies; the best is the incumbent;
+    3. the LP's neighbourhood (RENS): a sub-MIP whose replica counts may only take the floor or ceiling of the LP
+       value (or the incumbent's), solved from the incumbent — small, so it usually finishes within the budget;
+    4. the full MIP from the best solution for whatever time is left.
     The result is never worse than the warm start; `gap` is measured against the LP bound.
     """
     start = time.perf_counter()
@@ -66,18 +68,17 @@ def solve_block(problem: PlacementProblem, *, time_limit_s: float, warm: Placeme
     prog = CompiledProgram(model)
     n_cols = np.array([prog.index(model.n[k]) for k in model.K])
     lp = prog.solve(time_limit_s=max(left(), 0.05), integer=False)
-    best: Solution | None = None
-    source = warm_name
     tries = [(warm_name, warm.replicas)]
     if lp.values is not None:
         cap_cols = np.array([prog.index(model.cap[k]) for k in model.K])
-        tries[:0] = [("lp-rounding", round_counts(problem, lp.values[n_cols], lp.values[cap_cols])),
-                     ("lp-floor", np.floor(lp.values[n_cols] + 1e-6))]
-    for name, counts in tries:
-        cand = _with_counts(prog, n_cols, counts, max(left(), 0.05))
-        if cand.objective is not None and (best is None or cand.objective < best.objective - 1e-9):
-            best, source = cand, name
-    if best is not None and left() > 0.05 and prog.integer.sum() <= problem.settings.max_mip_integers:
+        tries.insert(0, ("lp-rounding", round_counts(problem, lp.values[n_cols], lp.values[cap_cols])))
+    best, source = _best_completion(prog, n_cols, tries, left)
+    if best is not None and lp.values is not None and left() > 0.05:
+        rens = prog.solve(time_limit_s=left(), mip_gap=problem.settings.mip_gap / 2, start=best.values,
+                          **_neighbourhood(prog, n_cols, lp.values, best.values))
+        if rens.objective is not None and rens.objective < best.objective - 1e-9:
+            best, source = rens, "lp-neighbourhood"
+    if best is not None and left() > 0.1 and prog.integer.sum() <= problem.settings.max_mip_integers:
         mip = prog.solve(time_limit_s=left(), mip_gap=problem.settings.mip_gap, start=best.values)
         if mip.objective is not None and mip.objective < best.objective - 1e-9:
             best, source = mip, "mip"
@@ -86,37 +87,60 @@ def solve_block(problem: PlacementProblem, *, time_limit_s: float, warm: Placeme
     prog.load(best.values)
     bound = lp.objective if lp.objective is not None else None
     gap = abs(best.objective - bound) / max(abs(best.objective), 1e-9) if bound is not None else None
-    status = "optimal" if gap is not None and gap <= problem.settings.mip_gap else "time_limit" if source == "mip" \
-        else "feasible"
+    status = "optimal" if gap is not None and gap <= problem.settings.mip_gap else "feasible"
     return _extract(model, problem, status, gap, time.perf_counter() - start, (prog.num_columns, prog.num_rows),
                     f"{warm_name}; best from {source}", float(best.objective))
+
+
+def _best_completion(prog: CompiledProgram, n_cols: np.ndarray, tries: list[tuple[str, np.ndarray]],
+                     left) -> tuple[Solution | None, str]:  # noqa: ANN001
+    """The best of the candidate replica counts, each completed by `_with_counts`."""
+    best: Solution | None = None
+    source = tries[-1][0]
+    for name, counts in tries:
+        cand = _with_counts(prog, n_cols, counts, max(left(), 0.05))
+        if cand.objective is not None and (best is None or cand.objective < best.objective - 1e-9):
+            best, source = cand, name
+    return best, source
+
+
+def _neighbourhood(prog: CompiledProgram, n_cols: np.ndarray, relaxed: np.ndarray,
+                   incumbent: np.ndarray) -> dict[str, np.ndarray]:
+    """Column bounds of the RENS sub-MIP: replica counts between the floor and the ceiling of their LP value,
+    widened to the incumbent's value so the incumbent stays feasible; every other column keeps its bounds."""
+    lower, upper = prog.lower.copy(), prog.upper.copy()
+    valid = n_cols[n_cols >= 0]
+    inc = np.round(incumbent[valid])
+    lower[valid] = np.maximum(lower[valid], np.minimum(np.floor(relaxed[valid] + 1e-6), inc))
+    upper[valid] = np.minimum(upper[valid], np.maximum(np.ceil(relaxed[valid] - 1e-6), inc))
+    return {"lower": lower, "upper": upper}
 
 
 def round_counts(problem: PlacementProblem, relaxed_n: np.ndarray, relaxed_cap: np.ndarray) -> np.ndarray:
     """Integer replica counts from the LP relaxation, model by model.
 
-    The relaxation spreads a model over many configs in fractions (a tenth of a TP-2 group here, a twentieth of a
-    shared replica there); rounding each up would buy a replica per fraction. Instead each model keeps the
-    capacity the LP gave it, in one config: one shared TP = 1 replica if that suffices (in the pool the LP leaned
-    to), else whole replicas of the config that carried most of the LP's capacity.
+    The LP buys whole replicas where a model needs them and a fraction of one for the rest of its demand (a 5.7
+    TP-2 groups, say). Each model keeps the whole replicas (the floor), and the capacity the fraction carried is
+    covered by one more replica: a time-shared TP = 1 replica when one can carry it (a small KV share on a shared
+    GPU is the cheapest top-up; in the pool where the LP put most of the model), else one more of the config with
+    the largest fraction. Inventory is then repaired (`repair_inventory`).
     """
-    counts = np.zeros_like(relaxed_n)
+    useful = useful_capacity(problem)
+    counts = np.floor(relaxed_n + 1e-6)
     for m in range(len(problem.models)):
         configs = problem.configs_of_model(m)
         need = sum(relaxed_cap[c.index] for c in configs)
-        if need <= 1e-6 and sum(relaxed_n[c.index] for c in configs) <= 1e-2:
+        covered = sum(min(relaxed_cap[c.index], counts[c.index] * useful[c.index]) for c in configs)
+        if need <= 1e-6 or need - covered <= 0.02 * need:
             continue
-        pool_mass = {}
-        for c in configs:
-            pool_mass[c.pool_index] = pool_mass.get(c.pool_index, 0.0) + relaxed_cap[c.index] + relaxed_n[c.index]
-        single = [c for c in configs if c.shares_gpus and need <= c.online_rate_max]
-        if single:
-            home = max(single, key=lambda c: pool_mass[c.pool_index])
-            counts[home.index] = 1
-            continue
-        home = max(configs, key=lambda c: relaxed_cap[c.index])
-        counts[home.index] = max(1, math.ceil(need / max(home.online_rate_max, 1e-9) - 0.05))
-    return repair_inventory(problem, counts)
+        shared = [c for c in configs if c.shares_gpus and useful[c.index] >= need - covered - 1e-9]
+        if shared:
+            home = max(shared, key=lambda c: (relaxed_n[c.index] + relaxed_cap[c.index] / max(useful[c.index], 1e-9),
+                                              -c.weight_gib_per_gpu))
+        else:
+            home = max(configs, key=lambda c: relaxed_n[c.index] - counts[c.index])
+        counts[home.index] += 1
+    return repair_inventory(problem, counts.astype(int))
 
 
 def repair_inventory(problem: PlacementProblem, counts: np.ndarray) -> np.ndarray:
