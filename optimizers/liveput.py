@@ -19,6 +19,7 @@ candidates picks the path of highest total liveput; the planner applies its firs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import stats
@@ -68,10 +69,17 @@ class LiveputPlan:
 
 def survivor_pmf(inp: LiveputInput, tp: int, t: int) -> np.ndarray:
     """(S, n_max + 1, n_max + 1): P[k of n replicas of TP `tp` survive] per scenario at interval t."""
-    n_max = inp.num_gpus // tp
-    p = np.array([survival_probability(inp.num_gpus, max(0, inp.num_gpus - int(a)), tp) for a in inp.available[:, t]])
+    levels, table = _pmf_table(inp.num_gpus, tp, tuple(int(a) for a in np.unique(inp.available)))
+    return table[np.searchsorted(levels, inp.available[:, t].astype(int))]
+
+
+@lru_cache(maxsize=64)
+def _pmf_table(num_gpus: int, tp: int, levels: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Binomial survivor pmfs for each distinct availability level (scenarios share levels: compute each once)."""
+    n_max = num_gpus // tp
+    p = np.array([survival_probability(num_gpus, max(0, num_gpus - a), tp) for a in levels])
     k = np.arange(n_max + 1)
-    return stats.binom.pmf(k[None, None, :], k[None, :, None], p[:, None, None])
+    return np.array(levels), stats.binom.pmf(k[None, None, :], k[None, :, None], p[:, None, None])
 
 
 def replica_value(inp: LiveputInput, m: int, o: int, t: int, pmf: np.ndarray | None = None) -> np.ndarray:
@@ -90,49 +98,69 @@ def replica_value(inp: LiveputInput, m: int, o: int, t: int, pmf: np.ndarray | N
 
 
 def best_allocation(values: list[list[np.ndarray]], inp: LiveputInput, gpus: int) -> Config:
-    """Knapsack over models (exact DP over GPUs): which TP and count per model maximise the summed value."""
+    """Knapsack over models (exact DP over GPUs): which TP and count per model maximise the summed value.
+
+    One max-plus convolution per model and TP option, vectorised: `cand[n, g] = best[g − n·tp] + v[n]`.
+    """
     best = np.zeros(gpus + 1)
-    choice: list[np.ndarray] = []
-    for m, model in enumerate(inp.models):
-        new = best.copy()
-        pick = np.full((gpus + 1, 2), -1)
-        for o, tp in enumerate(model.tp_options):
-            v = values[m][o]
-            for n in range(1, min(len(v) - 1, gpus // tp) + 1):
-                cand = np.full(gpus + 1, -np.inf)
-                cand[n * tp:] = best[: gpus + 1 - n * tp] + v[n]
-                better = cand > new
-                new = np.where(better, cand, new)
-                pick[better] = (o, n)
-        choice.append(pick)
+    choices: list[tuple[np.ndarray, np.ndarray]] = []
+    g = np.arange(gpus + 1)
+    for model, options in zip(inp.models, values):
+        new, pick_o, pick_n = best.copy(), np.full(gpus + 1, -1), np.zeros(gpus + 1, dtype=int)
+        for o, (tp, v) in enumerate(zip(model.tp_options, options)):
+            n = np.arange(1, min(len(v) - 1, gpus // tp) + 1)
+            if not len(n):
+                continue
+            src = g[None, :] - n[:, None] * tp  # (N, G) GPUs left for the models before this one
+            cand = np.where(src >= 0, best[np.maximum(src, 0)] + v[n][:, None], -np.inf)
+            top = np.argmax(cand, axis=0)
+            better = cand[top, g] > new
+            new = np.where(better, cand[top, g], new)
+            pick_o, pick_n = np.where(better, o, pick_o), np.where(better, n[top], pick_n)
+        choices.append((pick_o, pick_n))
         best = new
-    out: list[tuple[int, int]] = [(inp.models[m].tp_options[0], 0) for m in range(len(inp.models))]
-    g = int(np.argmax(best))
+    out: list[tuple[int, int]] = [(m.tp_options[0], 0) for m in inp.models]
+    left = int(np.argmax(best))
     for m in reversed(range(len(inp.models))):
-        o, n = choice[m][g]
+        o, n = int(choices[m][0][left]), int(choices[m][1][left])
         if o >= 0:
             tp = inp.models[m].tp_options[o]
-            out[m] = (tp, int(n))
-            g -= tp * int(n)
+            out[m] = (tp, n)
+            left -= tp * n
     return tuple(out)
 
 
 def migration_usd(inp: LiveputInput, old: Config, new: Config, t: int) -> float:
     """Value lost while moving from `old` to `new`: load time of new replicas (regroup), all replicas of a model
     whose TP changes (repartition), and a copy of state for removed replicas (their in-flight work moves)."""
-    cost = 0.0
-    for m, ((tp0, n0), (tp1, n1)) in enumerate(zip(old, new)):
-        model = inp.models[m]
-        o = model.tp_options.index(tp1) if tp1 in model.tp_options else 0
-        rate = model.online_rate_per_s[o] * inp.online_usd_per_request
-        demand = float(inp.weights @ inp.online_rps[:, m, t])
-        if tp0 != tp1 and n0 and n1:
-            cost += min(n1 * model.online_rate_per_s[o], demand) * inp.online_usd_per_request * model.load_s[o] * 2
-        elif n1 > n0:
-            cost += (n1 - n0) * rate * model.load_s[o]
-        elif n1 < n0:
-            cost += (n0 - n1) * rate * model.load_s[o] * 0.25  # draining: KV copy to the remaining replicas
-    return cost
+    return float(migration_matrix(inp, [old], [new], t)[0, 0])
+
+
+def migration_matrix(inp: LiveputInput, olds: list[Config], news: list[Config], t: int) -> np.ndarray:
+    """(len(olds), len(news)) `migration_usd` of every pair, vectorised over pairs and models."""
+    tp0, n0 = (np.array(olds, dtype=float)[..., i] for i in (0, 1))  # (A, M)
+    tp1, n1 = (np.array(news, dtype=float)[..., i] for i in (0, 1))  # (B, M)
+    rate, load_s = _option_arrays(inp, news)  # (B, M) per-replica online rate and load time of the new TP
+    demand = inp.weights @ inp.online_rps[:, :, t]  # (M,)
+    usd = inp.online_usd_per_request
+    tp0, n0 = tp0[:, None, :], n0[:, None, :]
+    repartition = (tp0 != tp1[None]) & (n0 > 0) & (n1[None] > 0)
+    cost = np.where(repartition, np.minimum(n1 * rate, demand)[None] * usd * load_s[None] * 2,
+                    np.where(n1[None] > n0, (n1[None] - n0) * (rate * usd * load_s)[None],
+                             (n0 - n1[None]) * (rate * usd * load_s)[None] * 0.25))  # draining: KV copy
+    return cost.sum(axis=2)
+
+
+def _option_arrays(inp: LiveputInput, configs: list[Config]) -> tuple[np.ndarray, np.ndarray]:
+    """(C, M) online rate per replica and load time of each config's TP choice per model."""
+    rate = np.zeros((len(configs), len(inp.models)))
+    load = np.zeros_like(rate)
+    for m, model in enumerate(inp.models):
+        for c, config in enumerate(configs):
+            tp = config[m][0]
+            o = model.tp_options.index(tp) if tp in model.tp_options else 0
+            rate[c, m], load[c, m] = model.online_rate_per_s[o], model.load_s[o]
+    return rate, load
 
 
 def config_value(values_t: list[list[np.ndarray]], inp: LiveputInput, config: Config) -> float:
@@ -160,8 +188,8 @@ def plan_liveput(inp: LiveputInput) -> LiveputPlan:
     cands.add(current)
     configs = sorted(cands)
     gain = np.array([[config_value(values[t], inp, c) for c in configs] for t in range(horizon)])
-    mig = np.array([[migration_usd(inp, a, b, 0) for b in configs] for a in configs])
-    score = gain[0] - np.array([migration_usd(inp, current, c, 0) for c in configs])
+    mig = migration_matrix(inp, configs, configs, 0)
+    score = gain[0] - migration_matrix(inp, [current], configs, 0)[0]
     back = np.zeros((horizon, len(configs)), dtype=int)
     for t in range(1, horizon):
         total = score[:, None] - mig + gain[t][None, :]
