@@ -48,6 +48,7 @@ class LatencyModel:
     kv_bytes_per_token: int  # whole-model KV bytes per token (for swap times)
     source: str = "roofline"  # "roofline" or "profile:<name>"
     fit_error: FitError | None = None  # None for presets; fitted profiles always carry one
+    activation_overhead_s: float = 0.0  # engine start-up on each activation (allocator, graphs), beyond the copy
 
     def iteration_s(
         self,
@@ -84,11 +85,11 @@ class LatencyModel:
 
     @property
     def activate_from_host_s(self) -> float:
-        return self.host_to_gpu_s
+        return self.host_to_gpu_s + self.activation_overhead_s
 
     @property
     def activate_from_cold_s(self) -> float:
-        return self.disk_to_host_s + self.host_to_gpu_s
+        return self.disk_to_host_s + self.host_to_gpu_s + self.activation_overhead_s
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,9 @@ class RooflineAssumptions:
     launch_overhead_s: float = 0.8e-3  # per-iteration scheduling + kernel launches (CUDA graphs on decode)
     per_seq_overhead_s: float = 15e-6  # per decoding sequence: sampling, detokenisation, bookkeeping
     allreduce_latency_s: float = 8e-6  # per all-reduce, two per layer under TP
+    # Engine start-up per activation besides the weight copy: Prism measures 0.7 s to activate a ≤ 8B model from
+    # host memory (arXiv 2505.04021), of which a 16 GB copy at 80 % of PCIe Gen5 is 0.31 s (docs/latency.md).
+    activation_overhead_s: float = 0.4
 
 
 def roofline(arch: ModelArch, gpu: GPUType, tp: int, assume: RooflineAssumptions | None = None) -> LatencyModel:
@@ -134,6 +138,7 @@ def roofline(arch: ModelArch, gpu: GPUType, tp: int, assume: RooflineAssumptions
         kv_swap_bytes_per_s=gpu.pcie_bytes_per_s * a.pcie_efficiency,
         kv_bytes_per_token=arch.kv_bytes_per_token,
         source="roofline",
+        activation_overhead_s=a.activation_overhead_s,
     )
 
 

@@ -114,6 +114,7 @@ class _ModelPages:
     pages: dict[int, list[int]] = field(default_factory=dict)  # page id → free slots of the page (a stack)
     partial: list[dict[int, None]] = field(default_factory=list)
     num_blocks_used: int = 0
+    num_free_slots: int = 0  # free slots over the owned pages (kept in step with `pages`)
 
     @property
     def num_pages(self) -> int:
@@ -123,8 +124,6 @@ class _ModelPages:
     def limit_pending(self) -> bool:
         return self.limit_pages is not None and len(self.pages) > self.limit_pages
 
-    def free_slots(self) -> int:
-        return sum(len(s) for s in self.pages.values())
 
 
 class KVPool:
@@ -270,7 +269,7 @@ class KVPool:
         if num_blocks <= 0:
             return True
         pages = self._state(model)
-        new_pages = -(-max(0, num_blocks - pages.free_slots()) // pages.blocks_per_page)
+        new_pages = -(-max(0, num_blocks - pages.num_free_slots) // pages.blocks_per_page)
         if new_pages == 0:
             return True
         if pages.limit_pages is not None and pages.num_pages + new_pages > pages.limit_pages:
@@ -308,6 +307,21 @@ class KVPool:
         pages.num_blocks_used -= len(table)
         return len(table)
 
+    def trim(self, seq_id: int, num_tokens: int) -> int:
+        """Release the sequence's blocks beyond those holding `num_tokens` tokens. Returns the blocks freed."""
+        table = self._tables.get(seq_id)
+        if not table:
+            return 0
+        pages = self._models[self._table_model[seq_id]]
+        keep = pages.layout.num_blocks(num_tokens)
+        extra = len(table) - keep
+        for _ in range(max(0, extra)):
+            self._release_block(pages, table.pop())
+        if extra > 0:
+            pages.num_blocks_used -= extra
+            return extra
+        return 0
+
     def locate(self, model: str, block_id: int) -> tuple[int, int]:
         """Block id → (page id, slot in page)."""
         return divmod(block_id, self._state(model).blocks_per_page)
@@ -321,12 +335,14 @@ class KVPool:
                 del bucket[page_id]
                 if k > 1:
                     pages.partial[k - 1][page_id] = None
+                pages.num_free_slots -= 1
                 return page_id * bpp + pages.pages[page_id].pop()
         page_id = heapq.heappop(self._free_ids)
         self._num_used += 1
         slots = list(range(bpp - 1, -1, -1))  # pop() hands out slot 0 first
         slot = slots.pop()
         pages.pages[page_id] = slots
+        pages.num_free_slots += bpp - 1
         if bpp > 1:
             pages.partial[bpp - 1][page_id] = None
         return page_id * bpp + slot
@@ -343,8 +359,10 @@ class KVPool:
             del pages.pages[page_id]
             heapq.heappush(self._free_ids, page_id)
             self._num_used -= 1
+            pages.num_free_slots -= k
         else:
             pages.partial[k + 1][page_id] = None
+            pages.num_free_slots += 1
 
     # -- host memory -------------------------------------------------------------------------------------------
     @property
@@ -363,16 +381,25 @@ class KVPool:
 
     def can_store_host(self, model: str, seq_id: int, num_tokens: int) -> bool:
         """Could the sequence's host copy grow (or shrink) to `num_tokens` tokens?"""
-        delta = self._host_bytes(model, num_tokens) - self._host_bytes(model, self.host_tokens(seq_id))
-        return self._host_bytes_used + delta <= self.host_capacity_bytes
+        return self._host_bytes_used + self._host_delta(model, seq_id, num_tokens) <= self.host_capacity_bytes
 
     def store_host(self, model: str, seq_id: int, num_tokens: int) -> bool:
         """Set the sequence's host copy to `num_tokens` tokens. False (nothing changed) when host memory is full."""
-        if not self.can_store_host(model, seq_id, num_tokens):
+        delta = self._host_delta(model, seq_id, num_tokens)
+        if delta > 0 and self._host_bytes_used + delta > self.host_capacity_bytes:
             return False
-        self._host_bytes_used += self._host_bytes(model, num_tokens) - self._host_bytes(model, self.host_tokens(seq_id))
+        self._host_bytes_used += delta
         self._host[seq_id] = (model, num_tokens)
         return True
+
+    def _host_delta(self, model: str, seq_id: int, num_tokens: int) -> int:
+        """Bytes the host copy grows by (host copies are held in whole blocks)."""
+        layout = self._state(model).layout
+        bs = layout.block_size_tokens
+        old = self._host.get(seq_id)
+        old_blocks = -(-old[1] // bs) if old else 0
+        new_blocks = -(-num_tokens // bs)
+        return (new_blocks - old_blocks) * layout.block_bytes if new_blocks != old_blocks else 0
 
     def drop_host(self, seq_id: int) -> None:
         """Forget the sequence's host copy."""
@@ -395,7 +422,9 @@ class KVPool:
                 owners[page_id] = name
             in_tables = sum(len(t) for s, t in self._tables.items() if self._table_model[s] == name)
             assert in_tables == pages.num_blocks_used, f"{name}: tables hold {in_tables}, counted {pages.num_blocks_used}"
-            assert pages.num_blocks_used == pages.num_pages * pages.blocks_per_page - pages.free_slots()
+            free_slots = sum(len(slots) for slots in pages.pages.values())
+            assert free_slots == pages.num_free_slots, f"{name}: {free_slots} free slots, counted {pages.num_free_slots}"
+            assert pages.num_blocks_used == pages.num_pages * pages.blocks_per_page - free_slots
         assert len(owners) == self._num_used <= self._num_pages, f"{self._num_used} pages used of {self._num_pages}"
         assert not owners.keys() & set(self._free_ids), "a page is both free and owned"
         assert 0 <= self._host_bytes_used <= self.host_capacity_bytes

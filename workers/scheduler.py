@@ -216,6 +216,11 @@ class Scheduler:
     def num_sequences(self) -> int:
         return len(self._seqs)
 
+    def num_live(self, model: str) -> int:
+        """Sequences of a model still on this device: running, queued or held."""
+        st = self._state(model)
+        return len(st.running) + len(st.queue) + len(st.held)
+
     @property
     def has_runnable_work(self) -> bool:
         """Some active model has running or queued sequences (a `schedule()` may return a batch)."""
@@ -252,11 +257,17 @@ class Scheduler:
         return batch
 
     def on_batch_done(self, batch: Batch, now_s: float, *, finished: Collection[int] | None = None,
-                      token_ids: Mapping[int, int] | None = None) -> list[Sequence]:
+                      token_ids: Mapping[int, int] | None = None, steps: int | None = None) -> list[Sequence]:
         """Record an executed batch: computed tokens advance, each caught-up sequence gains one output token
         (`token_ids[seq_id]` when given), and sequences end at `max_output_tokens` or when listed in `finished`.
-        Sequences preempted, removed or dropped since the batch was scheduled are skipped. Returns the finished."""
+        Sequences preempted, removed or dropped since the batch was scheduled are skipped. Returns the finished.
+
+        `steps` (default `batch.num_steps`) commits that many repetitions of a decode-only batch from `plan_run`,
+        each decode gaining one token per step (executors that report `finished` or `token_ids` run one step)."""
         self._advance(now_s)
+        steps = batch.num_steps if steps is None else steps
+        if steps != 1 and (finished is not None or token_ids is not None or batch.prefills):
+            raise ValueError("only a decode-only batch without per-token outcomes commits several steps")
         done: list[Sequence] = []
         step = batch.step
         for seq, start, n in batch.prefills:
@@ -264,11 +275,23 @@ class Scheduler:
                 seq.num_computed_tokens = start + n
                 if start + n == seq.prompt_tokens + seq.num_generated and self._emit(seq, now_s, finished, token_ids):
                     done.append(seq)
-        for seq in batch.decodes:
-            if seq.status is RUNNING and seq.scheduled_step == step:
-                seq.num_computed_tokens += 1
-                if self._emit(seq, now_s, finished, token_ids):
-                    done.append(seq)
+        if finished is None and token_ids is None:
+            if steps > 1:
+                self._grow_decodes(batch, steps - 1)  # the run's KV, checked free by plan_run
+            for seq in batch.decodes:  # the simulator's path, kept lean
+                if seq.status is RUNNING and seq.scheduled_step == step:
+                    seq.num_computed_tokens += steps
+                    seq.num_generated += steps
+                    if seq.num_generated >= seq.max_output_tokens:
+                        seq.status = SeqStatus.FINISHED
+                        seq.finish_s = now_s
+                        done.append(seq)
+        else:
+            for seq in batch.decodes:
+                if seq.status is RUNNING and seq.scheduled_step == step:
+                    seq.num_computed_tokens += 1
+                    if self._emit(seq, now_s, finished, token_ids):
+                        done.append(seq)
         for t in batch.checkpoint:
             seq = self._seqs.get(t.seq_id)
             if seq is not None and seq.status is RUNNING and seq.checkpointing:
@@ -276,6 +299,65 @@ class Scheduler:
         if done:
             self._retire(batch.model, done)
         return done
+
+    def plan_run(self, batch: Batch, max_steps: int) -> int:
+        """How many times the executor may repeat `batch` before scheduling again, with the same result as
+        scheduling every iteration; sets `batch.num_steps` and reserves the KV those steps need.
+
+        A batch repeats only while nothing could change the next iteration's choice: it is decode-only, with no
+        copies to make, its model the only one on the device with work and an empty queue. It stops at the first
+        step that finishes a sequence, and before the KV it needs (device, or host for offline checkpoints) runs
+        out. The simulator uses this to run one event per uninterrupted run of decodes (vLLM's multi-step
+        scheduling does the same on a GPU); whoever interrupts a run early commits the steps done
+        (`on_batch_done(steps=…)`) and calls `prepare_step` for the step in flight."""
+        batch.num_steps = 1
+        if (max_steps < 2 or batch.prefills or not batch.decodes or batch.swap_in or batch.swap_out
+                or self._pending_out):
+            return 1
+        st = self._models[batch.model]
+        if len(st.queue) or any(m is not st and m.active and m.has_work for m in self._models.values()):
+            return 1
+        steps = min(max_steps, min(s.max_output_tokens - s.num_generated for s in batch.decodes))
+        if steps > 1 and batch.checkpoint and not self._host_room(batch, steps):
+            steps = 1
+        if steps > 1:
+            steps = self._reserve_steps(st, batch.decodes, steps)
+        batch.num_steps = steps
+        return steps
+
+    def _reserve_steps(self, st: _ModelState, decodes: list[Sequence], steps: int) -> int:
+        """`steps` if the pool can give every sequence KV for that many decode steps, else the steps that fit in
+        the blocks they hold. Nothing is allocated here: nothing else can allocate on this device before the run
+        is committed (an interruption commits first), so the blocks are taken when the steps are committed."""
+        bs = st.layout.block_size_tokens
+        free_steps = min(len(s.block_table) * bs - s.num_computed_tokens for s in decodes)
+        if steps <= free_steps:
+            return steps
+        need = sum(max(0, -(-(s.num_computed_tokens + steps) // bs) - len(s.block_table)) for s in decodes)
+        return steps if self.pool.can_allocate(st.name, need) else max(1, free_steps)
+
+    def _host_room(self, batch: Batch, steps: int) -> bool:
+        layout = self._models[batch.model].layout
+        grow = sum(layout.num_blocks(t.first_token + steps) - layout.num_blocks(t.first_token)
+                   for t in batch.checkpoint)
+        return self.pool.host_bytes_used + grow * layout.block_bytes <= self.pool.host_capacity_bytes
+
+    def prepare_step(self, batch: Batch) -> None:
+        """After a run was cut short and its done steps committed: KV for the decode step still in flight."""
+        self._grow_decodes(batch, 1)
+
+    def _grow_decodes(self, batch: Batch, ahead: int) -> None:
+        pool, bs, step = self.pool, self._models[batch.model].layout.block_size_tokens, batch.step
+        for seq in batch.decodes:
+            need = seq.num_computed_tokens + ahead
+            if seq.status is RUNNING and seq.scheduled_step == step and need > len(seq.block_table) * bs:
+                if not pool.allocate(seq.model, seq.seq_id, need):
+                    raise RuntimeError("KV checked by plan_run was taken during the run")
+                seq.block_table = pool.block_table(seq.seq_id)
+
+    def mark_ran(self, model: str, start_s: float) -> None:
+        """The start of a model's latest iteration, when a run of repeated batches ends (the model-choice rule)."""
+        self._state(model).last_run_s = start_s
 
     def _emit(self, seq: Sequence, now_s: float, finished: Collection[int] | None,
               token_ids: Mapping[int, int] | None) -> bool:
@@ -352,9 +434,11 @@ class Scheduler:
         if not batch.has_compute:  # copies ordered while trying still have to happen
             self._pending_out.extend(batch.swap_out)
             batch.swap_out.clear()
+        bs = st.layout.block_size_tokens
         for seq in batch.decodes:
             if seq.checkpointing:
-                batch.checkpoint.append(self._transfer(seq, seq.num_computed_tokens, 1))
+                c = seq.num_computed_tokens
+                batch.checkpoint.append(KVTransfer(seq.seq_id, st.name, (seq.block_table[c // bs],), c, 1))
         for seq, start, n in batch.prefills:
             if seq.checkpointing:
                 batch.checkpoint.append(self._transfer(seq, start, n))
@@ -552,6 +636,7 @@ class Scheduler:
         self.pool.free(seq.seq_id)
         self.pool.drop_host(seq.seq_id)
         seq.block_table = []
+        seq.scheduled_step = -1  # a batch in flight no longer advances it
         self._seqs.pop(seq.seq_id, None)
 
     def _stop_running(self, st: _ModelState, seq: Sequence) -> None:

@@ -136,8 +136,7 @@ class PrefillChunk(NamedTuple):
     num_tokens: int
 
 
-@dataclass(frozen=True, slots=True)
-class KVTransfer:
+class KVTransfer(NamedTuple):
     """A KV copy between device and host for one sequence."""
 
     seq_id: int
@@ -164,6 +163,7 @@ class Batch:
     swap_out: list[KVTransfer] = field(default_factory=list)  # device → host before the forward pass
     swap_in: list[KVTransfer] = field(default_factory=list)  # host → device before the forward pass
     checkpoint: list[KVTransfer] = field(default_factory=list)  # offline KV, device → host after the forward pass
+    num_steps: int = 1  # decode iterations this batch stands for (>1 only from Scheduler.plan_run; see there)
 
     @property
     def decode_seqs(self) -> int:

@@ -1,0 +1,59 @@
+"""Settings of one simulation run. Frozen: built once (the what-if CLI builds it from its options), never mutated;
+every run writes `to_dict()` beside its results."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from core.errors import InputError
+
+SIM_PAGE_BYTES = 32 * 1024 * 1024
+from workers.scheduler import SchedulerConfig
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """How the fleet simulation replays a trace, calls the planner and accounts time."""
+
+    replan_interval_s: float = 60.0  # the planner's periodic tick (simulated seconds)
+    min_replan_gap_s: float = 1.0  # event-triggered replans are at least this far apart
+    plan_budget_s: float = 2.0  # wall-clock budget handed to Planner.plan
+    monitor_interval_s: float = 1.0  # queues are checked for planner events and router timeouts this often
+    router_timeout_s: float = 120.0  # a request waiting at the router (no replica of its model) is dropped after
+    idle_threshold_s: float = 45.0  # an active model with no arrival for this long raises MODEL_IDLE
+    group_window_s: float = 10.0  # arrival window of a request group (core.state.group_id)
+    observation_window_s: float = 60.0  # per-model load in FleetState is observed over this window
+    drain_timeout_s: float = 3600.0  # requests unfinished this long after the last arrival are dropped
+    preemption_notice_s: float = 0.0  # spot GPUs announce their removal this much earlier (0: no notice)
+    # KV pages and blocks. Coarser than the engine's defaults (2 MiB pages, 16-token blocks) for speed: kvcached maps
+    # 2 MiB per layer and per K/V tensor, i.e. 128 MiB across a 32-layer model, so 32 MiB pages are not coarser
+    # than what it allocates; blocks of up to 256 tokens fill such pages to ≥ 90 % (docs/simulator.md).
+    page_bytes: int = SIM_PAGE_BYTES  # KV page size of every device's pool
+    max_block_tokens: int = 256  # largest block size tried when fitting blocks to pages
+    host_kv_gib_per_gpu: float = 32.0  # host memory per GPU for swapped-out and checkpointed KV
+    host_weights_gib_per_gpu: float = 160.0  # host memory per GPU for weights cached warm (residency host)
+    metrics_window_s: float = 60.0  # window of the attainment-over-time series
+    check_invariants: bool = False  # verify pools and schedulers after every iteration (tests; slow)
+    run_ahead: bool = True  # one event per uninterrupted run of decodes (exact; off: one event per iteration)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # every device's batching limits
+
+    def __post_init__(self) -> None:
+        positive = ("replan_interval_s", "min_replan_gap_s", "plan_budget_s", "monitor_interval_s",
+                    "router_timeout_s", "idle_threshold_s", "group_window_s", "observation_window_s",
+                    "drain_timeout_s", "metrics_window_s")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise InputError(name, getattr(self, name), "seconds > 0")
+        for name in ("preemption_notice_s", "host_kv_gib_per_gpu", "host_weights_gib_per_gpu"):
+            if getattr(self, name) < 0:
+                raise InputError(name, getattr(self, name), "a value ≥ 0")
+        if self.page_bytes < 4096:
+            raise InputError("page_bytes", self.page_bytes, "at least 4096 bytes")
+        if self.max_block_tokens < 1:
+            raise InputError("max_block_tokens", self.max_block_tokens, "an integer ≥ 1")
+
+    def to_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["scheduler"] = {k: (str(v) if v is not None and not isinstance(v, (int, float)) else v)
+                            for k, v in asdict(self.scheduler).items()}
+        return out

@@ -1,0 +1,613 @@
+"""`SimulatedWorker`: one GPU as a `core.protocols.WorkerClient`, running the shared scheduler and KV pool with a
+LatencyModel in place of the GPU.
+
+Memory (per device): the fleet's usable bytes hold the weights of every replica placed on the GPU (as leader or as
+a member of a TP group), the KV reserved for TP groups led elsewhere, and the shared KV page pool, whose capacity
+is what is left (`KVPool.set_num_pages`). Host memory holds warm weights (`host_weights_gib_per_gpu`, least
+recently cached evicted first) and swapped or checkpointed KV (`host_kv_gib_per_gpu`).
+
+Residency: a replica is ACTIVE (serving; `activating_until_s` set while its weights load — from host memory when
+cached there, else from disk, both timed by the LatencyModel), HOST (weights cached warm on this GPU's host), or
+COLD (gone). Several active replicas time-share the GPU through one scheduler (one model per iteration) and share
+its pool, limited per model when a plan says so (space sharing).
+
+TP > 1: the leader (first GPU) runs the replica's scheduler and pool share. Every member reserves the weight shard
+and the replica's KV: its page limit, or with no limit an equal split of what the member has free with the models
+already there. An iteration of a TP replica keeps every member busy; members start nothing of their own meanwhile.
+
+One event per iteration per busy device; idle devices cost nothing. Actions are applied by `simulator.apply`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from core.actions import Action, ApplyResult, Residency
+from core.catalog import GIB, GPUType
+from core.fleet import FleetSpec, ServedModel
+from core.latency import LatencyBook, LatencyModel
+from core.requests import Request
+from core.state import group_id
+from core.status import ReplicaStatus, SubmitResult, WorkerStatus
+from simulator.config import SimConfig
+from simulator.kernel import Kernel, Priority
+from simulator.latency import kv_layout, preemption_costs
+from workers.kv_pool import KVLayout, KVPool, pages_for_bytes
+from workers.scheduler import Batch, Scheduler, SeqStatus, Sequence
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+MAX_RUN_STEPS = 4096  # longest run of repeated decode iterations one event stands for
+
+
+class FleetHooks(Protocol):
+    """What a worker needs from the simulation it lives in (FleetSimulation; `LocalHooks` for a lone worker)."""
+
+    kernel: Kernel
+
+    def on_finished(self, seqs: list[Sequence]) -> None: ...
+
+    def on_dropped(self, seqs: list[Sequence]) -> None: ...
+
+    def requeue(self, seqs: list[Sequence]) -> None:
+        """Sequences that must be served elsewhere (their replica went away): back to the router."""
+
+    def hand_over(self, seqs: list[Sequence], to_replica_id: str, *, kv_on_host: bool) -> bool:
+        """Give sequences to another replica (migration); False if it cannot take them."""
+
+    def replica_changed(self, worker: SimulatedWorker, replica_id: str) -> None:
+        """A replica started serving, began draining or went away (the router updates its targets)."""
+
+    def worker(self, gpu_id: str) -> SimulatedWorker | None: ...
+
+    def billing_changed(self, worker: SimulatedWorker) -> None: ...
+
+    @property
+    def instant_activation(self) -> bool:
+        """True while the initial deployment is applied: weights count as loaded before the trace starts."""
+
+
+@dataclass(slots=True, eq=False)
+class SimReplica:
+    """A replica as its leader worker keeps it."""
+
+    replica_id: str
+    model: ServedModel
+    tp: int
+    gpu_ids: tuple[str, ...]
+    lm: LatencyModel
+    layout: KVLayout
+    residency: Residency = Residency.ACTIVE
+    activating_until_s: float | None = None
+    kv_limit_pages: int | None = None  # the plan's per-GPU limit (None: the shared pool bounds it)
+    member_kv_pages: int = 0  # KV pages every other member reserves (TP > 1)
+    draining: bool = False  # finishing its running requests before leaving
+    drain_to: Residency = Residency.HOST
+    last_request_s: float | None = None
+    serving_since_s: float = 0.0  # when it last started serving (idle time counts from here)
+    parked: list[Sequence] = field(default_factory=list)  # submitted while only on host: wait for activation
+
+    @property
+    def weight_bytes_per_gpu(self) -> float:
+        return self.model.arch.weight_bytes / self.tp
+
+    @property
+    def serving(self) -> bool:
+        return self.residency is Residency.ACTIVE and self.activating_until_s is None and not self.draining
+
+
+@dataclass(slots=True, frozen=True)
+class Membership:
+    """This GPU's share of a TP replica led by another GPU."""
+
+    replica_id: str
+    leader: str
+    weight_bytes: float
+    kv_pages: int
+
+
+class IterationDone:
+    """A device finished a batch (or a run of repeated decode batches): record it, start the next one."""
+
+    __slots__ = ("time_s", "worker", "batch", "epoch", "cancelled")
+    priority = Priority.ITERATION
+
+    def __init__(self, time_s: float, worker: SimulatedWorker, batch: Batch, epoch: int) -> None:
+        self.time_s = time_s
+        self.worker = worker
+        self.batch = batch
+        self.epoch = epoch  # the device's epoch when it started; a GPU that failed since ignores it
+        self.cancelled = False  # a run cut short was replaced by the event of its step in flight
+
+    def handle(self) -> IterationDone | None:
+        if self.cancelled or self.epoch != self.worker.epoch:
+            return None
+        return self.worker._finish_iteration(self)
+
+
+@dataclass(slots=True, eq=False)
+class DecodeRun:
+    """A decode batch repeated `steps` times from `start_s`: step i (from 0) lasts `first_step_s + i·growth_s`,
+    since each step reads one more KV token per sequence (LatencyModel.iteration_s is linear in KV tokens)."""
+
+    event: IterationDone
+    start_s: float
+    first_step_s: float
+    growth_s: float
+    steps: int
+
+    def end_of(self, j: int) -> float:
+        """When step j (1-based) ends."""
+        return self.start_s + j * self.first_step_s + self.growth_s * j * (j - 1) / 2
+
+    def steps_done_by(self, t: float) -> int:
+        """Steps that have ended at or before `t` (0 … steps)."""
+        if t < self.end_of(1):
+            return 0
+        a, b = self.growth_s / 2, self.first_step_s - self.growth_s / 2
+        c = self.start_s - t
+        j = int((-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)) if a > 0 else int((t - self.start_s) / self.first_step_s)
+        j = max(0, min(self.steps, j))
+        while j < self.steps and self.end_of(j + 1) <= t:
+            j += 1
+        while j > 0 and self.end_of(j) > t:
+            j -= 1
+        return j
+
+
+class ActivationDone:
+    """A replica's weights are loaded: it starts serving."""
+
+    __slots__ = ("time_s", "worker", "replica_id", "token")
+    priority = Priority.COMPLETION
+
+    def __init__(self, time_s: float, worker: SimulatedWorker, replica_id: str, token: int) -> None:
+        self.time_s, self.worker, self.replica_id, self.token = time_s, worker, replica_id, token
+
+    def handle(self) -> None:
+        self.worker._activation_done(self.replica_id, self.token)
+
+
+class SimulatedWorker:
+    """One GPU of a simulated fleet (see the module docstring). Implements `core.protocols.WorkerClient`."""
+
+    def __init__(self, worker_id: str, fleet: FleetSpec, book: LatencyBook, config: SimConfig,
+                 hooks: FleetHooks) -> None:
+        pool_spec = fleet.pool_of_gpu(worker_id)
+        self._worker_id = worker_id
+        self.fleet = fleet
+        self.pool_name = pool_spec.name
+        self.gpu: GPUType = pool_spec.gpu
+        self.price_per_hour = pool_spec.hourly_price
+        self.book = book
+        self.config = config
+        self.hooks = hooks
+        self.kernel = hooks.kernel
+        self.usable_bytes = fleet.usable_bytes_per_gpu(self.gpu)
+        self.healthy = True
+        self.replicas: dict[str, SimReplica] = {}  # led here, any residency
+        self.memberships: dict[str, Membership] = {}  # TP groups led elsewhere that this GPU serves in
+        self.host_weights: OrderedDict[tuple[str, int], float] = OrderedDict()  # (model, tp) → bytes, LRU first
+        self.applied: dict[str, ApplyResult] = {}  # idempotency key → first result
+        self.targets: dict[tuple, tuple[int, str]] = {}  # target → (revision, arguments) that last changed it
+        self.revision = 0
+        self.busy_until_s = 0.0
+        self.billed_s = 0.0
+        self._billed_since: float | None = None
+        self._slo = {c.name: c for c in fleet.slo_classes}
+        self._activation_token = 0
+        self._pending_activation: dict[str, int] = {}  # replica id → token of its ActivationDone event
+        self._reset_device()
+
+    # -- WorkerClient ------------------------------------------------------------------------------------------
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    def apply(self, action: Action) -> ApplyResult:
+        from simulator.apply import apply_action
+
+        self.interrupt(self.kernel.now_s)
+        return apply_action(self, action)
+
+    def submit(self, request: Request) -> SubmitResult:
+        """Queue a request on the replica of its model led here (see core.protocols.WorkerClient)."""
+        rid = request.request_id
+        self.interrupt(self.kernel.now_s)
+        if not self.healthy:
+            return SubmitResult(request_id=rid, status="rejected", message=f"worker {self.worker_id} is down")
+        rep = self._serving.get(request.model) or self._replica_of(request.model)
+        if rep is None or rep.residency is Residency.COLD:
+            return SubmitResult(request_id=rid, status="rejected",
+                                message=f"model {request.model!r} has no replica on {self.worker_id}")
+        total = request.prompt_tokens + request.output_tokens
+        if request.prompt_tokens >= rep.model.max_context_tokens or total > rep.model.max_context_tokens:
+            return SubmitResult(request_id=rid, status="rejected",
+                                message=f"prompt {request.prompt_tokens} + output {request.output_tokens} tokens "
+                                        f"exceed the context of {request.model} ({rep.model.max_context_tokens})")
+        self.enqueue(self.make_sequence(request), rep)
+        status = "accepted" if rep.serving else "queued"
+        return SubmitResult(request_id=rid, status=status)
+
+    def make_sequence(self, request: Request) -> Sequence:
+        window = self.config.group_window_s
+        gid = group_id(request.model, request.slo_class, math.floor(request.arrival_s / window) * window)
+        return Sequence.from_request(request, self._slo.get(request.slo_class), group_id=gid)
+
+    def enqueue(self, seq: Sequence, rep: SimReplica, *, kv_on_host: bool = False) -> None:
+        """Queue a sequence on a replica led here (parked while the replica's weights are only on host)."""
+        self.interrupt(self.kernel.now_s)
+        rep.last_request_s = seq.arrival_s if rep.last_request_s is None else max(rep.last_request_s, seq.arrival_s)
+        if rep.residency is not Residency.ACTIVE:
+            seq.status = SeqStatus.WAITING
+            rep.parked.append(seq)
+            return
+        self.scheduler.add(seq, kv_on_host=kv_on_host)
+        if rep.activating_until_s is None:
+            self.kick()
+
+    def status(self) -> WorkerStatus:
+        self.interrupt(self.kernel.now_s)  # so that progress is exact as of now
+        pool = self.pool
+        return WorkerStatus(
+            worker_id=self.worker_id, pool=self.pool_name, gpu_type=self.gpu.name, healthy=self.healthy,
+            time_s=self.kernel.now_s, memory_total_gib=self.gpu.memory_gib,
+            memory_weights_gib=self.weight_bytes / GIB, kv_page_bytes=pool.page_bytes,
+            kv_pages_total=pool.num_pages, kv_pages_used=pool.num_used_pages,
+            host_kv_pages_used=pool.host_pages_used,
+            replicas=tuple(self._replica_status(r) for r in sorted(self.replicas.values(), key=lambda r: r.replica_id)),
+            member_of=tuple(sorted(self.memberships)), revision=self.revision,
+        )
+
+    def _replica_status(self, rep: SimReplica) -> ReplicaStatus:
+        name = rep.model.name
+        resident = self.scheduler.has_model(name)
+        sched, pool = self.scheduler, self.pool
+        return ReplicaStatus(
+            replica_id=rep.replica_id, model=name, residency=rep.residency, tp=rep.tp, gpu_ids=rep.gpu_ids,
+            kv_limit_pages=rep.kv_limit_pages,
+            kv_pages_used=pool.pages_used(name) if resident else 0,
+            limit_revision=pool.limit_revision(name) if resident else 0,
+            limit_pending=pool.limit_pending(name) if resident else False,
+            num_running=sched.num_running(name) if resident else 0,
+            num_waiting=(sched.num_queued(name) if resident else 0) + len(rep.parked),
+            num_swapped=sched.num_with_status(SeqStatus.SWAPPED, name) if resident else 0,
+            num_offline_paused=sched.num_with_status(SeqStatus.PAUSED_OFFLINE, name) if resident else 0,
+            activating_until_s=rep.activating_until_s, last_request_s=rep.last_request_s,
+        )
+
+    # -- memory ------------------------------------------------------------------------------------------------
+    def _reset_device(self) -> None:
+        cfg = self.config
+        self.weight_bytes = 0.0
+        self.pool = KVPool(self._capacity_pages(), page_bytes=cfg.page_bytes,
+                           host_capacity_bytes=int(cfg.host_kv_gib_per_gpu * GIB))
+        self.scheduler = Scheduler(self.pool, cfg.scheduler)
+        self._serving: dict[str, SimReplica] = {}  # model → its serving replica led here (the hot lookup)
+        self._draining: dict[str, SimReplica] = {}  # model → its replica finishing its running requests
+        self._lm: dict[str, LatencyModel] = {}
+        self._swap_s_per_token: dict[str, float] = {}
+        self._tp_members: dict[str, tuple[SimulatedWorker, ...]] = {}
+        self._run: DecodeRun | None = None  # the run of repeated decodes in flight, if any
+        self._busy_by: SimulatedWorker | None = None  # the TP leader whose iteration holds this GPU
+        self.epoch = getattr(self, "epoch", 0) + 1  # events of an earlier epoch are ignored
+        self.iterating = False
+
+    def _capacity_pages(self) -> int:
+        reserved = sum(m.kv_pages for m in self.memberships.values()) * self.config.page_bytes
+        return pages_for_bytes(self.usable_bytes - getattr(self, "weight_bytes", 0.0) - reserved,
+                               self.config.page_bytes)
+
+    def free_bytes(self) -> float:
+        """Memory neither holding weights, nor reserved for TP groups, nor holding KV pages now."""
+        return (self._capacity_pages() - self.pool.num_used_pages) * self.config.page_bytes
+
+    def reserve(self, weight_bytes: float, kv_pages: int = 0, membership: Membership | None = None) -> bool:
+        """Take memory for weights (and a TP group's KV); False, changing nothing, if the pool cannot shrink."""
+        self.interrupt(self.kernel.now_s)  # a run in flight counts on the pages it checked were free
+        self.weight_bytes += weight_bytes
+        if membership is not None:
+            self.memberships[membership.replica_id] = membership
+        if self.pool.set_num_pages(self._capacity_pages()):
+            self._billing()
+            return True
+        self.weight_bytes -= weight_bytes
+        if membership is not None:
+            del self.memberships[membership.replica_id]
+        return False
+
+    def release(self, weight_bytes: float, membership_id: str | None = None) -> None:
+        self.weight_bytes = max(0.0, self.weight_bytes - weight_bytes)
+        if membership_id is not None:
+            self.memberships.pop(membership_id, None)
+        self.pool.set_num_pages(self._capacity_pages())
+        self._billing()
+
+    def cache_weights(self, model: str, tp: int, weight_bytes: float) -> None:
+        """Keep a replica's weights warm in host memory, evicting the least recently cached beyond capacity."""
+        self.host_weights[(model, tp)] = weight_bytes
+        self.host_weights.move_to_end((model, tp))
+        limit = self.config.host_weights_gib_per_gpu * GIB
+        while sum(self.host_weights.values()) > limit and self.host_weights:
+            old, old_tp = next(iter(self.host_weights))
+            for rep in [r for r in self.replicas.values() if r.model.name == old and r.tp == old_tp
+                        and r.residency is Residency.HOST]:
+                self.forget(rep)
+            self.host_weights.pop((old, old_tp), None)
+
+    def forget(self, rep: SimReplica) -> None:
+        """Drop a replica whose weights are only on host (to cold): requests parked on it go back to the router."""
+        self.host_weights.pop((rep.model.name, rep.tp), None)
+        rep.residency = Residency.COLD
+        self.hooks.requeue(rep.parked)
+        rep.parked = []
+        self.replicas.pop(rep.replica_id, None)
+        self.hooks.replica_changed(self, rep.replica_id)
+
+    # -- replicas ----------------------------------------------------------------------------------------------
+    def _replica_of(self, model: str) -> SimReplica | None:
+        return next((r for r in self.replicas.values() if r.model.name == model), None)
+
+    def latency(self, model: ServedModel, tp: int) -> LatencyModel:
+        return self.book.get(model.arch, self.gpu, tp)
+
+    def new_replica(self, replica_id: str, model: ServedModel, tp: int, gpu_ids: tuple[str, ...]) -> SimReplica:
+        return SimReplica(replica_id, model, tp, gpu_ids, self.latency(model, tp),
+                          kv_layout(model.arch, tp, self.config.page_bytes, self.config.max_block_tokens))
+
+    def start_serving(self, rep: SimReplica, revision: int, duration_s: float) -> None:
+        """Register a replica whose memory is reserved: it serves after `duration_s` (its weights load)."""
+        name = rep.model.name
+        self.scheduler.add_model(name, rep.layout, limit_pages=rep.kv_limit_pages, revision=revision,
+                                 active=False, preemption_costs=preemption_costs(rep.lm))
+        self._lm[name] = rep.lm
+        self._swap_s_per_token[name] = rep.lm.kv_bytes_per_token / rep.tp / rep.lm.kv_swap_bytes_per_s
+        if rep.tp > 1:
+            self._tp_members[name] = tuple(w for g in rep.gpu_ids[1:] if (w := self.hooks.worker(g)) is not None)
+        rep.residency = Residency.ACTIVE
+        rep.draining = False
+        rep.activating_until_s = self.kernel.now_s + duration_s
+        for seq in rep.parked:
+            self.scheduler.add(seq)
+        rep.parked = []
+        self.replicas[rep.replica_id] = rep
+        self._activation_token += 1
+        self.kernel.schedule(ActivationDone(rep.activating_until_s, self, rep.replica_id, self._activation_token))
+        self._pending_activation[rep.replica_id] = self._activation_token
+        self.hooks.replica_changed(self, rep.replica_id)
+
+    def _activation_done(self, replica_id: str, token: int) -> None:
+        if self._pending_activation.get(replica_id) != token:
+            return  # superseded: deactivated or re-activated meanwhile
+        del self._pending_activation[replica_id]
+        rep = self.replicas[replica_id]
+        rep.activating_until_s = None
+        rep.serving_since_s = self.kernel.now_s
+        self._serving[rep.model.name] = rep
+        self.scheduler.set_active(rep.model.name, True)
+        self.hooks.replica_changed(self, replica_id)
+        self.kick()
+
+    def begin_drain(self, rep: SimReplica, to: Residency) -> None:
+        """Stop taking requests; queued ones go back to the router; leave once the running ones finish."""
+        rep.draining, rep.drain_to = True, to
+        self._serving.pop(rep.model.name, None)
+        self._draining[rep.model.name] = rep
+        self.hooks.replica_changed(self, rep.replica_id)
+        self._release_queued(rep)
+        self._maybe_finish_drain(rep)
+
+    def _release_queued(self, rep: SimReplica) -> None:
+        name = rep.model.name
+        queued = [s.seq_id for s in self.scheduler.sequences(name) if s.status is not SeqStatus.RUNNING]
+        if queued:
+            self.hooks.requeue(self.scheduler.remove(queued))
+
+    def _maybe_finish_drain(self, rep: SimReplica) -> None:
+        if rep.draining and self.scheduler.num_live(rep.model.name) == 0:
+            self.stop_serving(rep, rep.drain_to)
+
+    def stop_serving(self, rep: SimReplica, to: Residency) -> None:
+        """Take a replica off the GPUs now: its sequences go back to the router, its memory is freed."""
+        name = rep.model.name
+        self._pending_activation.pop(rep.replica_id, None)
+        if self.scheduler.has_model(name):
+            self.hooks.requeue(self.scheduler.remove_model(name))
+        self._serving.pop(name, None)
+        self._draining.pop(name, None)
+        self._lm.pop(name, None)
+        self._tp_members.pop(name, None)
+        self.release(rep.weight_bytes_per_gpu)
+        for gpu_id in rep.gpu_ids[1:]:
+            member = self.hooks.worker(gpu_id)
+            if member is not None and rep.replica_id in member.memberships:
+                member.release(rep.weight_bytes_per_gpu, rep.replica_id)
+        rep.draining = False
+        rep.activating_until_s = None
+        if to is Residency.HOST:
+            rep.residency = Residency.HOST
+            self.cache_weights(name, rep.tp, rep.model.arch.weight_bytes)
+        else:
+            rep.residency = Residency.COLD
+            self.hooks.requeue(rep.parked)
+            rep.parked = []
+            del self.replicas[rep.replica_id]
+        self.hooks.replica_changed(self, rep.replica_id)
+
+    # -- iterations --------------------------------------------------------------------------------------------
+    def kick(self) -> None:
+        """Start an iteration now if the device is idle and has work."""
+        if not self.iterating and self.healthy:
+            event = self._start_iteration(self.kernel.now_s)
+            if event is not None:
+                self.kernel.schedule(event)
+
+    def _start_iteration(self, now: float) -> IterationDone | None:
+        sched = self.scheduler
+        batch = sched.schedule(now)
+        dropped = sched.take_dropped()
+        if dropped:
+            self.hooks.on_dropped(dropped)
+        if batch is None:
+            self.iterating = False
+            return None
+        lm = self._lm.get(batch.model)
+        dt = 0.0 if lm is None else lm.iteration_s(prefill_tokens=batch.prefill_tokens, prefill_attn=batch.prefill_attn,
+                                                   decode_seqs=len(batch.decodes), kv_tokens=batch.kv_tokens)
+        if batch.swap_out or batch.swap_in:
+            per_token = self._swap_s_per_token
+            dt += sum(per_token.get(t.model, 0.0) * t.num_tokens for t in batch.swap_out)
+            dt += sum(per_token.get(t.model, 0.0) * t.num_tokens for t in batch.swap_in)
+        if self.busy_until_s > now and self._busy_by is not None:
+            self._busy_by.interrupt(now)  # a TP group's run holds this GPU: cut it at its step in flight
+        start = now if self.busy_until_s <= now else self.busy_until_s
+        members = self._tp_members.get(batch.model)
+        if members:
+            for m in members:
+                if m.busy_until_s > start and m._busy_by is not None and m._busy_by is not self:
+                    m._busy_by.interrupt(now)
+            start = max(start, *(m.busy_until_s for m in members))
+        steps = sched.plan_run(batch, MAX_RUN_STEPS) if lm is not None and self.config.run_ahead else 1
+        growth = lm.c_kv_s * len(batch.decodes) if lm is not None else 0.0
+        end = start + steps * dt + growth * steps * (steps - 1) / 2
+        event = IterationDone(end, self, batch, self.epoch)
+        self._run = DecodeRun(event, start, dt, growth, steps) if steps > 1 else None
+        self._hold(members, end)
+        self.iterating = True
+        return event
+
+    def _hold(self, members: tuple[SimulatedWorker, ...] | None, until_s: float) -> None:
+        self.busy_until_s = until_s
+        self._busy_by = None
+        for m in members or ():
+            m.busy_until_s = until_s
+            m._busy_by = self
+
+    def interrupt(self, now: float) -> None:
+        """Something may change the next iteration: cut a run of repeated decodes at the step in flight (the steps
+        already done are committed; the step in flight ends as a single iteration), exactly as if every step had
+        been scheduled on its own."""
+        run = self._run
+        if run is None:
+            return
+        self._run = None
+        if now >= run.event.time_s:
+            return  # the run ends now anyway
+        done = run.steps_done_by(now)
+        batch, sched = run.event.batch, self.scheduler
+        run.event.cancelled = True
+        if done:
+            finished = sched.on_batch_done(batch, run.end_of(done), steps=done)
+            assert not finished, "a run ends at the first step that finishes a sequence"
+        sched.prepare_step(batch)
+        sched.mark_ran(batch.model, run.end_of(done))
+        batch.num_steps = 1
+        event = IterationDone(run.end_of(done + 1), self, batch, self.epoch)
+        self._hold(self._tp_members.get(batch.model), event.time_s)
+        self.kernel.schedule(event)
+
+    def _finish_iteration(self, event: IterationDone) -> IterationDone | None:
+        now = event.time_s
+        batch = event.batch
+        run, self._run = self._run, None
+        done = self.scheduler.on_batch_done(batch, now)
+        if run is not None and run.event is event:
+            self.scheduler.mark_ran(batch.model, run.end_of(run.steps - 1))
+        if done:
+            self.hooks.on_finished(done)
+            draining = self._draining.get(batch.model)
+            if draining is not None:
+                self._maybe_finish_drain(draining)
+        if self.config.check_invariants:
+            self.scheduler.check_invariants()
+        return self._start_iteration(now)
+
+    # -- availability and cost ---------------------------------------------------------------------------------
+    def fail(self) -> None:
+        """The GPU is gone (spot preemption, failure): its work goes back to the router, TP groups fall apart."""
+        for rep in list(self.replicas.values()):
+            if rep.residency is Residency.ACTIVE:
+                self.stop_serving(rep, Residency.COLD)
+            else:
+                self.hooks.requeue(rep.parked)
+        for membership in list(self.memberships.values()):
+            leader = self.hooks.worker(membership.leader)
+            rep = leader.replicas.get(membership.replica_id) if leader is not None else None
+            if rep is not None and rep.residency is Residency.ACTIVE:
+                leader.stop_serving(rep, Residency.COLD)
+        self.replicas.clear()
+        self.memberships.clear()
+        self.host_weights.clear()
+        self.healthy = False
+        self._reset_device()
+        self._pending_activation.clear()
+        self._billing()
+
+    def recover(self) -> None:
+        """The GPU is back, empty."""
+        self.healthy = True
+        self.busy_until_s = max(self.busy_until_s, self.kernel.now_s)
+
+    @property
+    def billed(self) -> bool:
+        """Holding weights (a replica active, loading, or reserved as a TP member): the GPU is paid for."""
+        return self.healthy and self.weight_bytes > 0
+
+    def _billing(self) -> None:
+        now = self.kernel.now_s
+        if self.billed and self._billed_since is None:
+            self._billed_since = now
+            self.hooks.billing_changed(self)
+        elif not self.billed and self._billed_since is not None:
+            self.billed_s += now - self._billed_since
+            self._billed_since = None
+            self.hooks.billing_changed(self)
+
+    def billed_seconds(self, now: float) -> float:
+        return self.billed_s + (now - self._billed_since if self._billed_since is not None else 0.0)
+
+
+@dataclass
+class LocalHooks:
+    """Hooks for workers simulated without a fleet (tests, profiling): finished and dropped sequences are kept,
+    requeued ones are dropped with reason `no_router`."""
+
+    kernel: Kernel = field(default_factory=Kernel)
+    finished: list[Sequence] = field(default_factory=list)
+    dropped: list[Sequence] = field(default_factory=list)
+    workers: dict[str, SimulatedWorker] = field(default_factory=dict)
+
+    def on_finished(self, seqs: list[Sequence]) -> None:
+        self.finished.extend(seqs)
+
+    def on_dropped(self, seqs: list[Sequence]) -> None:
+        self.dropped.extend(seqs)
+
+    def requeue(self, seqs: Iterable[Sequence]) -> None:
+        for seq in seqs:
+            seq.status, seq.drop_reason = SeqStatus.DROPPED, "no_router"
+            self.dropped.append(seq)
+
+    def hand_over(self, seqs: list[Sequence], to_replica_id: str, *, kv_on_host: bool) -> bool:
+        for w in self.workers.values():
+            rep = w.replicas.get(to_replica_id)
+            if rep is not None and rep.residency is Residency.ACTIVE:
+                for seq in seqs:
+                    w.enqueue(seq, rep, kv_on_host=kv_on_host)
+                return True
+        return False
+
+    def replica_changed(self, worker: SimulatedWorker, replica_id: str) -> None:
+        pass
+
+    def worker(self, gpu_id: str) -> SimulatedWorker | None:
+        return self.workers.get(gpu_id)
+
+    def billing_changed(self, worker: SimulatedWorker) -> None:
+        pass
+
+    instant_activation = False
