@@ -1,10 +1,13 @@
-"""`FleetwisePlanner`: the `fleetwise` policy — placement (minutes), queues (seconds) and liveput, in one plan.
+"""`FleetwisePlanner`: the `fleetwise` policy — liveput for spot pools, placement, queues and offline work, in one plan.
 
-Each call: (1) re-place when the placement is older than `placement_interval_s` or an event invalidates it (GPUs
-added or removed, a preemption notice, a request for an inactive model, a failed action), else keep the running
-replicas; (2) order the waiting request groups on the replicas (queue planner) with the time left; (3) assemble the
-plan: actions make-before-break with reasons, expected outcome per scenario, solver statistics. The planner keeps
-the time of its last placement between calls (its only state).
+Each call: (1) liveput plans every spot pool over the scenario horizon and the plan takes its first step (receding
+horizon: every call re-solves from what runs; `optimizers.spot`); (2) re-place the on-demand pools when the
+placement is older than `placement_interval_s` or an event invalidates it (GPUs added or removed, a preemption
+notice, a request for an inactive model, a failed action) — the program covers, per scenario, what the spot tier is
+not expected to serve — else keep the running on-demand replicas; (3) pack both onto GPUs; (4) order the waiting
+request groups on the replicas (queue planner) with the time left; (5) pause and resume offline work
+(`optimizers.offline`); (6) assemble the plan: actions make-before-break with reasons, expected outcome per
+scenario, solver statistics. The planner keeps the time of its last placement between calls (its only state).
 """
 
 from __future__ import annotations
@@ -19,15 +22,19 @@ from core.forecast import ScenarioSet
 from core.latency import LatencyBook
 from core.plan import Plan, SolverStats, digest
 from core.state import EventKind, FleetState
+from optimizers.offline import OfflineSettings, leaving_gpus, plan_offline
 from optimizers.outcome import expected_outcome, scenarios_from_load
 from optimizers.placement.packing import PlacedReplica, pack, replica_items
-from optimizers.placement.problem import PlacementProblem, PlacementSettings, build_problem
+from optimizers.placement.problem import (
+    PlacementProblem, PlacementSettings, available_by_interval, build_problem, demand_by_interval,
+)
 from optimizers.placement.solve import PlacementResult, solve_placement
 from optimizers.plan import (
     RunningReplica, diff_actions, make_plan, routing_weights, running_replicas, to_core_replicas,
 )
 from optimizers.queue_actions import plan_queues
 from optimizers.queues import QueueSettings
+from optimizers.spot import SpotStep, plan_spot_pools, residual_problem
 
 REPLACE_ON = frozenset({EventKind.GPU_ADDED, EventKind.GPU_REMOVED, EventKind.PREEMPTION_NOTICE,
                         EventKind.REQUEST_FOR_INACTIVE_MODEL, EventKind.ACTION_FAILED})
@@ -40,8 +47,11 @@ class FleetwisePlanner:
     book: LatencyBook = field(default_factory=LatencyBook)
     settings: PlacementSettings = field(default_factory=PlacementSettings)
     queue_settings: QueueSettings = field(default_factory=QueueSettings)
+    offline_settings: OfflineSettings = field(default_factory=OfflineSettings)
     placement_interval_s: float = 300.0
     horizon_intervals: int = 1
+    placement_share: float = 0.6  # of the budget; packing may take `packing_share` (CP-SAT only to repair)
+    packing_share: float = 0.2
     name: str = "fleetwise"
     subscriptions: frozenset[EventKind] = REPLACE_ON | {EventKind.SLO_VIOLATION_PREDICTED, EventKind.QUEUE_BUILDUP}
     _last_placement_s: float | None = field(default=None, repr=False)
@@ -53,28 +63,36 @@ class FleetwisePlanner:
         if scenarios is None:
             scenarios = scenarios_from_load(fleet, state)
             reasons.append("no forecast given: scenarios at 0.7×, 1× and 1.4× the observed rates")
-        healthy = set(state.healthy_gpu_ids) if state.workers else None
-        weights = {m.name: m.weight_gib for m in fleet.models}
-        running = running_replicas(state, weights)
+        healthy = _plannable_gpus(fleet, state)
+        running = running_replicas(state, {m.name: m.weight_gib for m in fleet.models})
         problem = build_problem(
             fleet, scenarios, book=self.book, healthy=healthy, horizon_intervals=self.horizon_intervals,
             current=[(r.model, r.pool, r.tp, r.kv_share_gib * (1 if r.tp == 1 else 0)) for r in running],
             host_models=_host_models(state), settings=self.settings)
-        stages: dict[str, float] = {}
+        spot = plan_spot_pools(problem, demand_by_interval(fleet, scenarios),
+                               available_by_interval(problem.pools, scenarios), scenarios.interval_s,
+                               _running_counts(running))
+        stages = {"liveput": time.perf_counter() - start} if spot else {}
+        reasons += [s.reason for s in spot]
         placement = None
         if self._must_place(state):
-            placement = solve_placement(problem, time_limit_s=max(0.2, 0.7 * budget_s))
-            stages["placement"] = time.perf_counter() - start
+            placement = solve_placement(residual_problem(problem, spot),
+                                        time_limit_s=max(0.2, self.placement_share * budget_s))
+            stages["placement"] = time.perf_counter() - start - sum(stages.values())
             self._last_placement_s = state.time_s
-        targets, dropped, packer = self._targets(problem, placement, running, fleet, healthy)
+        targets, dropped, packer = _targets(problem, placement, spot, running, fleet, healthy,
+                                            max(0.0, self.packing_share * budget_s))
         stages["packing"] = time.perf_counter() - start - sum(stages.values())
         reasons += dropped
         rate_of = {t.replica_id: problem.configs[t.config_index].online.rate_at(t.kv_share_gib) for t in targets}
         queue = plan_queues(state, fleet, targets, rate_of, scenarios, self.book, self.queue_settings,
                             budget_s=max(0.02, budget_s - (time.perf_counter() - start)))
         stages["queues"] = time.perf_counter() - start - sum(stages.values())
-        return self._assemble(fleet, state, scenarios, problem, placement, targets, running, rate_of, queue,
-                              reasons, stages, packer, start)
+        routing = routing_weights(targets, rate_of)
+        offline = plan_offline(state, fleet, running, targets, _expected_load(problem, targets, routing), rate_of,
+                               self.offline_settings)
+        parts = _Parts(problem, placement, spot, targets, running, rate_of, routing, packer)
+        return self._assemble(fleet, state, scenarios, parts, queue, offline, reasons, stages, start)
 
     def _must_place(self, state: FleetState) -> bool:
         if self._last_placement_s is None or state.current_plan is None:
@@ -83,51 +101,105 @@ class FleetwisePlanner:
             return True
         return state.time_s - self._last_placement_s >= self.placement_interval_s
 
-    def _targets(self, problem: PlacementProblem, placement: PlacementResult | None, running: list[RunningReplica],
-                 fleet: FleetSpec, healthy: set[str] | None) -> tuple[list[PlacedReplica], list[str], str]:
-        """Pack the placement onto GPUs, or keep the running replicas when the placement is reused."""
-        if placement is None:
-            index = {(c.model, problem.pools[c.pool_index].name, c.tp): c.index for c in problem.configs}
-            kept = [PlacedReplica(r.replica_id, r.model, r.pool, r.gpu_type, r.tp, r.gpu_ids, r.kv_share_gib,
-                                  r.memory_gib, 0.0, index.get((r.model, r.pool, r.tp), 0)) for r in running
-                    if (r.model, r.pool, r.tp) in index]
-            return kept, [], "kept"
-        current: dict[int, list[tuple[str, tuple[str, ...]]]] = {}
-        index = {(c.model, problem.pools[c.pool_index].name, c.tp): c.index for c in problem.configs}
-        for r in running:
-            if (k := index.get((r.model, r.pool, r.tp))) is not None:
-                current.setdefault(k, []).append((r.replica_id, r.gpu_ids))
-        d = placement.decision
-        items = replica_items(problem, d.replicas, d.kv_gib, d.capacity_rps, current)
-        gpu_ids = {p.name: [g for g in p.gpu_ids() if healthy is None or g in healthy] for p in fleet.pools}
-        packed = pack(problem, items, gpu_ids, time_limit_s=0.5)
-        return list(packed.replicas), [f"not placed: {x}" for x in packed.dropped], packed.packer
-
-    def _assemble(self, fleet, state, scenarios, problem, placement, targets, running, rate_of, queue, reasons,
-                  stages, packer, start) -> Plan:  # noqa: ANN001
-        routing = routing_weights(targets, rate_of)
+    def _assemble(self, fleet, state, scenarios, parts: _Parts, queue, offline, reasons, stages, start) -> Plan:  # noqa: ANN001
+        problem, placement, targets = parts.problem, parts.placement, parts.targets
         host = placement.decision.host_models if placement else frozenset()
-        why = _why(problem, placement)
+        why = _why(problem, placement) | _why_spot(problem, parts.spot)
         activate = {c.model: c.activate_host_s for c in problem.configs}
         usable = {g: problem.pools[i].usable_gib for i, p in enumerate(fleet.pools) for g in p.gpu_ids()}
-        unmet = placement.unmet_rps if placement else np.zeros_like(problem.demand_rps)
         used = np.array([len({g for t in targets if t.pool == p.name for g in t.gpu_ids}) for p in problem.pools])
-        expected = expected_outcome(problem, placement.decision, unmet, used) if placement else None
-        reasons = reasons + _plan_reasons(problem, placement, expected, len(targets), len(running)) + queue.reasons
+        expected = expected_outcome(problem, placement.decision, placement.unmet_rps, used) if placement else None
+        reasons = reasons + _plan_reasons(problem, placement, expected, len(targets), len(parts.running)) \
+            + queue.reasons
 
         def build(b) -> None:  # noqa: ANN001
-            route = diff_actions(b, targets, running, usable_gib=usable, routing=routing, host_models=host, why=why,
-                                 activate_s=activate)
+            first = offline.emit_first(b)
+            route = diff_actions(b, targets, parts.running, usable_gib=usable, routing=parts.routing,
+                                 host_models=host, why=why, activate_s=activate)
             queue.emit(b, route)
+            offline.emit_after(b, route, first)
 
         pools = {c.model: (problem.pools[c.pool_index].name, problem.pools[c.pool_index].gpu_type)
                  for c in problem.configs}
-        solver = _solver_stats(placement, packer, queue.name, stages, time.perf_counter() - start)
+        solver = _solver_stats(placement, parts, queue.name, stages, time.perf_counter() - start)
         key = digest(fleet.name, state.time_s, scenarios.demand_rps, scenarios.available_gpus,
-                     tuple(sorted(r.replica_id for r in running)), tuple(g.group_id for g in state.groups))
+                     tuple(sorted(r.replica_id for r in parts.running)), tuple(g.group_id for g in state.groups))
         return make_plan(fleet=fleet.name, policy=self.name, state=state, digest=key, horizon_s=problem.horizon_s,
                          build=build, expected=expected, solver=solver, reasons=reasons,
-                         replicas=to_core_replicas(targets, host, pools), routing=routing, queues=queue.orders)
+                         replicas=to_core_replicas(targets, host, pools), routing=parts.routing,
+                         queues=queue.orders)
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What one planning call decided, handed to plan assembly."""
+
+    problem: PlacementProblem
+    placement: PlacementResult | None
+    spot: list[SpotStep]
+    targets: list[PlacedReplica]
+    running: list[RunningReplica]
+    rate_of: dict[str, float]
+    routing: dict[str, dict[str, float]]
+    packer: str
+
+
+def _targets(problem: PlacementProblem, placement: PlacementResult | None, spot: list[SpotStep],
+             running: list[RunningReplica], fleet: FleetSpec, healthy: set[str] | None,
+             time_limit_s: float) -> tuple[list[PlacedReplica], list[str], str]:
+    """Pack the placement and the spot steps onto GPUs; without a new placement, keep the running on-demand
+    replicas and pack only the spot steps."""
+    index = {(c.model, problem.pools[c.pool_index].name, c.tp): c.index for c in problem.configs}
+    spot_pools = {problem.pools[s.pool_index].name for s in spot}
+    current: dict[int, list[tuple[str, tuple[str, ...]]]] = {}
+    for r in running:
+        if (k := index.get((r.model, r.pool, r.tp))) is not None:
+            current.setdefault(k, []).append((r.replica_id, r.gpu_ids))
+    items = []
+    for step in spot:  # whole GPUs per replica: the largest KV share
+        kv = np.array([c.kv_max_gib for c in problem.configs]) * step.counts
+        items += replica_items(problem, step.counts, kv, None, current)
+    kept: list[PlacedReplica] = []
+    if placement is None:
+        kept = [PlacedReplica(r.replica_id, r.model, r.pool, r.gpu_type, r.tp, r.gpu_ids, r.kv_share_gib,
+                              r.memory_gib, 0.0, index[(r.model, r.pool, r.tp)]) for r in running
+                if (r.model, r.pool, r.tp) in index and r.pool not in spot_pools]
+        if not items:
+            return kept, [], "kept"
+    else:
+        d = placement.decision
+        items += replica_items(problem, d.replicas, d.kv_gib, d.capacity_rps, current)
+    pools = [p for p in fleet.pools if placement is not None or p.name in spot_pools]
+    gpu_ids = {p.name: [g for g in p.gpu_ids() if healthy is None or g in healthy] for p in pools}
+    packed = pack(problem, items, gpu_ids, time_limit_s=time_limit_s)
+    return kept + list(packed.replicas), [f"not placed: {x}" for x in packed.dropped], packed.packer
+
+
+def _plannable_gpus(fleet: FleetSpec, state: FleetState) -> set[str] | None:
+    """GPUs a plan may use: the healthy ones (all when no worker reports) minus those with a preemption notice."""
+    leaving = leaving_gpus(state)
+    if not state.workers and not leaving:
+        return None
+    healthy = set(state.healthy_gpu_ids) if state.workers else set(fleet.gpu_ids())
+    return healthy - leaving
+
+
+def _running_counts(running: list[RunningReplica]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(model, pool) → (tp, count) of the running replicas, at the TP degree most of them use."""
+    by: dict[tuple[str, str], dict[int, int]] = {}
+    for r in running:
+        tps = by.setdefault((r.model, r.pool), {})
+        tps[r.tp] = tps.get(r.tp, 0) + 1
+    return {key: max(tps.items(), key=lambda kv: (kv[1], -kv[0])) for key, tps in by.items()}
+
+
+def _expected_load(problem: PlacementProblem, targets: list[PlacedReplica],
+                   routing: dict[str, dict[str, float]]) -> dict[str, float]:
+    """replica → expected online req/s: its routing weight × its model's probability-weighted online demand."""
+    mean = problem.weights @ problem.online_demand()
+    index = {m.name: i for i, m in enumerate(problem.models)}
+    return {t.replica_id: routing.get(t.model, {}).get(t.replica_id, 0.0) * float(mean[index[t.model]])
+            for t in targets}
 
 
 def _host_models(state: FleetState) -> frozenset[str]:
@@ -164,9 +236,24 @@ def _plan_reasons(problem, placement, expected, num_targets: int, num_running: i
     return out
 
 
-def _solver_stats(placement, packer: str, queue_name: str, stages: dict[str, float], total_s: float) -> SolverStats:  # noqa: ANN001
+def _why_spot(problem: PlacementProblem, spot: list[SpotStep]) -> dict[str, str]:
+    """'model@pool' → why liveput gives the model its replicas on that spot pool."""
+    out = {}
+    for step in spot:
+        pool = problem.pools[step.pool_index].name
+        for m, model in enumerate(problem.models):
+            n = sum(int(step.counts[c.index]) for c in problem.configs_of_model(m) if c.pool_index == step.pool_index)
+            out[f"{model.name}@{pool}"] = (
+                f"liveput keeps {n} replica(s) on spot pool {pool}: expected to serve "
+                f"{float(problem.weights @ step.online_rps[:, m]):.2f} req/s online and "
+                f"{float(problem.weights @ step.offline_rps[:, m]):.2f} req/s offline across availability scenarios")
+    return out
+
+
+def _solver_stats(placement, parts: _Parts, queue_name: str, stages: dict[str, float], total_s: float) -> SolverStats:  # noqa: ANN001
+    packer = parts.packer + ("+liveput" if parts.spot else "")
     if placement is None:
-        return SolverStats(name=f"reuse+{queue_name}", status="heuristic", time_s=total_s, stages=stages)
+        return SolverStats(name=f"reuse+{packer}+{queue_name}", status="heuristic", time_s=total_s, stages=stages)
     return SolverStats(name=f"highs+{packer}+{queue_name}", status=placement.status, objective=placement.objective_usd,
                        gap=placement.gap, time_s=total_s, num_variables=placement.num_variables,
                        num_constraints=placement.num_constraints, warm_start=placement.warm_start, stages=stages)

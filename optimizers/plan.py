@@ -103,7 +103,8 @@ def diff_actions(b: _Builder, targets: Sequence[PlacedReplica], running: Sequenc
         to = Residency.HOST if r.model in host_models or any(t.model == r.model for t in targets) else Residency.COLD
         removal[r.replica_id] = b.add(r.gpu_ids[0], DeactivateModel(model=r.model, replica_id=r.replica_id, to=to),
                                       f"{r.model}: replica on {', '.join(r.gpu_ids)} no longer needed "
-                                      f"({why.get(r.model, 'placement moved it')}); weights to {to.value}", deps)
+                                      f"({_reason(why, r.model, r.pool, 'placement moved it')}); weights to "
+                                      f"{to.value}", deps)
     for t in blocked:
         deps = [removal[r.replica_id] for r in leaving if set(r.gpu_ids) & set(t.gpu_ids)]
         activation[t.replica_id] = _activate(b, t, why, activate_s, deps)
@@ -115,6 +116,12 @@ def diff_actions(b: _Builder, targets: Sequence[PlacedReplica], running: Sequenc
                   f"{t.model}: KV share {old[t.replica_id].kv_share_gib:.1f} → {t.kv_share_gib:.1f} GiB/GPU for its "
                   f"demand", deps)
     return route
+
+
+def _reason(why: dict[str, str], model: str, pool: str, default: str) -> str:
+    """Why a model's replica on a pool changes: the pool-specific reason ('model@pool', e.g. liveput's for a spot
+    pool) before the model's."""
+    return why.get(f"{model}@{pool}", why.get(model, default))
 
 
 def _free_memory(running: Sequence[RunningReplica], usable_gib: dict[str, float]) -> dict[str, float]:
@@ -130,7 +137,7 @@ def _activate(b: _Builder, t: PlacedReplica, why: dict[str, str], activate_s: di
     args = ActivateModel(model=t.model, replica_id=t.replica_id, tp=t.tp, gpu_ids=t.gpu_ids,
                          kv_limit_gib=round(t.kv_share_gib, 3))
     return b.add(t.gpu_ids[0], args, f"{t.model}: new TP-{t.tp} replica on {', '.join(t.gpu_ids)} with "
-                 f"{t.kv_share_gib:.1f} GiB KV/GPU ({why.get(t.model, 'placement')})", deps,
+                 f"{t.kv_share_gib:.1f} GiB KV/GPU ({_reason(why, t.model, t.pool, 'placement')})", deps,
                  activate_s.get(t.model, 0.0))
 
 

@@ -230,7 +230,8 @@ def shrink(item: _Item) -> _Item:
 
 def placed(problem: PlacementProblem, item: _Item, gpus: tuple[str, ...]) -> PlacedReplica:
     pool = problem.pools[item.config.pool_index]
-    rid = item.replica_id or f"{item.config.model}@{gpus[0]}"
+    # A running replica keeps its id only where it stays; moved, it is a new replica (activated, the old one removed).
+    rid = item.replica_id if item.replica_id and gpus == item.current else f"{item.config.model}@{gpus[0]}"
     return PlacedReplica(rid, item.config.model, pool.name, pool.gpu_type, item.config.tp, gpus, item.kv_share_gib,
                          item.memory_gib, item.load_share, item.config.index)
 

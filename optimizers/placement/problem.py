@@ -253,13 +253,17 @@ def scenario_arrays(fleet: FleetSpec, pools: tuple[PoolInfo, ...], scenarios: Sc
                     horizon_intervals: int) -> tuple[np.ndarray, np.ndarray]:
     """Per scenario: peak demand (S, M, C) and fewest available GPUs (S, P) over the first intervals.
 
-    Replicas are fixed for the placement horizon, so its busiest interval sizes them; models or pools the scenario
-    set does not name get zero demand and full availability.
+    Replicas are fixed for the placement horizon, so its busiest interval sizes them.
     """
     t = max(1, min(horizon_intervals, scenarios.num_intervals))
-    peak = scenarios.demand_rps[:, :, :t].max(axis=2)  # (S, M_scen)
-    s_count = scenarios.num_scenarios
-    demand = np.zeros((s_count, len(fleet.models), len(fleet.slo_classes)))
+    return demand_by_interval(fleet, scenarios)[..., :t].max(axis=3), \
+        available_by_interval(pools, scenarios)[..., :t].min(axis=2)
+
+
+def demand_by_interval(fleet: FleetSpec, scenarios: ScenarioSet) -> np.ndarray:
+    """(S, M, C, T) requests/s per fleet model, SLO class and interval; models the set does not name get none."""
+    s_count, _, t_count = scenarios.demand_rps.shape
+    demand = np.zeros((s_count, len(fleet.models), len(fleet.slo_classes), t_count))
     class_pos = [scenarios.slo_classes.index(c.name) if c.name in scenarios.slo_classes else -1
                  for c in fleet.slo_classes]
     for m_idx, model in enumerate(fleet.models):
@@ -268,13 +272,20 @@ def scenario_arrays(fleet: FleetSpec, pools: tuple[PoolInfo, ...], scenarios: Sc
         j = scenarios.model_index(model.name)
         for c_idx, pos in enumerate(class_pos):
             if pos >= 0:
-                demand[:, m_idx, c_idx] = peak[:, j] * scenarios.class_share[j, pos]
-    avail = np.array([[p.num_gpus] * s_count for p in pools], dtype=float).T.reshape(s_count, len(pools))
+                demand[:, m_idx, c_idx, :] = scenarios.demand_rps[:, j, :] * scenarios.class_share[j, pos]
+    return demand
+
+
+def available_by_interval(pools: tuple[PoolInfo, ...], scenarios: ScenarioSet) -> np.ndarray:
+    """(S, P, T) GPUs available per pool and interval, at most the pool's healthy GPUs (all of them for a pool the
+    set does not name)."""
+    s_count, t_count = scenarios.num_scenarios, scenarios.num_intervals
+    avail = np.array([float(p.num_gpus) for p in pools])[None, :, None].repeat(s_count, 0).repeat(t_count, 2)
     for p_idx, pool in enumerate(pools):
         if pool.name in scenarios.pools:
             j = scenarios.pools.index(pool.name)
-            avail[:, p_idx] = np.minimum(pool.num_gpus, scenarios.available_gpus[:, j, :t].min(axis=1))
-    return demand, avail
+            avail[:, p_idx, :] = np.minimum(pool.num_gpus, scenarios.available_gpus[:, j, :])
+    return avail
 
 
 def load_shapes(fleet: FleetSpec, scenarios: ScenarioSet) -> list[LoadShape]:

@@ -1,0 +1,139 @@
+"""Spot pools in the fleetwise plan: liveput decides each spot pool's replicas ahead of the on-demand placement.
+
+Spot GPUs are cheap and may vanish. For each spot pool, Parcae's liveput (`optimizers.liveput`) chooses a
+configuration — TP degree and replica count per model, each replica on whole GPUs — by its *expected* goodput over
+the availability scenarios, net of GPU price and migration costs, over the scenario set's intervals; the plan
+applies only the first step (receding horizon: the next plan re-solves from what then runs). Online requests are
+valued at the top online class's unmet price, offline work at the offline price: offline jobs fill the compute
+online serving leaves on each replica (and are paused first when a GPU is reclaimed, resuming from their KV
+checkpoints: `optimizers.offline`).
+
+The on-demand placement program then covers what the spot tier is not expected to serve (`residual_problem`): per
+scenario, the demand minus the spot replicas' expected service, E[min(demand, surviving replicas × rate)] under the
+scenario's survivor distribution — so a scenario in which spot GPUs vanish buys on-demand backup, and one in which
+they survive does not. Spot pools are closed to the program (no GPUs), so every spot replica comes from liveput.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from optimizers.liveput import Config, LiveputInput, LiveputPlan, SpotModel, plan_liveput, survivor_pmf
+from optimizers.placement.problem import PlacementProblem, ReplicaConfig
+
+
+@dataclass(frozen=True)
+class SpotStep:
+    """The first step of one spot pool's liveput plan, in the placement problem's terms."""
+
+    pool_index: int
+    counts: np.ndarray  # (K,) replicas per config of the problem (non-zero only for this pool's configs)
+    online_rps: np.ndarray  # (S, M) expected online req/s the step serves in each scenario (first interval)
+    offline_rps: np.ndarray  # (S, M) expected offline req/s it serves in the compute online work leaves
+    plan: LiveputPlan
+    reason: str  # one line: what liveput chose and why
+
+
+def spot_pool_indices(problem: PlacementProblem) -> list[int]:
+    """Spot pools with healthy GPUs and at least one config."""
+    return [p for p, pool in enumerate(problem.pools) if pool.spot and pool.num_gpus and problem.configs_of_pool(p)]
+
+
+def plan_spot_pools(problem: PlacementProblem, demand: np.ndarray, available: np.ndarray, interval_s: float,
+                    running: dict[tuple[str, str], tuple[int, int]]) -> list[SpotStep]:
+    """Liveput per spot pool. `demand` is (S, M, C, T) req/s, `available` (S, P, T) GPUs; `running` maps
+    (model, pool) to the (tp, count) that runs there now (the DP's starting point and migration reference)."""
+    return [_plan_pool(problem, p, demand, available, interval_s, running) for p in spot_pool_indices(problem)]
+
+
+def _plan_pool(problem: PlacementProblem, p: int, demand: np.ndarray, available: np.ndarray, interval_s: float,
+               running: dict[tuple[str, str], tuple[int, int]]) -> SpotStep:
+    inp, options = liveput_input(problem, p, demand, available, interval_s, running)
+    plan = plan_liveput(inp)
+    counts = np.zeros(len(problem.configs), dtype=int)
+    for m, (tp, n) in enumerate(plan.path[0]):
+        if n:
+            counts[options[m][tp].index] = n
+    online, offline = expected_service(problem, inp, options, plan.path[0])
+    used = sum(tp * n for tp, n in plan.path[0])
+    reason = (f"liveput on {problem.pools[p].name}: {used} of {inp.num_gpus} GPUs, first step of a "
+              f"{inp.available.shape[1]}-interval plan worth {plan.liveput_usd:.2f} USD expected (migrations "
+              f"deducted), P[no replica lost in interval 1] = {plan.survival_first:.2f}")
+    return SpotStep(p, counts, online, offline, plan, reason)
+
+
+def liveput_input(problem: PlacementProblem, p: int, demand: np.ndarray, available: np.ndarray, interval_s: float,
+                  running: dict[tuple[str, str], tuple[int, int]]) -> tuple[LiveputInput, list[dict[int, ReplicaConfig]]]:
+    """The liveput input of spot pool p over every fleet model, and per model its configs there by TP degree."""
+    pool = problem.pools[p]
+    options = [{c.tp: c for c in problem.configs_of_model(m) if c.pool_index == p} for m in range(len(problem.models))]
+    models = tuple(_spot_model(problem.models[m].name, opts, problem.current.host_models)
+                   for m, opts in enumerate(options))
+    online = np.array([c.online for c in problem.classes])
+    rates = demand if demand.shape[0] else np.zeros((1, len(problem.models), len(problem.classes), 1))
+    current = tuple(_current(running.get((problem.models[m].name, pool.name)), options[m]) for m in
+                    range(len(problem.models)))
+    penalty = problem.penalty_usd()
+    return LiveputInput(
+        num_gpus=pool.num_gpus, interval_s=interval_s, models=models, weights=problem.weights,
+        available=np.minimum(available[:, p, :], pool.num_gpus), online_rps=rates[:, :, online, :].sum(axis=2),
+        offline_rps=rates[:, :, ~online, :].sum(axis=2),
+        online_usd_per_request=float(penalty[online].max(initial=0.0)),
+        offline_usd_per_request=float(penalty[~online].max(initial=0.0)), gpu_usd_per_hour=pool.price_per_hour,
+        current=current), options
+
+
+def _spot_model(name: str, options: dict[int, ReplicaConfig], host_models: frozenset[str]) -> SpotModel:
+    """A model's replica options on the pool; a model that does not fit there gets a TP option of no value."""
+    if not options:
+        return SpotModel(name, (1,), (0.0,), (0.0,), (0.0,))
+    tps = tuple(sorted(options))
+    load = tuple(options[t].activate_host_s if name in host_models else options[t].activate_cold_s for t in tps)
+    return SpotModel(name, tps, tuple(options[t].online_rate_max for t in tps),
+                     tuple(options[t].offline_rate_per_s for t in tps), load)
+
+
+def _current(now: tuple[int, int] | None, options: dict[int, ReplicaConfig]) -> tuple[int, int]:
+    if now is None or now[0] not in options:
+        return (min(options, default=1), 0)
+    return now
+
+
+def expected_service(problem: PlacementProblem, inp: LiveputInput, options: list[dict[int, ReplicaConfig]],
+                     config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(S, M) expected online and offline req/s a configuration serves in each scenario at the first interval:
+    E over the surviving replicas k of min(demand, k × rate), and offline work in the compute online work leaves."""
+    s_count, m_count = inp.online_rps.shape[:2]
+    online, offline = np.zeros((s_count, m_count)), np.zeros((s_count, m_count))
+    peak_online = problem.online_demand()
+    peak_offline = problem.offline_demand()
+    for m, (tp, n) in enumerate(config):
+        if not n or tp not in options[m]:
+            continue
+        c = options[m][tp]
+        pmf = survivor_pmf(inp, tp, 0)[:, n, : n + 1]  # (S, k): P[k of the n replicas survive]
+        k = np.arange(n + 1)[None, :]
+        served = np.minimum(peak_online[:, [m]], k * c.online_rate_max)
+        spare = np.where(k > 0, k - served / max(c.online_rate_max, 1e-12), 0.0) * c.offline_rate_per_s
+        online[:, m] = (pmf * served).sum(axis=1)
+        offline[:, m] = (pmf * np.minimum(peak_offline[:, [m]], spare)).sum(axis=1)
+    return online, offline
+
+
+def residual_problem(problem: PlacementProblem, steps: list[SpotStep]) -> PlacementProblem:
+    """The on-demand program's problem: spot pools closed, each scenario's demand less the spot tier's expected
+    service (spread over a model's classes in proportion to their demand)."""
+    if not steps:
+        return problem
+    online_mask = np.array([c.online for c in problem.classes])
+    demand = problem.demand_rps.copy()
+    for mask, served in ((online_mask, sum(s.online_rps for s in steps)),
+                         (~online_mask, sum(s.offline_rps for s in steps))):
+        total = demand[:, :, mask].sum(axis=2)
+        keep = np.divide(np.maximum(total - served, 0.0), total, out=np.zeros_like(total), where=total > 0)
+        demand[:, :, mask] *= keep[:, :, None]
+    closed = {s.pool_index for s in steps}
+    pools = tuple(replace(pool, num_gpus=0) if p in closed else pool for p, pool in enumerate(problem.pools))
+    return replace(problem, demand_rps=demand, pools=pools)

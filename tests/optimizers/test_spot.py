@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from core.fleet import load_fleet
+from core.state import EventKind, FleetEvent, FleetState, RunningRequest
+from optimizers.fleetwise import FleetwisePlanner
+from optimizers.placement.problem import available_by_interval, build_problem, demand_by_interval
+from optimizers.placement.solve import solver_available
+from optimizers.spot import plan_spot_pools, residual_problem
+from tests.factories import EXAMPLES
+from tests.optimizers.conftest import scenario_set
+
+pytestmark = pytest.mark.skipif(not solver_available(), reason="HiGHS (highspy) is not installed")
+SPOT = "v100-spot"
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    return load_fleet(EXAMPLES / "spot-mixed.yaml")
+
+
+def _scenarios(fleet, spot_available, *, rate=(4.0, 30.0, 20.0), intervals=4):
+    """Constant demand per model; the spot pool's availability per scenario (constant over the intervals)."""
+    s = len(spot_available)
+    demand = np.repeat(np.tile(np.asarray(rate), (s, 1))[:, :, None], intervals, axis=2)
+    avail = np.array([[[4] * intervals, [a] * intervals] for a in spot_available], float)
+    share = np.array([[0.6, 0.4], [0.6, 0.4], [0.3, 0.7]])
+    return scenario_set(fleet, demand, available=avail, interval_s=60.0, share=share)
+
+
+def _spot_counts(plan) -> dict[tuple[str, int], int]:
+    out: dict[tuple[str, int], int] = {}
+    for r in plan.replicas:
+        if r.pool == SPOT and r.residency == "active":
+            out[(r.model, r.tp)] = out.get((r.model, r.tp), 0) + 1
+    return out
+
+
+def test_spot_replicas_are_the_first_step_of_liveput_and_stay_put_next_interval(fleet) -> None:
+    sc = _scenarios(fleet, [32, 28, 20])
+    problem = build_problem(fleet, sc)
+    steps = plan_spot_pools(problem, demand_by_interval(fleet, sc), available_by_interval(problem.pools, sc), 60.0, {})
+    expected = {(c.model, c.tp): int(steps[0].counts[c.index]) for c in problem.configs if steps[0].counts[c.index]}
+    planner = FleetwisePlanner()
+    plan = planner.plan(fleet, FleetState(time_s=0.0, workers=()), sc, budget_s=2.0)
+    assert _spot_counts(plan) == expected and expected
+    assert any(r.startswith(f"liveput on {SPOT}") for r in plan.reasons)
+    spot_acts = [a for a in plan.actions if a.kind == "activate_model" and a.worker_id.startswith(SPOT)]
+    assert spot_acts and all("liveput" in a.reason for a in spot_acts)
+    nxt = planner.plan(fleet, FleetState(time_s=60.0, workers=(), current_plan=plan), sc, budget_s=2.0)
+    assert _spot_counts(nxt) == expected  # receding horizon: replanned, and nothing worth a migration changed
+    assert not [a for a in nxt.actions if a.kind in ("activate_model", "deactivate_model")]
+
+
+def test_on_demand_covers_what_spot_is_not_expected_to_serve(fleet) -> None:
+    sc = _scenarios(fleet, [32, 6])  # the spot pool survives whole in one scenario, nearly vanishes in the other
+    problem = build_problem(fleet, sc)
+    steps = plan_spot_pools(problem, demand_by_interval(fleet, sc), available_by_interval(problem.pools, sc), 60.0, {})
+    step = steps[0]
+    served = step.online_rps.sum(axis=1)
+    assert served[0] > served[1] > 0  # fewer surviving spot replicas serve less
+    rest = residual_problem(problem, steps)
+    assert rest.pools[step.pool_index].num_gpus == 0  # spot replicas come from liveput only
+    left = rest.online_demand().sum(axis=1)
+    assert np.all(left <= problem.online_demand().sum(axis=1) + 1e-9)
+    assert left[1] > left[0]  # the scenario that loses its spot GPUs leaves more for on-demand backup
+
+
+def test_preemption_notice_pauses_offline_work_first_and_moves_it(fleet) -> None:
+    sc = _scenarios(fleet, [32, 28, 24])
+    planner = FleetwisePlanner()
+    plan = planner.plan(fleet, FleetState(time_s=0.0, workers=()), sc, budget_s=2.0)
+    victim = next(r for r in plan.replicas if r.pool == SPOT and r.model == "llama-1b")
+    gone = victim.gpu_ids[0]
+    work = (RunningRequest(7, victim.replica_id, "llama-1b", "batch", 500, 40, 1.0),
+            RunningRequest(8, victim.replica_id, "llama-1b", "interactive", 300, 10, 2.0))
+    state = FleetState(time_s=60.0, workers=(), current_plan=plan, running=work,
+                       events=(FleetEvent(EventKind.PREEMPTION_NOTICE, 60.0, worker_id=gone),))
+    nxt = planner.plan(fleet, state, sc, budget_s=2.0)
+    first = nxt.actions[0]
+    assert first.kind == "preempt_offline" and first.args.replica_id == victim.replica_id and not first.depends_on
+    move = next(a for a in nxt.actions if a.kind == "migrate_requests")
+    assert move.args.request_ids == (7,) and first.seq in move.depends_on
+    assert move.args.to_replica_id in {r.replica_id for r in nxt.replicas if r.model == "llama-1b"}
+    assert all(gone not in r.gpu_ids for r in nxt.replicas)
+    assert any(a.kind == "deactivate_model" and a.args.replica_id == victim.replica_id for a in nxt.actions)
