@@ -12,6 +12,7 @@ import typer
 from controller.commands import db as db_command
 from controller.commands import fleet, trace
 from controller.commands import worker as worker_command
+from controller.commands.whatif import whatif
 from controller.console import fail
 from core.errors import InputError, NotFoundError
 
@@ -27,6 +28,7 @@ app.add_typer(fleet.app, name="fleet")
 app.add_typer(trace.app, name="trace")
 app.command("worker")(worker_command.worker)
 app.command("profile")(worker_command.profile)
+app.command("whatif")(whatif)
 
 
 def main() -> None:

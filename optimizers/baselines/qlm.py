@@ -55,8 +55,10 @@ class Instance:
     gpu_ids: tuple[str, ...]
     tp: int
     model: str
-    queue: list[RequestGroup] = field(default_factory=list)
+    queue: list[RequestGroup] = field(default_factory=list)  # waiting at its replica, in virtual-queue order
+    waiting_swap: list[RequestGroup] = field(default_factory=list)  # groups of other models queued for a swap
     running: int = 0
+    activating: bool = False  # its replica is still loading weights
 
     @property
     def replica_id(self) -> str:
@@ -98,6 +100,11 @@ class QLMPlanner:
                 fleet, self.latency, demand[s.model], s.pool, s.tp)
         draft.reasons.extend(reasons)
         draft.reasons.append(f"{len(sized)} instances, each serving one model at a time")
+
+
+def _edf(g: RequestGroup) -> tuple[float, float, str]:
+    """Earliest deadline first; ties by arrival, then id (deterministic)."""
+    return (g.deadline_s, g.earliest_arrival_s, g.group_id)
 
 
 def token_throughput(fleet: FleetSpec, latency: LatencyBook, d: ModelDemand, pool: str, tp: int) -> float:
@@ -142,7 +149,8 @@ class _Scheduler:
         for r in self.prev.replicas:
             if set(r.gpu_ids) <= healthy:
                 s = status.get(r.replica_id)
-                out.append(Instance(r.pool, r.gpu_ids, r.tp, r.model, running=s.num_running if s else 0))
+                out.append(Instance(r.pool, r.gpu_ids, r.tp, r.model, running=s.num_running if s else 0,
+                                    activating=s is not None and s.activating_until_s is not None))
         return out
 
     def _place_groups(self) -> None:
@@ -189,7 +197,7 @@ class _Scheduler:
     # -- LLM serving operations ------------------------------------------------------------------------------------
     def reorder_edf(self) -> None:
         for inst in self.instances:
-            inst.queue.sort(key=lambda g: (g.deadline_s, g.earliest_arrival_s, g.group_id))
+            inst.queue.sort(key=_edf)
 
     def load_balance(self) -> None:
         """Move late groups (waiting requests only) to another instance of their model that meets the deadline."""
@@ -204,17 +212,23 @@ class _Scheduler:
                         f"qlm: load balancing — {g.group_id} would miss its deadline here, not there"))
 
     def swap_models(self) -> None:
-        """Give groups no instance of their model can serve in time an instance swapped to their model."""
-        stranded = list(self.unplaced)
-        for inst in self.instances:
-            stranded += [g for g in self.late(inst) if g.model != inst.model or self._no_better(g)]
-        for g in sorted(stranded, key=lambda g: g.deadline_s):
-            if any(i.model == g.model and self._finish_if_added(g, i) <= g.deadline_s for i in self.instances):
+        """A group that no instance of its model can serve in time (or whose model has none) joins, in EDF order,
+        the virtual queue of the instance where it would start first, swap time included; the swap happens when
+        it reaches the head — when the groups before it there have been served — as in QLM."""
+        stranded = list(self.unplaced) + [g for inst in self.instances for g in self.late(inst) if self._no_better(g)]
+        swapped: set[int] = set()
+        for g in sorted(dict.fromkeys(stranded), key=_edf):
+            found = self._swap_target(g, swapped)
+            if found is None:
                 continue
-            target = self._swap_target(g)
-            if target is None:
+            target, ahead = found
+            if ahead:
+                target.waiting_swap.append(g)
+                self.draft.reasons.append(f"qlm: {g.group_id} waits on {target.gpu_ids[0]} behind {len(ahead)} "
+                                          f"group(s) of {target.model}; the swap follows them")
                 continue
             self._swap(target, g)
+            swapped.add(id(target))
 
     def evict(self) -> None:
         """Preempt running lower-priority work where a more urgent group heads the virtual queue and is late."""
@@ -241,7 +255,7 @@ class _Scheduler:
         return self.demand[model]
 
     def _finish_if_added(self, g: RequestGroup, inst: Instance) -> float:
-        queue = sorted(inst.queue + [g], key=lambda x: (x.deadline_s, x.earliest_arrival_s, x.group_id))
+        queue = sorted(inst.queue + [g], key=_edf)
         return self.finish_times(inst, queue)[queue.index(g)]
 
     def _best_instance(self, g: RequestGroup, *, same_model: bool, exclude: Instance | None = None) -> Instance | None:
@@ -253,23 +267,22 @@ class _Scheduler:
 
     def _enqueue(self, g: RequestGroup, inst: Instance) -> None:
         inst.queue.append(g)
-        inst.queue.sort(key=lambda x: (x.deadline_s, x.earliest_arrival_s, x.group_id))
+        inst.queue.sort(key=_edf)
 
-    def _swap_target(self, g: RequestGroup) -> Instance | None:
-        """The instance where `g` would finish first after a swap, among those whose model can be displaced."""
+    def _swap_target(self, g: RequestGroup, swapped: set[int]) -> tuple[Instance, list[RequestGroup]] | None:
+        """The instance where `g` would start first after a swap, and the groups it must wait for there."""
         model = self.fleet.model(g.model)
         inventory = Inventory(self.fleet, self.state)
-        best, best_t = None, float("inf")
+        best: tuple[float, Instance, list[RequestGroup]] | None = None
         for inst in self.instances:
-            if inst.model == g.model or inst.tp not in inventory.fitting_tps(model, inst.pool):
+            if (inst.model == g.model or id(inst) in swapped or inst.activating
+                    or inst.tp not in inventory.fitting_tps(model, inst.pool)):
                 continue
-            others = [i for i in self.instances if i is not inst and i.model == inst.model]
-            if inst.queue and not others:
-                continue  # the only instance of a model with waiting work keeps it
-            t = self.state.time_s + self.swap_s(g.model, inst) + self.group_s(g, inst)
-            if t < best_t:
-                best, best_t = inst, t
-        return best
+            ahead = [x for x in inst.queue + inst.waiting_swap if _edf(x) < _edf(g)]
+            start = (self.finish_times(inst, ahead)[-1] if ahead else self.state.time_s) + self.swap_s(g.model, inst)
+            if best is None or start < best[0]:
+                best = (start, inst, ahead)
+        return None if best is None else (best[1], best[2])
 
     def _swap(self, inst: Instance, g: RequestGroup) -> None:
         old_rid, old_model = inst.replica_id, inst.model
