@@ -5,23 +5,27 @@ command so `fleetwise --help` stays fast."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from controller.console import err, out, print_json
 from core.errors import InputError
 
+if TYPE_CHECKING:
+    from controller.whatif.options import WhatIfConfig
+
 DEFAULT_POLICIES = "dedicated,muxserve,qlm,prism"
 
 
-def _number(option: str, *, minimum: float, inclusive: bool, integer: bool = False):  # noqa: ANN202
+def _number(option: str, *, minimum: float, inclusive: bool, integer: bool = False) -> Callable[[str], float]:
     """A Typer parser: the option's text as a number ≥ / > `minimum`, else an InputError (one line, exit 2)."""
     bound = f"{'≥' if inclusive else '>'} {minimum:g}"
     kind = "an integer" if integer else "a number"
 
-    def parse(text: str) -> float | int:
+    def parse(text: str) -> float:
         try:
             value = int(text) if integer else float(text)
         except ValueError:
@@ -107,7 +111,7 @@ def whatif(
                                                                           else ""))
 
 
-def _check_inputs(config) -> None:  # noqa: ANN001
+def _check_inputs(config: WhatIfConfig) -> None:
     """Load the fleet and the workload once in this process, so a bad file fails with one line before any run."""
     from controller.whatif.workload import prepare_workload
     from core.fleet import load_fleet
