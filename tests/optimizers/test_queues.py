@@ -1,6 +1,7 @@
 import itertools
 
 import numpy as np
+import pytest
 
 from optimizers.queue_milp import solve_positions
 from optimizers.queues import GroupJob, QueueSettings, Server, order_groups, residual_tokens, server_cost
@@ -59,3 +60,21 @@ def test_running_requests_past_their_p99_are_re_estimated_longer() -> None:
     assert early == 150.0 and not late_flag
     rest, past = residual_tokens(200.0, 200.0**2, 2000, 2.326)
     assert past and rest > 150.0
+
+
+def test_search_packs_same_model_groups_where_edf_pays_a_swap_at_every_change() -> None:
+    """One replica (model a, 2 s to swap models) and groups of a and b with interleaved deadlines, 1 s of work
+    each: EDF alternates a, b, a, … and pays a swap at every change, so all but the first group start late. The
+    enumerated optimum serves the a groups first and swaps once; the search must find it."""
+    server = Server("r", "a", 1000.0, swap_s=2.0)
+    spec = [("a1", "a", 0.5), ("b1", "b", 2.5), ("a2", "a", 3.5), ("b2", "b", 5.2), ("a3", "a", 5.5),
+            ("b3", "b", 7.5)]
+    jobs = [GroupJob(g, m, 1, 1000.0, 1.0, slack, 1.0) for g, m, slack in spec]
+    settings = QueueSettings()
+    _, edf = order_groups(jobs, [server], budget_s=0.0)
+    out, best = order_groups(jobs, [server], budget_s=1.0)
+    optimum = min(server_cost(jobs, server, list(p), settings) for p in itertools.permutations(range(len(jobs))))
+    assert edf.cost == pytest.approx(5.0, abs=1e-3)  # every group after the first misses
+    assert best.cost == pytest.approx(optimum, abs=1e-6) and optimum < edf.cost - 3
+    assert best.steps.get("regroup", 0) >= 1
+    assert [out[i].model for i in best.orders[0]][:3] == ["a", "a", "a"]
