@@ -10,7 +10,8 @@ from __future__ import annotations
 import typer
 
 from controller.commands import db as db_command
-from controller.commands import fleet, trace
+from controller.commands import fleet, forecast, trace
+from controller.commands import token as token_command
 from controller.commands import worker as worker_command
 from controller.commands.whatif import whatif
 from controller.console import fail
@@ -26,8 +27,10 @@ app = typer.Typer(
 app.add_typer(db_command.app, name="db")
 app.add_typer(fleet.app, name="fleet")
 app.add_typer(trace.app, name="trace")
+app.add_typer(token_command.app, name="token")
 app.command("worker")(worker_command.worker)
 app.command("profile")(worker_command.profile)
+app.command("forecast")(forecast.forecast)
 app.command("whatif")(whatif)
 
 
