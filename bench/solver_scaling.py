@@ -1,13 +1,17 @@
-"""Solve times of the fleetwise optimizers against their targets and against naive formulations, in one run.
+"""Solve times and solution quality of the fleetwise optimizers against their targets and baselines, in one run.
 
     python bench/solver_scaling.py [--instances 5] [--quick]
 
 Writes bench/results/solver_scaling.json and .png and prints a Rich table. Rows:
-- placement (aggregated counts, LP-guided rounding, MIP polish) at 64 GPUs × 32 models × 16 scenarios (target ≤ 1 s)
-  and 512 × 128 × 16 (≤ 10 s), beside a naive per-GPU binary formulation (no aggregation) on the smaller size;
-- packing of the placement onto GPUs: first-fit decreasing vs CP-SAT (GPUs used, time);
-- queue planner at 200 groups × 32 replicas (≤ 100 ms), beside QLM's position-indexed MILP on 10 groups;
-- liveput at 12 intervals × 64 GPUs × 8 models (≤ 1 s).
+- placement at 64 GPUs × 32 models × 16 scenarios (target ≤ 1 s) beside the same program solved to a 0.2 % gap
+  (the reference optimum), and at 512 × 128 × 16 (≤ 10 s); a naive per-GPU binary formulation on the smaller size;
+- packing of the placement onto GPUs, first-fit decreasing vs CP-SAT (GPUs, replicas dropped or shrunk, time), on
+  the random fleets and on the long-tail example fleet with ServeGen `language/m-large` demand (skipped without
+  the trace);
+- queue planner at 200 groups × 32 replicas (≤ 100 ms), on dedicated replicas and on replicas that swap models
+  (tail models without a replica of their own), expected misses of EDF vs the search; QLM's position MILP;
+- liveput at 12 intervals × 64 GPUs × 8 models (≤ 1 s), its expected value beside the reactive SpotServe choice.
+Wall and CPU (process) seconds are both recorded: on a shared machine the solver gets less CPU than wall time.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,32 +28,56 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.fleet import load_fleet  # noqa: E402
+from core.forecast import ScenarioSet  # noqa: E402
 from optimizers.instances import random_fleet, random_scenarios  # noqa: E402
-from optimizers.liveput import LiveputInput, SpotModel, plan_liveput  # noqa: E402
+from optimizers.liveput import (  # noqa: E402
+    LiveputInput, SpotModel, config_value, plan_liveput, reactive_config, replica_value, survivor_pmf,
+)
+from optimizers.outcome import class_mix  # noqa: E402
 from optimizers.placement.packing import pack, replica_items  # noqa: E402
-from optimizers.placement.problem import build_problem  # noqa: E402
-from optimizers.placement.solve import solve_placement  # noqa: E402
+from optimizers.placement.problem import PlacementSettings, build_problem  # noqa: E402
+from optimizers.placement.solve import solve_block, solve_placement  # noqa: E402
 from optimizers.queue_milp import solve_positions  # noqa: E402
 from optimizers.queues import GroupJob, Server, order_groups  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+TRACES = ROOT.parent / "shared" / "data" / "traces"
+TARGETS_S = {"placement_64x32x16": 1.0, "placement_512x128x16": 10.0, "queues_200x32": 0.1,
+             "queues_200x32_swaps": 0.1, "liveput_12x64x8": 1.0}
 
 
-def _stats(times: list[float]) -> dict[str, float]:
-    return {"median_s": float(np.median(times)), "p99_s": float(np.percentile(times, 99)), "n": len(times)}
+def _timed(fn):  # noqa: ANN001, ANN202
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def bench_placement(gpus: int, models: int, scenarios: int, limit_s: float, n: int) -> dict:
-    times, gaps, objs = [], [], []
+def _stats(wall: list[float], cpu: list[float]) -> dict[str, float]:
+    return {"median_s": float(np.median(wall)), "p99_s": float(np.percentile(wall, 99)),
+            "cpu_median_s": float(np.median(cpu)), "n": len(wall)}
+
+
+def bench_placement(gpus: int, models: int, scenarios: int, limit_s: float, n: int, reference: bool) -> dict:
+    warm = random_fleet(16, 4, seed=99)  # first solve pays imports and caches: not part of any instance's time
+    solve_placement(build_problem(warm, random_scenarios(warm, 2, seed=99)), time_limit_s=0.5)
+    wall, cpu, gaps, excess = [], [], [], []
     for seed in range(n):
         fleet = random_fleet(gpus, models, seed=seed)
         problem = build_problem(fleet, random_scenarios(fleet, scenarios, seed=seed))
-        start = time.perf_counter()
-        res = solve_placement(problem, time_limit_s=limit_s)
-        times.append(time.perf_counter() - start)
+        res, w, c = _timed(lambda: solve_placement(problem, time_limit_s=limit_s))  # noqa: B023
+        wall.append(w)
+        cpu.append(c)
         gaps.append(res.gap if res.gap is not None else float("nan"))
-        objs.append(res.objective_usd)
-    return {**_stats(times), "gap_vs_lp_median": float(np.nanmedian(gaps)), "objective_usd_median": float(np.median(objs))}
+        if reference:
+            tight = replace(problem, settings=PlacementSettings(mip_gap=0.002, max_mip_integers=10_000))
+            exact = solve_block(tight, time_limit_s=60.0)
+            excess.append(res.objective_usd / exact.objective_usd - 1)
+    out = {**_stats(wall, cpu), "gap_vs_lp_median": float(np.nanmedian(gaps))}
+    if excess:
+        out |= {"excess_over_optimum_median": float(np.median(excess)), "excess_over_optimum_max": float(max(excess)),
+                "excess_over_optimum": [round(x, 4) for x in excess]}
+    return out
 
 
 def bench_naive_placement(gpus: int, models: int, scenarios: int, limit_s: float) -> dict:
@@ -83,118 +112,261 @@ def bench_naive_placement(gpus: int, models: int, scenarios: int, limit_s: float
             "binaries": len(m.y) + len(m.on)}
 
 
-def bench_packing(gpus: int, models: int) -> dict:
-    fleet = random_fleet(gpus, models, seed=0)
-    problem = build_problem(fleet, random_scenarios(fleet, 16, seed=0))
-    d = solve_placement(problem, time_limit_s=2.0).decision
+def longtail_scenarios(fleet, num: int, seed: int) -> ScenarioSet | None:  # noqa: ANN001
+    """ServeGen language/m-large, one client per model: `num` 10-minute windows drawn at random as equally likely
+    scenarios; Azure conv mean lengths (1,155 prompt / 211 output tokens, traces README)."""
+    folder = TRACES / "servegen" / "language" / "m-large"
+    if not folder.is_dir():
+        return None
+    from workloads.servegen import read_servegen
+
+    sg = read_servegen(folder)
+    windows = np.random.default_rng(seed).choice(sg.num_windows, num, replace=False)
+    m = len(fleet.models)
+    return ScenarioSet(
+        start_s=0.0, interval_s=sg.window_s, models=tuple(fleet.model_names), pools=tuple(p.name for p in fleet.pools),
+        slo_classes=tuple(c.name for c in fleet.slo_classes), weights=np.full(num, 1 / num),
+        seeds=np.arange(num, dtype=np.int64), demand_rps=sg.rate_per_s[:m, windows].T[:, :, None],
+        available_gpus=np.array([[[p.count]] for p in fleet.pools], float).transpose(1, 0, 2).repeat(num, 0),
+        class_share=class_mix(fleet), mean_prompt_tokens=np.full(m, 1155.0), mean_output_tokens=np.full(m, 211.0))
+
+
+def _pack_case(fleet, scenarios, limit_s: float) -> dict:  # noqa: ANN001
+    problem = build_problem(fleet, scenarios)
+    d = solve_placement(problem, time_limit_s=limit_s).decision
     items = replica_items(problem, d.replicas, d.kv_gib, d.capacity_rps, {})
     ids = {p.name: p.gpu_ids() for p in fleet.pools}
-    out = {}
+    out = {"replicas": len(items), "program_gpus": int(d.gpus_used(problem).sum())}
     for name in ("ffd", "cpsat"):
-        start = time.perf_counter()
-        try:
-            res = pack(problem, items, ids, packer=name, time_limit_s=2.0)
-        except Exception as exc:  # noqa: BLE001 — recorded in the results, the other rows still run
-            out[name] = {"error": f"{type(exc).__name__}: {str(exc)[:120]}"}
-            continue
-        out[name] = {"time_s": time.perf_counter() - start, "gpus_used": res.gpus_used, "dropped": len(res.dropped)}
+        res, w, c = _timed(lambda: pack(problem, items, ids, packer=name, time_limit_s=2.0))  # noqa: B023
+        out[name] = {"time_s": w, "gpus_used": res.gpus_used, "dropped": len(res.dropped), "shrunk": res.num_shrunk}
     return out
 
 
-def bench_queues(groups: int, replicas: int, n: int) -> dict:
-    times, costs, edf = [], [], []
+def bench_packing(quick: bool) -> dict:
+    cases = {f"random_64x32_s{s}": (64, 32, s, 2.0) for s in range(1 if quick else 3)}
+    if not quick:
+        cases["random_512x128_s0"] = (512, 128, 0, 8.0)
+    out = {}
+    for name, (gpus, models, seed, limit) in cases.items():
+        fleet = random_fleet(gpus, models, seed=seed)
+        out[name] = _pack_case(fleet, random_scenarios(fleet, 16, seed=seed), limit)
+    fleet = load_fleet(ROOT / "examples" / "longtail-h100.yaml")
+    scenarios = longtail_scenarios(fleet, 16, seed=0)
+    if scenarios is not None:
+        out["longtail_h100_servegen"] = _pack_case(fleet, scenarios, 10.0)
+    return out
+
+
+def queue_instance(seed: int, swaps: bool) -> tuple[list[GroupJob], list[Server]]:
+    """200 groups on 32 replicas of 8 models. With `swaps`, 4 more (tail) models have no replica, so their groups
+    wait on replicas that swap models (2 s each), and deadlines are tighter (1–15 s instead of 1–60 s)."""
+    rng = np.random.default_rng(seed)
+    num_models = 12 if swaps else 8
+    models = [f"m{i}" for i in range(num_models)]
+    jobs = [GroupJob(f"g{i}", models[i % num_models], int(k), k * 220.0, k * 220.0**2,
+                     float(rng.uniform(1, 15 if swaps else 60)), float(4.0 ** -rng.integers(0, 3)))
+            for i, k in enumerate(rng.integers(1, 60, 200))]
+    servers = [Server(f"r{j}", models[j % 8], float(rng.uniform(1500, 4000)), swap_s=2.0 if swaps else 0.0)
+               for j in range(32)]
+    return jobs, servers
+
+
+def bench_queues(n: int, swaps: bool) -> dict:
+    wall, cpu, costs, edf = [], [], [], []
     for seed in range(n):
-        rng = np.random.default_rng(seed)
-        models = [f"m{i}" for i in range(8)]
-        jobs = [GroupJob(f"g{i}", models[i % 8], int(k), k * 220.0, k * 220.0**2, float(rng.uniform(1, 60)),
-                         float(4.0 ** -rng.integers(0, 3))) for i, k in enumerate(rng.integers(1, 60, groups))]
-        servers = [Server(f"r{j}", models[j % 8], float(rng.uniform(1500, 4000))) for j in range(replicas)]
+        jobs, servers = queue_instance(seed, swaps)
         _, first = order_groups(jobs, servers, budget_s=0.0)
-        start = time.perf_counter()
-        _, best = order_groups(jobs, servers, budget_s=0.08)
-        times.append(time.perf_counter() - start)
+        (_, best), w, c = _timed(lambda: order_groups(jobs, servers, budget_s=0.08))  # noqa: B023
+        wall.append(w)
+        cpu.append(c)
         costs.append(best.cost)
         edf.append(first.cost)
-    return {**_stats(times), "expected_misses": float(np.mean(costs)), "edf_expected_misses": float(np.mean(edf))}
+    return {**_stats(wall, cpu), "expected_misses": float(np.mean(costs)), "edf_expected_misses": float(np.mean(edf))}
 
 
 def bench_qlm_milp(groups: int) -> dict:
     rng = np.random.default_rng(0)
     jobs = [GroupJob(f"g{i}", "a", 10, 2200.0, 0.0, float(rng.uniform(1, 20)), 1.0) for i in range(groups)]
-    start = time.perf_counter()
-    order = solve_positions(jobs, Server("r", "a", 3000.0), time_limit_s=30.0)
-    return {"time_s": time.perf_counter() - start, "found": order is not None, "groups": groups}
+    order, w, _ = _timed(lambda: solve_positions(jobs, Server("r", "a", 3000.0), time_limit_s=30.0))
+    return {"time_s": w, "found": order is not None, "groups": groups}
 
 
 def bench_liveput(intervals: int, gpus: int, models: int, n: int) -> dict:
-    times = []
+    wall, cpu, ours, theirs = [], [], [], []
     for seed in range(n):
         rng = np.random.default_rng(seed)
         spec = tuple(SpotModel(f"m{i}", (1, 2), (8.0, 17.0), (10.0, 21.0), (3.0, 1.6)) for i in range(models))
         avail = np.clip(np.round(gpus * rng.uniform(0.5, 1.0, (16, intervals))), 0, gpus)
         inp = LiveputInput(gpus, 60.0, spec, np.full(16, 1 / 16), avail, rng.uniform(2, 40, (16, models, intervals)),
                            rng.uniform(0, 10, (16, models, intervals)))
-        start = time.perf_counter()
-        plan_liveput(inp)
-        times.append(time.perf_counter() - start)
-    return _stats(times)
+        plan, w, c = _timed(lambda: plan_liveput(inp))  # noqa: B023
+        wall.append(w)
+        cpu.append(c)
+        values = [[replica_value(inp, m, o, 0, survivor_pmf(inp, tp, 0)) for o, tp in enumerate(md.tp_options)]
+                  for m, md in enumerate(inp.models)]
+        ours.append(config_value(values, inp, plan.path[0]))
+        theirs.append(config_value(values, inp, reactive_config(inp)))
+    return {**_stats(wall, cpu), "first_step_value_usd": float(np.mean(ours)),
+            "reactive_value_usd": float(np.mean(theirs))}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--instances", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="one instance each, skip the large placement")
+    ap.add_argument("--quick", action="store_true", help="one instance each, no reference optimum, small cases only")
     args = ap.parse_args()
     n = 1 if args.quick else args.instances
-    from rich.console import Console
     from rich.progress import track
-    from rich.table import Table
 
     steps = {
-        "placement_64x32x16": lambda: bench_placement(64, 32, 16, 1.0, n),
-        "placement_512x128x16": lambda: bench_placement(512, 128, 16, 8.0, max(1, n // 2)) if not args.quick else {},
+        "placement_64x32x16": lambda: bench_placement(64, 32, 16, 1.0, n, reference=not args.quick),
+        "placement_512x128x16": lambda: bench_placement(512, 128, 16, 8.0, max(1, n // 2), False)
+        if not args.quick else {},
         "naive_per_gpu_64x32x16": lambda: bench_naive_placement(64, 32, 16, 10.0),
-        "packing_64x32": lambda: bench_packing(64, 32),
-        "queues_200x32": lambda: bench_queues(200, 32, n * 4),
+        "packing": lambda: bench_packing(args.quick),
+        "queues_200x32": lambda: bench_queues(n * 4, swaps=False),
+        "queues_200x32_swaps": lambda: bench_queues(n * 4, swaps=True),
         "qlm_position_milp_10": lambda: bench_qlm_milp(10),
         "liveput_12x64x8": lambda: bench_liveput(12, 64, 8, n),
     }
     results = {name: fn() for name, fn in track(list(steps.items()), description="benchmarking")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "solver_scaling.json").write_text(json.dumps(results, indent=2, default=str))
-    table = Table(title="solver scaling (seconds)")
-    for col in ("case", "median", "p99", "target", "notes"):
+    print_tables(results)
+    plot(results, RESULTS / "solver_scaling.png")
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def print_tables(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="solver scaling: wall seconds (CPU seconds of this process beside)")
+    for col in ("case", "median s", "p99 s", "CPU median s", "target s", "quality", "baseline (same run)"):
         table.add_column(col)
-    targets = {"placement_64x32x16": 1.0, "placement_512x128x16": 10.0, "queues_200x32": 0.1, "liveput_12x64x8": 1.0}
+    p = results["placement_64x32x16"]
+    excess = (f"+{100 * p['excess_over_optimum_median']:.1f} % over the optimum (max "
+              f"+{100 * p['excess_over_optimum_max']:.1f} %), " if "excess_over_optimum_median" in p else "")
+    quality = {
+        "placement_64x32x16": (f"{excess}gap to LP {100 * p['gap_vs_lp_median']:.1f} %", ""),
+        "liveput_12x64x8": (f"first step worth {results['liveput_12x64x8']['first_step_value_usd']:.1f} USD",
+                            f"reactive {results['liveput_12x64x8']['reactive_value_usd']:.1f} USD"),
+    }
+    if results.get("placement_512x128x16"):
+        quality["placement_512x128x16"] = (f"gap to LP {100 * results['placement_512x128x16']['gap_vs_lp_median']:.1f} %", "")
+    for name in ("queues_200x32", "queues_200x32_swaps"):
+        r = results[name]
+        quality[name] = (f"{r['expected_misses']:.2f} expected misses", f"EDF {r['edf_expected_misses']:.2f}")
+    naive = results["naive_per_gpu_64x32x16"]
+    quality["placement_64x32x16"] = (quality["placement_64x32x16"][0],
+                                     f"per-GPU binaries: {naive['time_s']:.1f} s, {naive['status']}")
     for name, r in results.items():
-        if not r:
+        if not r or "median_s" not in r:
             continue
-        med = r.get("median_s", r.get("time_s"))
-        p99 = r.get("p99_s", "")
-        notes = {k: v for k, v in r.items() if k not in ("median_s", "p99_s", "time_s", "n")}
-        if name == "packing_64x32":
-            med, notes = r["ffd"]["time_s"], r
-        table.add_row(name, f"{med:.3f}", f"{p99:.3f}" if p99 != "" else "", str(targets.get(name, "")),
-                      json.dumps(notes, default=lambda x: round(x, 3) if isinstance(x, float) else str(x))[:110])
-    Console().print(table)
-    _plot(results)
+        q, base = quality.get(name, ("", ""))
+        table.add_row(name, _fmt(r["median_s"]), _fmt(r["p99_s"]), _fmt(r["cpu_median_s"]),
+                      str(TARGETS_S.get(name, "")), q, base)
+    milp = results["qlm_position_milp_10"]
+    table.add_row("qlm_position_milp_10", _fmt(milp["time_s"]), "", "", "", f"found: {milp['found']}", "")
+    packing = Table(title="packing onto GPUs: first-fit decreasing vs CP-SAT (GPUs / dropped / shrunk / seconds)")
+    for col in ("case", "replicas", "program's GPUs", "FFD", "CP-SAT"):
+        packing.add_column(col)
+    for name, r in results["packing"].items():
+        cell = lambda x: f"{x['gpus_used']} / {x['dropped']} / {x['shrunk']} / {x['time_s']:.3f}"  # noqa: E731
+        packing.add_row(name, str(r["replicas"]), str(r["program_gpus"]), cell(r["ffd"]), cell(r["cpsat"]))
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    console.print(packing)
 
 
-def _plot(results: dict) -> None:
+def plot(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [k for k, v in results.items() if v and ("median_s" in v or "time_s" in v)]
-    vals = [results[k].get("median_s", results[k].get("time_s")) for k in names]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    ax.barh(names, vals)
-    ax.set_xscale("log")
-    ax.set_xlabel("seconds (median; log scale)")
-    ax.set_title("fleetwise solver scaling vs naive formulations")
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
+    _plot_times(axes[0, 0], results)
+    _plot_placement(axes[0, 1], results["placement_64x32x16"])
+    _plot_packing(axes[1, 0], results["packing"])
+    _plot_queues(axes[1, 1], results)
+    fig.suptitle("fleetwise optimizers: solve time and quality (bench/solver_scaling.py)")
     fig.tight_layout()
-    fig.savefig(RESULTS / "solver_scaling.png", dpi=120)
+    fig.savefig(path, dpi=120)
+
+
+def _plot_times(ax, results: dict) -> None:  # noqa: ANN001
+    names = [k for k in TARGETS_S if results.get(k)]
+    y = np.arange(len(names))
+    med = np.array([results[k]["median_s"] for k in names])
+    p99 = np.array([results[k]["p99_s"] for k in names])
+    target = np.array([TARGETS_S[k] for k in names])
+    ax.barh(y, med, height=0.5, color=np.where(p99 <= target, "tab:blue", "tab:red"), label="median (red: p99 > target)")
+    ax.scatter(p99, y, color="black", marker="|", s=300, label="p99", zorder=3)
+    ax.scatter(target, y, color="tab:red", marker="D", label="target", zorder=3)
+    for yi, m, p, t in zip(y, med, p99, target):
+        ax.annotate(f"median {m:.3g} s · p99 {p:.3g} s", (max(m, p, t), yi), xytext=(8, -3), textcoords="offset points",
+                    fontsize=8)
+    ax.set_yticks(y, names)
+    ax.set_xscale("log")
+    ax.set_xlim(min(med.min(), 1e-3) / 2, target.max() * 40)
+    ax.set_xlabel("wall seconds (log scale)")
+    ax.set_title("solve time against targets")
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.12), ncol=3, fontsize=8, frameon=False)
+
+
+def _plot_placement(ax, r: dict) -> None:  # noqa: ANN001
+    excess = r.get("excess_over_optimum", [])
+    ax.set_title("placement 64 × 32 × 16 at a 1 s limit: cost above the optimum")
+    if not excess:
+        ax.text(0.5, 0.5, "no reference optimum (--quick)", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    bars = ax.bar(range(len(excess)), [100 * x for x in excess], color="tab:green", label="per instance")
+    for b, x in zip(bars, excess):
+        ax.annotate(f"{100 * x:.1f} %", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
+                    fontsize=8)
+    ax.axhline(100 * r["gap_vs_lp_median"], color="tab:gray", ls="--", label="median gap to the LP bound")
+    ax.set_xticks(range(len(excess)), [f"seed {i}" for i in range(len(excess))])
+    ax.set_ylabel("% above the optimum (0.2 % MIP gap)")
+    ax.legend(fontsize=8)
+
+
+def _plot_packing(ax, r: dict) -> None:  # noqa: ANN001
+    names = list(r)
+    x = np.arange(len(names))
+    for i, (key, label) in enumerate((("program", "program's count"), ("ffd", "first-fit"), ("cpsat", "CP-SAT"))):
+        vals = [r[n]["program_gpus"] if key == "program" else r[n][key]["gpus_used"] for n in names]
+        bars = ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=label)
+        for b, n, v in zip(bars, names, vals):
+            lost = 0 if key == "program" else r[n][key]["dropped"] + r[n][key]["shrunk"]
+            ax.annotate(f"{v}" + (f"\n{lost} cut" if lost else ""), (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, [n.replace("_", "\n", 1) for n in names], fontsize=8)
+    ax.set_ylabel("GPUs used")
+    ax.set_ylim(0, max(r[n]["ffd"]["gpus_used"] for n in names) * 1.2)
+    ax.set_title("packing the placement (\"cut\": replicas dropped or KV shrunk to fit)")
+    ax.legend(fontsize=8)
+
+
+def _plot_queues(ax, results: dict) -> None:  # noqa: ANN001
+    names = ["queues_200x32", "queues_200x32_swaps"]
+    x = np.arange(len(names))
+    edf = [results[n]["edf_expected_misses"] for n in names]
+    ours = [results[n]["expected_misses"] for n in names]
+    ax.bar(x - 0.2, edf, 0.4, label="EDF", color="tab:gray")
+    ax.bar(x + 0.2, ours, 0.4, label="EDF + local search", color="tab:orange")
+    for xi, v in zip(list(x - 0.2) + list(x + 0.2), edf + ours):
+        ax.annotate(f"{v:.1f}", (xi, v), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, ["dedicated replicas", "replicas that swap models"])
+    ax.set_yscale("log")
+    ax.set_ylabel("expected SLO misses (priority-weighted, log)")
+    ax.set_title("queue planner, 200 groups × 32 replicas, 80 ms budget")
+    ax.legend(fontsize=8)
 
 
 if __name__ == "__main__":

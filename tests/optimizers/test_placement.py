@@ -68,3 +68,19 @@ def test_tail_models_share_one_gpu() -> None:
 def test_survival_is_the_hypergeometric_probability_of_no_lost_gpu(n, k, tp) -> None:
     expected = stats.hypergeom(n, k, tp).pmf(0)  # none of the tp GPUs among the k removed
     assert survival_probability(n, k, tp) == pytest.approx(expected)
+
+
+def test_relaxation_charges_a_served_tail_model_a_whole_replica() -> None:
+    """Without the useful-capacity inequality the LP serves 0.3 req/s with 1 % of a replica (and 1 % of its weight
+    memory); with it, serving that demand takes a whole replica, as in every integer solution."""
+    from optimizers.placement.highs import CompiledProgram
+    from optimizers.placement.model import build_model, useful_capacity
+
+    problem = _small_problem([[0.3, 0.0], [0.2, 0.0]])
+    assert useful_capacity(problem)[problem.configs_of_model(0)[0].index] == pytest.approx(0.3)
+    model = build_model(problem)
+    prog = CompiledProgram(model)
+    lp = prog.solve(time_limit_s=5, integer=False)
+    served = sum(lp.values[prog.index(model.cap[c.index])] for c in problem.configs_of_model(0))
+    replicas = sum(lp.values[prog.index(model.n[c.index])] for c in problem.configs_of_model(0))
+    assert served == pytest.approx(0.3, rel=1e-3) and replicas == pytest.approx(1.0, rel=1e-3)
