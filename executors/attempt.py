@@ -82,6 +82,12 @@ class _Answer:
                                           and self.result.retriable)
 
 
+def describe(error: BaseException | None) -> str:
+    """One line naming an exception: its type and the first line of its message."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
 def call_with_timeout(fn: Callable[[A], T], arg: A, timeout_s: float) -> T:
     """`fn(arg)` in a daemon thread; raises TimeoutError after `timeout_s`.
 
@@ -132,6 +138,5 @@ def send(action: Action, target: Applier, log: ActionLog, policy: RetryPolicy,
     answer: _Answer = retrying(attempt)
     if answer.result is not None:
         return Sent(answer.result, attempts, unreachable=False)
-    error = f"{type(answer.error).__name__}: {answer.error}" if str(answer.error) else type(answer.error).__name__
-    message = f"worker {action.worker_id or 'router'} did not answer {attempts} attempt(s); last: {error}"
+    message = f"worker {action.worker_id or 'router'} did not answer {attempts} attempt(s); last: " + describe(answer.error)
     return Sent(made_here(key, "failed", UNREACHABLE, message, retriable=True), attempts, unreachable=True)

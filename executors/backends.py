@@ -24,7 +24,7 @@ from core.actions import Action, ApplyResult
 from core.errors import InputError
 from core.protocols import WorkerClient
 from core.status import WorkerStatus
-from executors.attempt import Applier, RetryPolicy, call_with_timeout
+from executors.attempt import Applier, RetryPolicy, call_with_timeout, describe
 from executors.runner import RunnerConfig
 
 
@@ -108,7 +108,7 @@ class WorkerSet:
                     errors[worker_id] = f"no status within {self.status_timeout_s:g} s"
                     continue
                 except Exception as exc:  # noqa: BLE001 - any failure to answer means: not observed
-                    errors[worker_id] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    errors[worker_id] = describe(exc)
                     continue
                 if status.worker_id != worker_id:
                     errors[worker_id] = f"the client for {worker_id} reached worker {status.worker_id}"

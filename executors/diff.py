@@ -33,7 +33,7 @@ from executors.observed import GIB, ObservedFleet, ObservedReplica, Weights, nor
 from executors.ordering import order_actions
 
 EXECUTOR_REASON = "executor: "
-DRIFT_SEQ_BASE = 1_000_000  # plans number their own actions below this
+DRIFT_SEQ_BASE = 1_000_000  # planners number their actions below this; seqs from here on are the executor's
 DRIFT_SEQ_SPAN = 1_000_000_000
 
 
@@ -148,11 +148,13 @@ class _Change:
 
 class _Differ:
     def __init__(self, plan: Plan, fleet: ObservedFleet, damping: Damping):
-        self.plan, self.fleet, self.damping = plan, fleet, damping
-        self.planned = {target_key(a.args) for a in plan.actions} - {None}
-        self._used = {a.seq for a in plan.actions}
-        if self._used and max(self._used) >= DRIFT_SEQ_BASE:
-            raise InputError("actions[].seq", max(self._used), f"seq numbers below {DRIFT_SEQ_BASE}")
+        # A plan read back from an action log's record carries the drift actions of an earlier execution: they
+        # are derived again here (same seqs) if still needed, so only the planner's own actions are kept.
+        own = tuple(a for a in plan.actions if a.seq < DRIFT_SEQ_BASE)
+        self.plan = plan if len(own) == len(plan.actions) else plan.model_copy(update={"actions": own})
+        self.fleet, self.damping = fleet, damping
+        self.planned = {target_key(a.args) for a in own} - {None}
+        self._used = {a.seq for a in own}
 
     def schedule(self) -> Schedule:
         added = [self._add(c) for c in self._residency_changes() if target_key(c.args) not in self.planned]

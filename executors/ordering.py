@@ -11,7 +11,8 @@ never load a model onto a GPU before the memory is freed) outranks availability 
 4. free before load on one GPU: deactivations of other models on a GPU precede an activation there (memory);
 5. KV resizes on a GPU after its deactivations and before its activations;
 6. drain after re-routing: a replica is deactivated only after the routing changes that stop sending to it;
-7. make-before-break: a model's replica is deactivated only after its new replicas on other GPUs are active.
+7. make-before-break: a model's replica is deactivated only after its new replicas on other GPUs are active
+   (written only where rule 6 does not already imply it through a routing change).
 
 Rules 6 and 7 give way only when GPUs with no free memory trade models (A moves to B's GPU and B to A's): one
 model must then leave its GPU before its new replica is active, and is unavailable in between.
@@ -48,8 +49,7 @@ def order_actions(
     index = _Index(actions, gpus_of or {})
     for rule in (index.routing_after_make, index.lifecycle, index.free_before_load, index.resize_between,
                  index.drain_after_reroute, index.make_before_break):
-        for dependent, dependency in rule():
-            _add_soft_edge(graph, dependent, dependency)
+        _add_rule(graph, list(rule()))
     by_seq = {a.seq: a for a in actions}
     return tuple(by_seq[s].model_copy(update={"depends_on": tuple(sorted(graph[s]))}) for s in _waves(graph))
 
@@ -82,6 +82,22 @@ def _waves(graph: Graph) -> list[int]:
         ordered.extend(ready)
         sorter.done(*ready)
     return ordered
+
+
+def _add_rule(graph: Graph, edges: list[Edge]) -> None:
+    """Add a rule's edges: all at once when they close no cycle (the usual case, one O(V+E) check), else one by
+    one, skipping each edge that would."""
+    trial = {seq: set(deps) for seq, deps in graph.items()}
+    for dependent, dependency in edges:
+        if dependent != dependency:
+            trial[dependent].add(dependency)
+    try:
+        TopologicalSorter(trial).prepare()
+    except CycleError:
+        for dependent, dependency in edges:
+            _add_soft_edge(graph, dependent, dependency)
+        return
+    graph.update(trial)
 
 
 def _add_soft_edge(graph: Graph, dependent: int, dependency: int) -> None:
@@ -134,6 +150,16 @@ class _Index:
                 if a.kind == "resize_kv":
                     self.resizes.append(a)
         self.gpus_of = gpus_of
+        self.breaks_on: dict[str, list[Action]] = defaultdict(list)  # GPU → deactivations freeing it
+        for d in self.breaks.values():
+            for gpu in self._break_gpus(d):
+                self.breaks_on[gpu].append(d)
+        self.makes_on: dict[str, list[Action]] = defaultdict(list)  # GPU → activations taking it
+        self.makes_of: dict[str, list[Action]] = defaultdict(list)  # model → activations
+        for m in self.makes.values():
+            self.makes_of[m.args.model].append(m)
+            for gpu in m.args.gpu_ids:
+                self.makes_on[gpu].append(m)
 
     def _break_gpus(self, d: Action) -> set[str]:
         return set(self.gpus_of.get(d.args.replica_id, ())) | {d.worker_id}
@@ -161,23 +187,25 @@ class _Index:
 
     def free_before_load(self) -> Iterator[Edge]:
         for m in self.makes.values():
-            for d in self.breaks.values():
-                if d.args.model != m.args.model and self._break_gpus(d) & set(m.args.gpu_ids):
-                    yield m.seq, d.seq
+            for gpu in m.args.gpu_ids:
+                for d in self.breaks_on.get(gpu, ()):
+                    if d.args.model != m.args.model:
+                        yield m.seq, d.seq
 
     def resize_between(self) -> Iterator[Edge]:
         for r in self.resizes:
-            for d in self.breaks.values():
-                if r.worker_id in self._break_gpus(d):
-                    yield r.seq, d.seq
-            for m in self.makes.values():
-                if m.args.replica_id != r.args.replica_id and r.worker_id in m.args.gpu_ids:
+            for d in self.breaks_on.get(r.worker_id, ()):
+                yield r.seq, d.seq
+            for m in self.makes_on.get(r.worker_id, ()):
+                if m.args.replica_id != r.args.replica_id:
                     yield m.seq, r.seq
 
     def make_before_break(self) -> Iterator[Edge]:
+        """Only where routing does not already imply it: a break that waits for a routing change of its model
+        waits, through it, for the makes that routing sends traffic to."""
         for rid, d in self.breaks.items():
-            for m in self.makes.values():
-                if m.args.model == d.args.model and m.args.replica_id != rid and not (
-                    self._break_gpus(d) & set(m.args.gpu_ids)
-                ):
+            if any(s.args.weights.get(rid, 0.0) <= 0 for s in self.routings.get(d.args.model, ())):
+                continue
+            for m in self.makes_of.get(d.args.model, ()):
+                if m.args.replica_id != rid and not (self._break_gpus(d) & set(m.args.gpu_ids)):
                     yield d.seq, m.seq

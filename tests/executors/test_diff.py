@@ -59,7 +59,7 @@ def test_the_plans_own_actions_are_reordered_make_before_break() -> None:
     schedule = diff(observed, plan, routing={"chat": {"chat@h100/0": 1.0}})
     assert [a.seq for a in schedule.actions] == [2, 1, 0]
     assert schedule.added == frozenset()
-    assert schedule.actions[1].depends_on == (2,) and schedule.actions[2].depends_on == (1, 2)
+    assert schedule.actions[1].depends_on == (2,) and schedule.actions[2].depends_on == (1,)  # (2,) through 1
 
 
 def test_swapping_models_on_one_full_gpu_frees_before_loading() -> None:
@@ -151,6 +151,8 @@ def test_drift_a_restarted_worker_gets_its_replica_back() -> None:
     assert [(s.action.seq, s.reason) for s in schedule.satisfied] == [
         (0, f"the activation (seq {activate.seq}) sets this limit")]
     assert schedule.record.actions == (*plan.actions, activate)
+    # The record read back from an action log (it carries the drift action) diffs to the same schedule.
+    assert diff([status("h100/0")], schedule.record, routing={"chat": {"chat@h100/0": 1.0}}).actions == (activate,)
 
 
 def test_added_actions_keep_their_key_from_one_diff_to_the_next() -> None:
