@@ -91,6 +91,9 @@ class FleetState:
     events: tuple[FleetEvent, ...] = ()  # since the previous plan
     running: tuple[RunningRequest, ...] = ()  # requests being decoded (optional; the queue planner uses them)
     observation_window_s: float = 60.0
+    # A controller whose stored plans run ahead of `current_plan` (advisory plans never applied, failed ones) sets
+    # the next generation so that revisions keep increasing across every plan it stores; None: derived.
+    next_generation: int | None = None
 
     @property
     def healthy_gpu_ids(self) -> list[str]:
@@ -98,7 +101,9 @@ class FleetState:
 
     @property
     def generation(self) -> int:
-        """Generation of the next plan."""
+        """Generation of the next plan: `next_generation` when set, else one past the current plan's."""
+        if self.next_generation is not None:
+            return self.next_generation
         return self.current_plan.generation + 1 if self.current_plan else 0
 
     def worker(self, worker_id: str) -> WorkerStatus | None:
