@@ -1,0 +1,145 @@
+"""One error body for every refusal, and the handlers that produce it.
+
+Every 4xx (and the 503 of an unreachable database) answers `ErrorBody` — `{"error", "where", "value", "allowed",
+"message"}`, the form of `core.errors.InputError.to_dict()` — so clients read one shape:
+
+| status | `error` | when |
+|---|---|---|
+| 400 | `invalid_input` | a value the controller cannot use (`InputError`) |
+| 401 | `unauthenticated` | no bearer token, or an unknown or revoked one |
+| 403 | `forbidden` | the token lacks the route's scope |
+| 404 | `not_found` | an unknown fleet, plan, forecast, cycle or what-if run |
+| 409 | `conflict` | the fleet changed since the plan was made; a plan status that forbids the move |
+| 413 | `too_large` | a body or telemetry batch over the limits |
+| 422 | `invalid_input` | a body or parameter that does not validate (malformed JSON, wrong types) |
+| 503 | `database_unavailable` | the database cannot be reached; retry |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from controller.metrics import ControllerMetrics
+from controller.replan.execute import Conflict
+from core.errors import InputError, NotFoundError, _jsonable
+
+
+class ErrorBody(BaseModel):
+    """Why a request was refused: the field or place (`where`), the offending `value`, what is `allowed`."""
+
+    error: str = Field(description="invalid_input | unauthenticated | forbidden | not_found | conflict | too_large | "
+                                   "database_unavailable")
+    where: str | None = Field(default=None, description="The field, parameter or header at fault.")
+    value: Any = Field(default=None, description="The offending value (JSON), if any.")
+    allowed: str | None = Field(default=None, description="What would have been accepted.")
+    message: str = Field(description="One readable line saying all of the above.")
+    source: str | None = Field(default=None, description="The document the value came from (YAML bodies).")
+
+
+class ApiError(Exception):
+    """A refusal with its HTTP status and body."""
+
+    def __init__(self, status: int, error: str, message: str, *, where: str | None = None, value: Any = None,
+                 allowed: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.headers = status, headers
+        self.body = ErrorBody(error=error, where=where, value=_jsonable(value), allowed=allowed, message=message)
+
+
+def unauthenticated(message: str) -> ApiError:
+    return ApiError(401, "unauthenticated", message, where="Authorization", allowed="Authorization: Bearer <token>",
+                    headers={"WWW-Authenticate": "Bearer"})
+
+
+def forbidden(scope: str, scopes: tuple[str, ...]) -> ApiError:
+    return ApiError(403, "forbidden", f"this route needs a token with scope {scope!r}; the token has "
+                    f"{', '.join(scopes) or 'none'}", where="Authorization", value=list(scopes),
+                    allowed=f"a token with scope {scope} or higher (read < plan < admin)")
+
+
+def too_large(where: str, value: int, limit: int, unit: str) -> ApiError:
+    return ApiError(413, "too_large", f"{where}: {value} {unit} is over the limit of {limit}; split the batch",
+                    where=where, value=value, allowed=f"at most {limit} {unit}")
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each listed status documented with `ErrorBody`."""
+    text = {400: "Invalid input", 401: "Missing, unknown or revoked token", 403: "Token lacks the scope",
+            404: "Not found", 409: "Conflicts with the current state", 413: "Too large",
+            422: "Validation error", 503: "Database unavailable"}
+    return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}
+
+
+MAX_VALUE_CHARS = 200  # offending values are echoed back up to this length
+HTTP_ERRORS = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               409: "conflict", 413: "too_large"}
+REASON_BY_STATUS = {400: "invalid", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 409: "conflict",
+                    413: "too_large", 422: "invalid", 503: "database_unavailable"}
+
+
+def install_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
+    """Map every refusal to `ErrorBody` with its status (see the module docstring)."""
+
+    def respond(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+        metrics.rejected.labels(reason=REASON_BY_STATUS.get(status, "invalid")).inc()
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return respond(exc.status, exc.body.model_dump(), exc.headers)
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return respond(409, {**exc.to_dict(), "error": "conflict"})
+
+    @app.exception_handler(InputError)
+    async def _input(_: Request, exc: InputError) -> JSONResponse:
+        return respond(400, exc.to_dict())
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        known = f"one of: {', '.join(sorted(exc.known)[:20])}" if exc.known else "an existing one"
+        body = ErrorBody(error="not_found", where=exc.kind, value=_jsonable(exc.name), allowed=known,
+                         message=str(exc))
+        return respond(404, body.model_dump())
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        value = _jsonable(first.get("input"))
+        if len(repr(value)) > MAX_VALUE_CHARS:
+            value = repr(value)[:MAX_VALUE_CHARS] + "…"
+        body = ErrorBody(error="invalid_input", where=where, value=value, allowed=str(first.get("msg")),
+                         message=f"{where}: {first.get('msg')}")
+        return respond(422, body.model_dump())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = HTTP_ERRORS.get(exc.status_code, "invalid_input")
+        body = ErrorBody(error=error, message=str(exc.detail), where="path" if exc.status_code in (404, 405) else None)
+        return respond(exc.status_code, body.model_dump(), getattr(exc, "headers", None))
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_: Request, exc: DBAPIError) -> JSONResponse:
+        return _database_unavailable(respond, exc)
+
+    @app.exception_handler(DBAPIError)
+    async def _db_error(_: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:
+            return _database_unavailable(respond, exc)
+        raise exc
+
+
+def _database_unavailable(respond: Any, exc: DBAPIError) -> JSONResponse:
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+    body = ErrorBody(error="database_unavailable", where="database", message=f"the database cannot be reached "
+                     f"({reason}); nothing was written, retry", allowed="retry after a moment")
+    return respond(503, body.model_dump(), {"Retry-After": "1"})

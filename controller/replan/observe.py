@@ -1,0 +1,101 @@
+"""The observe stage of a replanning cycle: what the fleet looks like now, read from the database (spec, plans,
+telemetry) and from the workers (through the executor backend; the newest stored snapshots when the fleet has none).
+
+Per-model load (`core.state.ModelLoad`) is computed from the request telemetry of the last observation window.
+Workers that do not answer are left out of the state — planners place only on GPUs that reported healthy — and
+raise a `gpu_removed` event; a fleet none of whose workers answers cannot be planned for, and the stage fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from controller.runtime import Controller, FleetRuntime
+from core.fleet import FleetSpec
+from core.requests import RequestTable
+from core.state import EventKind, FleetEvent, FleetState, ModelLoad
+from core.status import WorkerStatus
+from db.fleets import fleet_spec, get_fleet, spec_sha256
+from db.plans import latest_plan, to_plan
+from db.telemetry import RequestOutcomes, read_telemetry
+from db.workers import latest_worker_statuses, record_worker_statuses
+from executors import WorkerSet
+
+CURRENT_STATUSES = ("applied", "applying")
+
+
+class WorkersUnreachable(RuntimeError):
+    """No worker of the fleet answered its status call."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything a cycle planned from."""
+
+    spec: FleetSpec
+    version: int
+    spec_digest: str
+    state: FleetState
+    history: RequestTable
+    outcomes: RequestOutcomes
+    workers: WorkerSet | None
+
+
+def observe(ctl: Controller, runtime: FleetRuntime) -> Observed:
+    """Read the fleet's spec, current plan, telemetry and workers as of `ctl.clock.now()`."""
+    now = ctl.clock.now()
+    name = runtime.name
+    with ctl.sessions.begin() as s:
+        version = get_fleet(s, name=name).current_version
+        spec = fleet_spec(s, name=name)
+        current = latest_plan(s, fleet=name, statuses=CURRENT_STATUSES)
+        newest = latest_plan(s, fleet=name)
+        history, outcomes = read_telemetry(s, fleet=name, start_s=now - ctl.settings.history_s, end_s=now)
+        stored_statuses = latest_worker_statuses(s, fleet=name)
+    workers = ctl.backends.get(name, spec)
+    statuses, events = _worker_statuses(ctl, name, workers, stored_statuses, now)
+    window_s = ctl.settings.forecast_interval_s
+    state = FleetState(
+        time_s=now, workers=tuple(statuses), current_plan=to_plan(current) if current is not None else None,
+        load=model_loads(history, outcomes, now, window_s), events=tuple(runtime.events) + tuple(events),
+        observation_window_s=window_s, next_generation=newest.generation + 1 if newest is not None else None,
+    )
+    return Observed(spec, version, spec_sha256(spec), state, history, outcomes, workers)
+
+
+def _worker_statuses(ctl: Controller, fleet: str, workers: WorkerSet | None, stored: list[WorkerStatus],
+                     now: float) -> tuple[list[WorkerStatus], list[FleetEvent]]:
+    if workers is None:
+        return stored, []
+    seen = workers.observe()
+    if not seen.statuses and seen.errors:
+        detail = "; ".join(f"{w}: {e}" for w, e in sorted(seen.errors.items())[:4])
+        raise WorkersUnreachable(f"no worker of fleet {fleet} answered ({len(seen.errors)} tried): {detail}")
+    with ctl.sessions.begin() as s:
+        record_worker_statuses(s, fleet=fleet, statuses=seen.statuses)
+    events = [FleetEvent(EventKind.GPU_REMOVED, now, worker_id=w, detail=f"no status: {e}")
+              for w, e in sorted(seen.errors.items())]
+    return list(seen.statuses), events
+
+
+def model_loads(history: RequestTable, outcomes: RequestOutcomes, now_s: float, window_s: float) -> dict[str, ModelLoad]:
+    """Per model: arrival rate and mean prompt over the last `window_s`, mean output of completed requests (of the
+    whole history when none completed in the window), and the latest arrival."""
+    loads = {}
+    recent_from = now_s - window_s
+    completed = outcomes.labels("outcome") == "completed" if len(outcomes) else np.zeros(0, bool)
+    for m, model in enumerate(history.model_names):
+        rows = history.model_idx == m
+        recent = rows & (history.arrival_s >= recent_from)
+        done = rows & completed
+        done_recent = done & recent
+        pick = done_recent if done_recent.any() else done
+        loads[model] = ModelLoad(
+            model=model, request_rate_per_s=float(recent.sum()) / window_s,
+            prompt_tokens_mean=float(history.prompt_tokens[recent].mean()) if recent.any() else 0.0,
+            output_tokens_mean=float(history.output_tokens[pick].mean()) if pick.any() else 0.0,
+            last_arrival_s=float(history.arrival_s[rows].max()) if rows.any() else None,
+        )
+    return loads

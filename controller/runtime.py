@@ -1,0 +1,126 @@
+"""`Controller`: the state of one controller process — database, clock, settings, the fleets' executor backends,
+their planners and scenario builders, background work — shared by the REST API, the cron scheduler and the CLI.
+
+Per fleet, one cycle or execution runs at a time (`FleetRuntime.lock`): a plan is never executed while the next one
+is being made from the fleet's state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.backends import BackendRegistry
+from controller.metrics import ControllerMetrics
+from controller.settings import Settings
+from core.clock import WallClock
+from core.errors import NotFoundError
+from core.fleet import FleetSpec
+from core.latency import LatencyBook
+from core.protocols import Clock, Planner
+from core.state import FleetEvent
+from db.action_log import SqlActionLog
+from db.engine import make_engine, make_sessionmaker
+from db.models import ApiTokenRow
+from db.tokens import authenticate_token, hash_secret
+
+TOKEN_CACHE_S = 5.0  # a revoked token stops working within this long
+
+
+def make_planner(policy: str, book: LatencyBook) -> Planner:
+    """The planner called `policy` (settings.POLICIES)."""
+    from optimizers.baselines import BASELINES
+    from optimizers.fleetwise import FleetwisePlanner
+
+    if policy == "fleetwise":
+        return FleetwisePlanner(book=book)
+    if policy not in BASELINES:
+        raise NotFoundError("policy", policy, ["fleetwise", *BASELINES])
+    return BASELINES[policy](book)
+
+
+@dataclass
+class FleetRuntime:
+    """What the controller keeps between cycles of one fleet: planners (FleetwisePlanner remembers its last
+    placement), the scenario builder (which refits cheaply between full method selections), and the events the
+    last execution raised (failed actions) for the next cycle's FleetState."""
+
+    name: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    planners: dict[tuple[str, str], Planner] = field(default_factory=dict)  # (policy, spec digest) → planner
+    builder: Any = None  # forecasters.builder.ScenarioBuilder for `builder_key`
+    builder_key: str = ""
+    events: list[FleetEvent] = field(default_factory=list)
+    num_cycles: int = 0
+
+    def planner(self, policy: str, spec: FleetSpec, spec_digest: str) -> Planner:
+        key = (policy, spec_digest)
+        if key not in self.planners:
+            from simulator.latency import build_latency_book
+
+            self.planners[key] = make_planner(policy, build_latency_book(spec))
+        return self.planners[key]
+
+
+class TokenCache:
+    """Bearer-token checks without a database write per request: an authenticated token is remembered for
+    `TOKEN_CACHE_S` (so `last_used_at` is written at most that often)."""
+
+    def __init__(self, sessions: Any) -> None:
+        self.sessions = sessions
+        self._known: dict[str, tuple[float, tuple[str, ...], str]] = {}  # sha256 → (until, scopes, name)
+        self._lock = threading.Lock()
+
+    def lookup(self, secret: str) -> tuple[str, tuple[str, ...]] | None:
+        """(name, scopes) of the live token with this secret; None for an unknown or revoked one."""
+        key = hash_secret(secret)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._known.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[2], hit[1]
+        with self.sessions.begin() as session:
+            row: ApiTokenRow | None = authenticate_token(session, secret=secret)
+            found = None if row is None else (row.name, tuple(row.scopes))
+        with self._lock:
+            if found is None:
+                self._known.pop(key, None)
+            else:
+                self._known[key] = (now + TOKEN_CACHE_S, found[1], found[0])
+        return found
+
+
+class Controller:
+    """See the module docstring. `clock` defaults to the wall clock; `backends` to the workers file's."""
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None,
+                 backends: BackendRegistry | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or WallClock()
+        self.engine = make_engine(settings.database_url)
+        self.sessions = make_sessionmaker(self.engine)
+        self.action_log = SqlActionLog(self.engine)
+        self.backends = backends or BackendRegistry.from_file(settings.workers_file, self.clock)
+        self.metrics = ControllerMetrics()
+        self.tokens = TokenCache(self.sessions)
+        self._fleets: dict[str, FleetRuntime] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fleetwise-ctl")
+
+    def fleet(self, name: str) -> FleetRuntime:
+        with self._lock:
+            if name not in self._fleets:
+                self._fleets[name] = FleetRuntime(name)
+            return self._fleets[name]
+
+    def background(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run `fn(*args)` on the controller's worker threads (plan executions, what-if jobs)."""
+        return self._pool.submit(fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+        self.engine.dispose()

@@ -1,0 +1,90 @@
+"""Simulated GPUs that live on a controller's clock: the `sim` executor backend of `fleetwise serve` and the
+simulated part of `fleetwise demo`.
+
+The simulator's `SimulatedWorker`s share one discrete-event kernel. Here that kernel is driven by a wall clock
+(`core.clock.WallClock`, possibly accelerated) instead of by a trace replay: before every call — status, apply,
+submit — and on `advance()`, the kernel handles every event due by `clock.now()`. So the controller, the executor
+and the demo's request replay talk to them exactly as to real workers (the `WorkerClient` protocol), while the
+GPUs behave as the simulator says.
+
+Finished and dropped requests are collected for telemetry (`take_done`). A request whose replica goes away (a
+deactivation that does not drain) is dropped with reason `no_router`: there is no fleet router inside this
+backend to re-send it (the demo's router routes only new arrivals).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from core.actions import Action, ApplyResult
+from core.fleet import FleetSpec
+from core.latency import LatencyBook
+from core.protocols import Clock
+from core.requests import Request
+from core.status import SubmitResult, WorkerStatus
+from simulator.config import SimConfig
+from simulator.kernel import Kernel
+from simulator.worker import LocalHooks, SimulatedWorker
+from workers.scheduler import Sequence
+
+
+class ClockedSimFleet:
+    """Simulated workers of `gpu_ids` (default: every GPU of the fleet) on `clock`. Thread-safe."""
+
+    def __init__(self, fleet: FleetSpec, clock: Clock, *, gpu_ids: Iterable[str] | None = None,
+                 book: LatencyBook | None = None, config: SimConfig | None = None) -> None:
+        self.clock = clock
+        # The simulator's hooks for workers without a fleet simulation: they share its kernel, keep finished and
+        # dropped sequences, and drop what would need re-routing (reason `no_router`).
+        self.hooks = LocalHooks(kernel=Kernel(start_s=clock.now()))
+        self.lock = threading.RLock()
+        ids = list(gpu_ids) if gpu_ids is not None else fleet.gpu_ids()
+        for g in ids:
+            self.hooks.workers[g] = SimulatedWorker(g, fleet, book or LatencyBook(), config or SimConfig(), self.hooks)
+
+    @property
+    def workers(self) -> dict[str, SimulatedWorker]:
+        return self.hooks.workers
+
+    def clients(self) -> list[ClockedWorker]:
+        return [ClockedWorker(self, w) for w in self.workers.values()]
+
+    def advance(self) -> None:
+        """Handle every simulated event due by the clock's now."""
+        with self.lock:
+            kernel = self.hooks.kernel
+            kernel.run(until_s=max(self.clock.now(), kernel.now_s))
+
+    def take_done(self) -> tuple[list[Sequence], list[Sequence]]:
+        """Sequences finished and dropped since the last call (each returned once)."""
+        with self.lock:
+            done, self.hooks.finished = self.hooks.finished, []
+            dropped, self.hooks.dropped = self.hooks.dropped, []
+        return done, dropped
+
+
+class ClockedWorker:
+    """`core.protocols.WorkerClient` of one simulated GPU: brings the simulation up to now, then calls it."""
+
+    def __init__(self, fleet: ClockedSimFleet, worker: SimulatedWorker) -> None:
+        self.fleet, self.inner = fleet, worker
+
+    @property
+    def worker_id(self) -> str:
+        return self.inner.worker_id
+
+    def status(self) -> WorkerStatus:
+        with self.fleet.lock:
+            self.fleet.advance()
+            return self.inner.status()
+
+    def apply(self, action: Action) -> ApplyResult:
+        with self.fleet.lock:
+            self.fleet.advance()
+            return self.inner.apply(action)
+
+    def submit(self, request: Request) -> SubmitResult:
+        with self.fleet.lock:
+            self.fleet.advance()
+            return self.inner.submit(request)
