@@ -46,7 +46,7 @@ class BuilderConfig:
     horizon: int = 6  # intervals
     num_scenarios: int = 64  # drawn
     reduce_to: int | None = 16  # kept after reduction (None: keep all)
-    lookback: int = 2016  # most intervals of history the forecasters see (14 days of 10 minutes)
+    lookback: int = 2016  # intervals of history a fresh fit sees (14 days of 10 minutes); at most twice this later
     reselect_every: int = 144  # full method selection every this many builds; cheap updates in between
     workers: int = 1  # processes for full selections
     load: LoadConfig = field(default_factory=LoadConfig)
@@ -62,6 +62,7 @@ class ScenarioBuilder:
         self.models = tuple(fleet.model_names)
         self._forecasters: list[LoadForecaster] = []
         self._anchor_s: float | None = None
+        self._buffer = np.zeros((len(self.models), 0))  # whole intervals counted so far, from the anchor
         self._builds_since_select = 0
 
     def build(self, history: RequestTable, now_s: float, *, seed: int = 0,
@@ -90,20 +91,32 @@ class ScenarioBuilder:
 
     # -- load ------------------------------------------------------------------------------------------------------
     def _counts(self, history: RequestTable, end_s: float) -> np.ndarray:
-        """(M, T) counts per fleet model on the builder's grid; re-anchors when the lookback is exceeded."""
+        """(M, T) counts per fleet model on the builder's grid, from its anchor to `end_s`.
+
+        Whole intervals already counted are kept in a buffer and only the newer ones are counted from `history`,
+        so a caller may pass a sliding window of the request log (the controller reads the last day of
+        telemetry) and the grid, the fitted parameters and the seasonal phase stay put. The buffer is re-anchored
+        — and every model re-selected — once it holds twice the lookback.
+        """
         cfg = self.config
-        earliest = end_s - cfg.lookback * cfg.interval_s
-        start = history.start_s if len(history) else end_s - cfg.interval_s
-        if self._anchor_s is None or self._anchor_s < earliest:
-            self._anchor_s = max(np.floor(start / cfg.interval_s) * cfg.interval_s, earliest)
+        step = cfg.interval_s
+        if self._anchor_s is None or (end_s - self._anchor_s) / step > 2 * cfg.lookback:
+            first = np.ceil(history.start_s / step) * step if len(history) else end_s - step
+            self._anchor_s = float(max(min(first, end_s - step), end_s - cfg.lookback * step))
+            self._buffer = np.zeros((len(self.models), 0))
             self._forecasters = []  # a new grid: seasonal states and parameters must be re-estimated
-        end = max(end_s, self._anchor_s + cfg.interval_s)
-        series = count_series(history, cfg.interval_s, start_s=self._anchor_s, end_s=end)
-        out = np.zeros((len(self.models), series.num_intervals))
-        for i, name in enumerate(self.models):
-            if name in series.names:
-                out[i] = series.series(name)
-        return out
+        counted_to = self._anchor_s + self._buffer.shape[1] * step
+        if end_s > counted_to:
+            series = count_series(history, step, start_s=counted_to, end_s=end_s)
+            fresh = np.zeros((len(self.models), series.num_intervals))
+            for i, name in enumerate(self.models):
+                if name in series.names:
+                    fresh[i] = series.series(name)
+            self._buffer = np.concatenate([self._buffer, fresh], axis=1)
+        num = max(round((end_s - self._anchor_s) / step), 1)
+        if self._buffer.shape[1] < num:  # now_s before the first whole interval: one empty interval to start from
+            self._buffer = np.pad(self._buffer, ((0, 0), (0, num - self._buffer.shape[1])))
+        return self._buffer[:, :num]
 
     def _forecast_load(self, counts: np.ndarray) -> None:
         cfg = self.config

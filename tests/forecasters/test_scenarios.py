@@ -15,6 +15,7 @@ from forecasters.scenarios import (
     stratified_levels,
     tail_scenarios,
 )
+from forecasters.series import count_series
 from tests.factories import make_fleet, make_table
 from workloads.availability import AvailabilityTrace
 
@@ -97,14 +98,31 @@ def test_builder_refits_cheaply_between_selections() -> None:
     history = make_table(4000, rate_per_s=2.0)
     builder = ScenarioBuilder(fleet, BuilderConfig(interval_s=60.0, horizon=3, num_scenarios=16, reduce_to=None,
                                                    reselect_every=3))
-    builder.build(history, 1000.0)
+    builder.build(history, 1300.0)
     first = builder.forecasters[0]
-    fitted = first.selection.fitted if first.selection else None
-    builder.build(history, 1100.0)
-    assert builder.forecasters[0] is first and (first.selection.fitted if first.selection else None) is fitted
-    builder.build(history, 1200.0)
-    builder.build(history, 1300.0)  # the 4th build re-selects
+    assert first.selection is not None
+    fitted = first.selection.fitted
+    builder.build(history, 1400.0)
+    assert builder.forecasters[0] is first and first.selection.fitted is fitted
+    builder.build(history, 1500.0)
+    builder.build(history, 1600.0)  # the 4th build re-selects
     assert builder.forecasters[0] is not first
     with pytest.raises(ValueError, match="unknown pools"):
         empty = AvailabilityTrace("x", np.zeros(0), np.zeros(0, int), 1.0)
         builder.build(history, 1400.0, availability={"nope": empty})
+
+
+def test_builder_accepts_a_sliding_window_of_the_log_without_refitting() -> None:
+    fleet = make_fleet()
+    log = make_table(8000, rate_per_s=2.0, seed=3)  # 4,000 s of requests
+    builder = ScenarioBuilder(fleet, BuilderConfig(interval_s=60.0, horizon=3, num_scenarios=8, reduce_to=None,
+                                                   lookback=30))
+    builder.build(log.between(0.0, 1800.0), 1800.0)
+    first = builder.forecasters[0]
+    for now in (1860.0, 1920.0, 2400.0):
+        builder.build(log.between(now - 1800.0, now), now)  # the caller keeps only the last 30 minutes
+    assert builder.forecasters[0] is first
+    full = count_series(log, 60.0, start_s=60.0, end_s=2400.0).counts[0]
+    assert np.array_equal(first.history, full)  # the buffer kept what the window dropped
+    builder.build(log.between(2000.0, 3800.0), 3800.0)  # past twice the lookback: new grid, new fit
+    assert builder.forecasters[0] is not first and len(builder.forecasters[0].history) in (29, 30)
