@@ -109,14 +109,17 @@ def plot_sweep(report: Report, path: Path) -> None:
     values = [run["value"] for run in sweep["runs"]]
     names = list(report["policies"])
     fig, (ax_att, ax_cost) = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
+    lowest = 100.0
     for i, name in enumerate(names):
         att = [100 * run["policies"][name]["slo_attainment"] for run in sweep["runs"]]
         cost = [run["policies"][name]["cost_usd"] for run in sweep["runs"]]
+        lowest = min(lowest, *att)
         ax_att.plot(values, att, marker="o", label=name, color=_color(i))
         ax_cost.plot(values, cost, marker="o", label=name, color=_color(i))
     ax_att.set_xlabel(f"load ({sweep['parameter']} × nominal)")
     ax_att.set_ylabel("SLO attainment (%)")
-    ax_att.set_ylim(0, 104)
+    ax_att.set_ylim(max(0.0, np.floor(lowest / 5) * 5 - 5), 101)
+    ax_cost.set_ylim(bottom=0)
     ax_att.set_title("SLO attainment against load")
     ax_cost.set_xlabel(f"load ({sweep['parameter']} × nominal)")
     ax_cost.set_ylabel("cost (USD)")

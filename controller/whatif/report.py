@@ -86,20 +86,21 @@ def comparison_table(report: Report, *, title: str = "What-if comparison") -> Ta
 
 
 def sweep_table(report: Report) -> Table:
-    """SLO attainment (and cost) of every policy at every sweep point."""
+    """SLO attainment and cost of every policy at every sweep point (rows: load; columns: policies)."""
     sweep = report["sweep"]
     policies = list(report["policies"])
-    t = Table(title=f"Load sweep ({sweep['parameter']} × nominal)", title_justify="left")
-    t.add_column(sweep["parameter"], justify="right")
+    t = Table(title=f"Load sweep ({sweep['parameter']} × nominal): SLO attainment · cost", title_justify="left")
+    t.add_column(sweep["parameter"], justify="right", style="bold")
     for p in policies:
-        t.add_column(f"{p} SLO att.", justify="right")
-        t.add_column(f"{p} $", justify="right")
+        t.add_column(p, justify="right")
     for run in sweep["runs"]:
-        cells = [f"{run['value']:g}"]
+        best = max(run["policies"][p]["slo_attainment"] for p in policies)
+        cells = []
         for p in policies:
             f = run["policies"][p]
-            cells += [_pct(f["slo_attainment"]), f"{f['cost_usd']:.2f}"]
-        t.add_row(*cells)
+            cell = f"{_pct(f['slo_attainment'])} · ${f['cost_usd']:.2f}"
+            cells.append(f"[green]{cell}[/]" if f["slo_attainment"] == best and len(policies) > 1 else cell)
+        t.add_row(f"{run['value']:g}", *cells)
     return t
 
 

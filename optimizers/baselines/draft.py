@@ -140,9 +140,13 @@ class PlanDraft:
     def _order_actions(self, seq: _Sequencer, prev: Plan | None, routing: dict[str, dict[str, float]]) -> None:
         prev_reps = {r.replica_id: r for r in prev.replicas} if prev else {}
         prev_routing = prev.routing if prev else {}
-        healthy = set(self.state.healthy_gpu_ids)
-        gone = [r for rid, r in sorted(prev_reps.items()) if rid not in self.replicas and r.leader in healthy]
-        new = [r for rid, r in sorted(self.replicas.items()) if rid not in prev_reps]
+        # Diff against what the workers report, not against the previous plan: actions of a plan that a newer
+        # plan superseded, or that failed, never happened.
+        # A live replica the previous plan had already dropped is draining (workers report it active until its
+        # running requests finish): it is neither deactivated again nor counted as serving.
+        live = {rid: r for rid, r in _live_replicas(self.state).items() if prev is None or rid in prev_reps}
+        gone = [r for rid, r in sorted(live.items()) if rid not in self.replicas]
+        new = [r for rid, r in sorted(self.replicas.items()) if rid not in live]
         for step in self.steps:  # phase 1
             seq.add(step.worker_id, step.args, step.reason)
         drain = self._drain_routing(seq, gone, prev_routing)  # phase 2
@@ -152,7 +156,7 @@ class PlanDraft:
             deact[r.replica_id] = seq.add(
                 r.leader, DeactivateModel(model=r.model, replica_id=r.replica_id, to=Residency.HOST),
                 f"{self.policy}: {r.model} leaves {', '.join(r.gpu_ids)}", deps)
-        resized = self._resize_kept(seq, prev_reps, deact, gone)
+        resized = self._resize_kept(seq, {rid: r for rid, r in prev_reps.items() if rid in live}, deact, gone)
         activated = {}
         for r in new:  # phase 4
             deps = tuple(deact[g.replica_id] for g in gone if set(g.gpu_ids) & set(r.gpu_ids))
@@ -169,7 +173,7 @@ class PlanDraft:
         self._order_queues(seq, new, activated, prev)  # phase 6
 
     def _resize_kept(self, seq: _Sequencer, prev_reps: dict[str, Replica], deact: dict[str, int],
-                     gone: list[Replica]) -> dict[str, int]:
+                     gone: list[_Live]) -> dict[str, int]:
         """Kept TP replicas whose enforced KV limit changes get it before new neighbours arrive."""
         out = {}
         prev_all = list(prev_reps.values())
@@ -185,7 +189,7 @@ class PlanDraft:
                                deps)
         return out
 
-    def _drain_routing(self, seq: _Sequencer, gone: list[Replica],
+    def _drain_routing(self, seq: _Sequencer, gone: list[_Live],
                        prev_routing: dict[str, dict[str, float]]) -> dict[str, int]:
         out = {}
         for model in sorted({r.model for r in gone}):
@@ -232,6 +236,23 @@ class _Sequencer:
                                    depends_on=tuple(sorted(set(depends_on))), revision=self.revision,
                                    reason=reason, expected_duration_s=duration_s))
         return n
+
+
+@dataclass(frozen=True, slots=True)
+class _Live:
+    """A replica a worker reports active (serving, loading or draining)."""
+
+    replica_id: str
+    model: str
+    gpu_ids: tuple[str, ...]
+    leader: str
+
+
+def _live_replicas(state: FleetState) -> dict[str, _Live]:
+    return {
+        r.replica_id: _Live(r.replica_id, r.model, r.gpu_ids or (w.worker_id,), w.worker_id)
+        for w in state.workers if w.healthy for r in w.replicas if r.residency == Residency.ACTIVE
+    }
 
 
 def _limited(rep: Replica, everyone: Iterable[Replica]) -> bool:

@@ -129,6 +129,7 @@ class _Scheduler:
         self.demand = observed_demand(fleet, state)
         self.instances = self._instances()
         self.unplaced: list[RequestGroup] = [g for g in state.groups if g.replica_id is None]
+        self.inventory = Inventory(fleet, state)
         self._place_groups()
 
     def run(self) -> str:
@@ -212,12 +213,19 @@ class _Scheduler:
                         f"qlm: load balancing — {g.group_id} would miss its deadline here, not there"))
 
     def swap_models(self) -> None:
-        """A group that no instance of its model can serve in time (or whose model has none) joins, in EDF order,
-        the virtual queue of the instance where it would start first, swap time included; the swap happens when
-        it reaches the head — when the groups before it there have been served — as in QLM."""
-        stranded = list(self.unplaced) + [g for inst in self.instances for g in self.late(inst) if self._no_better(g)]
+        """Model swapping, for two kinds of groups:
+
+        - a group whose model has no instance joins, in EDF order, the virtual queue of the instance where it would
+          start first, swap time included; the swap happens when it reaches the head (the groups before it there
+          have been served), as in QLM;
+        - a late group that no instance of its model can serve in time takes an instance with nothing waiting,
+          whose model keeps another instance, if it then meets its deadline (a swap that only moves lateness from
+          one model to another is not made: under overload swapping cannot add capacity, only cost it).
+        """
         swapped: set[int] = set()
-        for g in sorted(dict.fromkeys(stranded), key=_edf):
+        for g in sorted(self.unplaced, key=_edf):
+            if any(i.model == g.model for i in self.instances):
+                continue  # its model has (or is getting) an instance: the group is routed there once it serves
             found = self._swap_target(g, swapped)
             if found is None:
                 continue
@@ -229,6 +237,12 @@ class _Scheduler:
                 continue
             self._swap(target, g)
             swapped.add(id(target))
+        late = [g for inst in self.instances for g in self.late(inst) if self._no_better(g)]
+        for g in sorted(dict.fromkeys(late), key=_edf):
+            target = self._idle_target(g, swapped)
+            if target is not None:
+                self._swap(target, g)
+                swapped.add(id(target))
 
     def evict(self) -> None:
         """Preempt running lower-priority work where a more urgent group heads the virtual queue and is late."""
@@ -259,7 +273,8 @@ class _Scheduler:
         return self.finish_times(inst, queue)[queue.index(g)]
 
     def _best_instance(self, g: RequestGroup, *, same_model: bool, exclude: Instance | None = None) -> Instance | None:
-        cands = [i for i in self.instances if i is not exclude and (i.model == g.model or not same_model)]
+        cands = [i for i in self.instances
+                 if i is not exclude and not i.activating and (i.model == g.model or not same_model)]
         return min(cands, key=lambda i: self._finish_if_added(g, i), default=None)
 
     def _no_better(self, g: RequestGroup) -> bool:
@@ -269,20 +284,37 @@ class _Scheduler:
         inst.queue.append(g)
         inst.queue.sort(key=_edf)
 
-    def _swap_target(self, g: RequestGroup, swapped: set[int]) -> tuple[Instance, list[RequestGroup]] | None:
-        """The instance where `g` would start first after a swap, and the groups it must wait for there."""
+    def _candidates(self, g: RequestGroup, swapped: set[int]) -> list[Instance]:
+        """Instances that could swap to `g`'s model: another model, not swapped or loading now, big enough."""
         model = self.fleet.model(g.model)
-        inventory = Inventory(self.fleet, self.state)
-        best: tuple[float, Instance, list[RequestGroup]] | None = None
-        for inst in self.instances:
-            if (inst.model == g.model or id(inst) in swapped or inst.activating
-                    or inst.tp not in inventory.fitting_tps(model, inst.pool)):
-                continue
+        return [i for i in self.instances
+                if i.model != g.model and id(i) not in swapped and not i.activating
+                and i.tp in self.inventory.fitting_tps(model, i.pool)]
+
+    def _swap_target(self, g: RequestGroup, swapped: set[int]) -> tuple[Instance, list[RequestGroup]] | None:
+        """The instance where `g` would start first after a swap, and the groups it must wait for there
+        (instances whose model keeps another instance preferred, so no model is left without one)."""
+        best: tuple[tuple[bool, float], Instance, list[RequestGroup]] | None = None
+        for inst in self._candidates(g, swapped):
             ahead = [x for x in inst.queue + inst.waiting_swap if _edf(x) < _edf(g)]
             start = (self.finish_times(inst, ahead)[-1] if ahead else self.state.time_s) + self.swap_s(g.model, inst)
-            if best is None or start < best[0]:
-                best = (start, inst, ahead)
+            key = (not self._has_other(inst), start)
+            if best is None or key < best[0]:
+                best = (key, inst, ahead)
         return None if best is None else (best[1], best[2])
+
+    def _idle_target(self, g: RequestGroup, swapped: set[int]) -> Instance | None:
+        """An instance with nothing waiting, whose model keeps another instance, where `g` meets its deadline."""
+        for inst in self._candidates(g, swapped):
+            if inst.queue or inst.waiting_swap or not self._has_other(inst):
+                continue
+            # finish_times counts the running work's drain, the swap (another model) and the group's own tokens.
+            if self.finish_times(inst, [g])[0] <= g.deadline_s:
+                return inst
+        return None
+
+    def _has_other(self, inst: Instance) -> bool:
+        return any(i is not inst and i.model == inst.model for i in self.instances)
 
     def _swap(self, inst: Instance, g: RequestGroup) -> None:
         old_rid, old_model = inst.replica_id, inst.model

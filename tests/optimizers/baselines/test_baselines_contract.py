@@ -15,7 +15,7 @@ from optimizers.baselines import BASELINES
 from optimizers.baselines.draft import PlanDraft
 from optimizers.baselines.inventory import Inventory, MemoryLedger
 from tests.factories import EXAMPLES
-from tests.optimizers.baselines.states import state
+from tests.optimizers.baselines.states import resident, state
 
 FLEET = load_fleet(EXAMPLES / "small-hetero.yaml")
 ZIPF_RATES = {m: 5.5 / (i + 1) / 2.718 for i, m in enumerate(FLEET.model_names)}
@@ -61,7 +61,8 @@ def test_draft_frees_a_gpu_before_activating_on_it() -> None:
     first.add_replica("llama8b-0", "h100", ("h100/0",), 1, reason="start")
     first.add_replica("llama8b-1", "h100", ("h100/1",), 1, reason="start")
     plan0 = first.build(SolverStats(name="t", status="heuristic"))
-    second = PlanDraft("t", FLEET, state(FLEET, time_s=5, plan=plan0), LatencyBook(), queue_rule="fcfs")
+    second = PlanDraft("t", FLEET, state(FLEET, time_s=5, plan=plan0, replicas=resident(plan0)), LatencyBook(),
+                       queue_rule="fcfs")
     second.keep(plan0.replicas[1])
     second.add_replica("qwen-14b", "h100", ("h100/0",), 1, reason="swap in")
     plan1 = second.build(SolverStats(name="t", status="heuristic"))
@@ -80,7 +81,8 @@ def test_tp_replicas_sharing_gpus_get_kv_limits_that_fit() -> None:
     plan0 = first.build(SolverStats(name="t", status="heuristic"))
     (alone,) = [a.args for a in plan0.actions if isinstance(a.args, ActivateModel)]
     assert alone.kv_limit_gib is None, "alone on its GPUs: the shared pool, no limit"
-    second = PlanDraft("t", FLEET, state(FLEET, time_s=5, plan=plan0), LatencyBook(), queue_rule="fcfs")
+    second = PlanDraft("t", FLEET, state(FLEET, time_s=5, plan=plan0, replicas=resident(plan0)), LatencyBook(),
+                       queue_rule="fcfs")
     second.keep(plan0.replicas[0], kv_weight=3.0)
     second.add_replica("qwen-14b", "h100", ("h100/0", "h100/1"), 2, reason="neighbour", kv_weight=1.0)
     plan1 = second.build(SolverStats(name="t", status="heuristic"))
@@ -93,3 +95,19 @@ def test_tp_replicas_sharing_gpus_get_kv_limits_that_fit() -> None:
     usable = FLEET.usable_bytes_per_gpu(FLEET.pool("h100").gpu) / GIB
     weights = sum(FLEET.model(m).weight_gib / 2 for m in shares)
     assert sum(shares.values()) + weights <= usable + 1e-6
+
+
+def test_draft_diffs_against_what_the_workers_report() -> None:
+    """An activation that never happened (superseded by a newer plan, or failed) is ordered again; a replica the
+    plan no longer wants is deactivated even if an older plan had already dropped it."""
+    first = PlanDraft("t", FLEET, state(FLEET), LatencyBook(), queue_rule="fcfs")
+    first.add_replica("llama8b-0", "h100", ("h100/0",), 1, reason="start")
+    first.add_replica("llama8b-1", "h100", ("h100/1",), 1, reason="start")
+    plan0 = first.build(SolverStats(name="t", status="heuristic"))
+    only_one = {"h100/0": resident(plan0)["h100/0"]}
+    second = PlanDraft("t", FLEET, state(FLEET, time_s=5, plan=plan0, replicas=only_one), LatencyBook(),
+                       queue_rule="fcfs")
+    for rep in plan0.replicas:
+        second.keep(rep)
+    plan1 = second.build(SolverStats(name="t", status="heuristic"))
+    assert [a.args.replica_id for a in plan1.actions if isinstance(a.args, ActivateModel)] == ["llama8b-1@h100/1"]
