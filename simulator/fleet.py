@@ -65,8 +65,8 @@ class FleetSimulation:
         self.book = book or LatencyBook()
         self.scenarios_fn = scenarios_fn
         _check_table(fleet, table)
-        self.availability = sorted(availability, key=lambda a: (a.time_s, a.gpu_id))
-        for change in self.availability:
+        self._changes = sorted(availability, key=lambda a: (a.time_s, a.gpu_id))
+        for change in self._changes:
             if change.gpu_id not in set(fleet.gpu_ids()):
                 raise InputError("availability.gpu_id", change.gpu_id, f"a GPU of fleet {fleet.name}")
         self.kernel = Kernel(start_s=table.start_s)
@@ -105,7 +105,7 @@ class FleetSimulation:
             k.schedule(Replan(t0 + self.config.replan_interval_s, self, periodic=True))
             k.schedule(Monitor(t0 + self.config.monitor_interval_s, self))
             k.schedule(EndOfRun(float(self.table.arrival_s[-1]) + self.config.drain_timeout_s, self))
-            for change in self.availability:
+            for change in self._changes:
                 self._schedule_availability(change)
             k.run(stop=self._all_done)
         self.runner.finish()

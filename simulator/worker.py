@@ -414,13 +414,11 @@ class SimulatedWorker:
     def stop_serving(self, rep: SimReplica, to: Residency) -> None:
         """Take a replica off the GPUs now: its sequences go back to the router, its memory is freed."""
         name = rep.model.name
+        self.interrupt(self.kernel.now_s)
         self._pending_activation.pop(rep.replica_id, None)
-        if self.scheduler.has_model(name):
-            self.hooks.requeue(self.scheduler.remove_model(name))
-        self._serving.pop(name, None)
-        self._draining.pop(name, None)
-        self._lm.pop(name, None)
-        self._tp_members.pop(name, None)
+        returned = self.scheduler.remove_model(name) if self.scheduler.has_model(name) else []
+        for table in (self._serving, self._draining, self._lm, self._tp_members):
+            table.pop(name, None)
         self.release(rep.weight_bytes_per_gpu)
         for gpu_id in rep.gpu_ids[1:]:
             member = self.hooks.worker(gpu_id)
@@ -433,10 +431,11 @@ class SimulatedWorker:
             self.cache_weights(name, rep.tp, rep.model.arch.weight_bytes)
         else:
             rep.residency = Residency.COLD
-            self.hooks.requeue(rep.parked)
+            returned += rep.parked
             rep.parked = []
             del self.replicas[rep.replica_id]
-        self.hooks.replica_changed(self, rep.replica_id)
+        self.hooks.replica_changed(self, rep.replica_id)  # the router stops targeting it first …
+        self.hooks.requeue(returned)  # … then its requests go back
 
     # -- iterations --------------------------------------------------------------------------------------------
     def kick(self) -> None:
@@ -449,9 +448,8 @@ class SimulatedWorker:
     def _start_iteration(self, now: float) -> IterationDone | None:
         sched = self.scheduler
         batch = sched.schedule(now)
-        dropped = sched.take_dropped()
-        if dropped:
-            self.hooks.on_dropped(dropped)
+        if sched._dropped:
+            self.hooks.on_dropped(sched.take_dropped())
         if batch is None:
             self.iterating = False
             return None
@@ -459,26 +457,40 @@ class SimulatedWorker:
         dt = 0.0 if lm is None else lm.iteration_s(prefill_tokens=batch.prefill_tokens, prefill_attn=batch.prefill_attn,
                                                    decode_seqs=len(batch.decodes), kv_tokens=batch.kv_tokens)
         if batch.swap_out or batch.swap_in:
-            per_token = self._swap_s_per_token
-            dt += sum(per_token.get(t.model, 0.0) * t.num_tokens for t in batch.swap_out)
-            dt += sum(per_token.get(t.model, 0.0) * t.num_tokens for t in batch.swap_in)
+            dt += self._swap_s(batch)
         if self.busy_until_s > now and self._busy_by is not None:
             self._busy_by.interrupt(now)  # a TP group's run holds this GPU: cut it at its step in flight
         start = now if self.busy_until_s <= now else self.busy_until_s
-        members = self._tp_members.get(batch.model)
+        members = self._tp_members.get(batch.model) if self._tp_members else None
         if members:
-            for m in members:
-                if m.busy_until_s > start and m._busy_by is not None and m._busy_by is not self:
-                    m._busy_by.interrupt(now)
-            start = max(start, *(m.busy_until_s for m in members))
-        steps = sched.plan_run(batch, MAX_RUN_STEPS) if lm is not None and self.config.run_ahead else 1
-        growth = lm.c_kv_s * len(batch.decodes) if lm is not None else 0.0
-        end = start + steps * dt + growth * steps * (steps - 1) / 2
-        event = IterationDone(end, self, batch, self.epoch)
-        self._run = DecodeRun(event, start, dt, growth, steps) if steps > 1 else None
+            start = self._wait_for_members(members, start, now)
+        steps = 1
+        if lm is not None and not batch.prefills and self.config.run_ahead:
+            steps = sched.plan_run(batch, MAX_RUN_STEPS)
+        if steps > 1:
+            growth = lm.c_kv_s * len(batch.decodes)  # type: ignore[union-attr]
+            end = start + steps * dt + growth * steps * (steps - 1) / 2
+            event = IterationDone(end, self, batch, self.epoch)
+            self._run = DecodeRun(event, start, dt, growth, steps)
+        else:
+            end = start + dt
+            event = IterationDone(end, self, batch, self.epoch)
+            self._run = None
         self._hold(members, end)
         self.iterating = True
         return event
+
+    def _swap_s(self, batch: Batch) -> float:
+        per_token = self._swap_s_per_token
+        return (sum(per_token.get(t.model, 0.0) * t.num_tokens for t in batch.swap_out)
+                + sum(per_token.get(t.model, 0.0) * t.num_tokens for t in batch.swap_in))
+
+    def _wait_for_members(self, members: tuple[SimulatedWorker, ...], start: float, now: float) -> float:
+        """A TP batch starts when every member GPU is free (runs of other groups on them are cut first)."""
+        for m in members:
+            if m.busy_until_s > start and m._busy_by is not None and m._busy_by is not self:
+                m._busy_by.interrupt(now)
+        return max(start, *(m.busy_until_s for m in members))
 
     def _hold(self, members: tuple[SimulatedWorker, ...] | None, until_s: float) -> None:
         self.busy_until_s = until_s
@@ -497,6 +509,11 @@ class SimulatedWorker:
         self._run = None
         if now >= run.event.time_s:
             return  # the run ends now anyway
+        if not self.scheduler.has_model(run.event.batch.model):
+            run.event.cancelled = True  # its model is gone: nothing to commit
+            self.iterating = False
+            self.kick()
+            return
         done = run.steps_done_by(now)
         batch, sched = run.event.batch, self.scheduler
         run.event.cancelled = True

@@ -134,6 +134,7 @@ class Scheduler:
         self._pending_out: list[KVTransfer] = []  # swap-outs ordered by actions, copied with the next batch
         self._dropped: list[Sequence] = []
         self._building: Batch | None = None
+        self._num_ready = 0  # models with runnable work at the last schedule()
         self.num_preemptions = 0
 
     # -- models ------------------------------------------------------------------------------------------------
@@ -277,7 +278,7 @@ class Scheduler:
                     done.append(seq)
         if finished is None and token_ids is None:
             if steps > 1:
-                self._grow_decodes(batch, steps - 1)  # the run's KV, checked free by plan_run
+                self._grow_decodes(batch, steps)  # the run's KV, checked free by plan_run
             for seq in batch.decodes:  # the simulator's path, kept lean
                 if seq.status is RUNNING and seq.scheduled_step == step:
                     seq.num_computed_tokens += steps
@@ -315,7 +316,7 @@ class Scheduler:
                 or self._pending_out):
             return 1
         st = self._models[batch.model]
-        if len(st.queue) or any(m is not st and m.active and m.has_work for m in self._models.values()):
+        if len(st.queue) or self._num_ready > 1:
             return 1
         steps = min(max_steps, min(s.max_output_tokens - s.num_generated for s in batch.decodes))
         if steps > 1 and batch.checkpoint and not self._host_room(batch, steps):
@@ -394,7 +395,8 @@ class Scheduler:
         self._now_s = now_s
 
     def _by_urgency(self, now_s: float) -> list[_ModelState]:
-        ready = [st for st in self._models.values() if st.active and st.has_work]
+        ready = [st for st in self._models.values() if st.active and (st.running or len(st.queue))]
+        self._num_ready = len(ready)
         if len(ready) > 1:
             ready.sort(key=lambda st: self._urgency(st, now_s))
         return ready
@@ -402,28 +404,26 @@ class Scheduler:
     def _urgency(self, st: _ModelState, now_s: float) -> tuple[int, float]:
         """Sort key of the model-choice rule (module docstring): overdue, then online, then offline work; turns
         within each class."""
-        due, online = self._due_s(st)
-        return (0 if due <= now_s else 1 if online else 2, st.last_run_s)
-
-    def _due_s(self, st: _ModelState) -> tuple[float, bool]:
-        """When the model's most urgent work is due, and whether it has online work."""
         cfg = self.config
-        offline_due = st.last_run_s + cfg.offline_period_s
         due, online = math.inf, False
         head = st.queue.peek()
         if head is not None:
             ttft = head.ttft_deadline_s - head.arrival_s
-            online = math.isfinite(ttft)
-            due = head.arrival_s + cfg.urgency_fraction * ttft if online else offline_due
-        if st.running:
-            if st.min_tpot_s is None:
-                st.min_tpot_s = min(s.tpot_target_s for s in st.running)
-            if math.isfinite(st.min_tpot_s):
-                online = True
-                due = min(due, st.last_run_s + cfg.urgency_fraction * st.min_tpot_s)
+            if ttft < math.inf:
+                online, due = True, head.arrival_s + cfg.urgency_fraction * ttft
             else:
-                due = min(due, offline_due)
-        return due, online
+                due = st.last_run_s + cfg.offline_period_s
+        if st.running:
+            tpot = st.min_tpot_s
+            if tpot is None:
+                tpot = st.min_tpot_s = min(s.tpot_target_s for s in st.running)
+            if tpot < math.inf:
+                online = True
+                running_due = st.last_run_s + cfg.urgency_fraction * tpot
+            else:
+                running_due = st.last_run_s + cfg.offline_period_s
+            due = min(due, running_due)
+        return (0 if due <= now_s else 1 if online else 2, st.last_run_s)
 
     def _build(self, st: _ModelState) -> Batch:
         self._step += 1
