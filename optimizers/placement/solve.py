@@ -58,7 +58,7 @@ def solve_block(problem: PlacementProblem, *, time_limit_s: float, warm: Placeme
        start — each completed by a small MIP over the shared GPUs and residencies; the best is the incumbent;
     3. the LP's neighbourhood (RENS): a sub-MIP whose replica counts may only take the floor or ceiling of the LP
        value (or the incumbent's), solved from the incumbent — small, so it usually finishes within the budget;
-    4. the full MIP from the best solution for whatever time is left.
+    4. the full MIP from the best solution, when at least `settings.min_full_mip_s` is left.
     The result is never worse than the warm start; `gap` is measured against the LP bound.
     """
     start = time.perf_counter()
@@ -78,7 +78,8 @@ def solve_block(problem: PlacementProblem, *, time_limit_s: float, warm: Placeme
                           **_neighbourhood(prog, n_cols, lp.values, best.values))
         if rens.objective is not None and rens.objective < best.objective - 1e-9:
             best, source = rens, "lp-neighbourhood"
-    if best is not None and left() > 0.1 and prog.integer.sum() <= problem.settings.max_mip_integers:
+    st = problem.settings
+    if best is not None and left() >= st.min_full_mip_s and prog.integer.sum() <= st.max_mip_integers:
         mip = prog.solve(time_limit_s=left(), mip_gap=problem.settings.mip_gap, start=best.values)
         if mip.objective is not None and mip.objective < best.objective - 1e-9:
             best, source = mip, "mip"
@@ -119,44 +120,51 @@ def _neighbourhood(prog: CompiledProgram, n_cols: np.ndarray, relaxed: np.ndarra
 def round_counts(problem: PlacementProblem, relaxed_n: np.ndarray, relaxed_cap: np.ndarray) -> np.ndarray:
     """Integer replica counts from the LP relaxation, model by model.
 
-    The LP buys whole replicas where a model needs them and a fraction of one for the rest of its demand (a 5.7
-    TP-2 groups, say). Each model keeps the whole replicas (the floor), and the capacity the fraction carried is
-    covered by one more replica: a time-shared TP = 1 replica when one can carry it (a small KV share on a shared
-    GPU is the cheapest top-up; in the pool where the LP put most of the model), else one more of the config with
-    the largest fraction. Inventory is then repaired (`repair_inventory`).
+    The LP buys whole replicas where a model needs them and fractions of replicas for the rest of its demand (5.7
+    TP-2 groups here, 0.4 of a shared replica there). Each model keeps the whole replicas (the floors), and the
+    capacity the fractions carried is covered again, replica by replica: by one time-shared TP = 1 replica when one
+    can carry the rest (a small KV share on a shared GPU is the cheapest top-up; in the pool where the LP put most
+    of the model), else by rounding up the config with the largest fraction left. Inventory is then repaired
+    (`repair_inventory`), undoing roundings first.
     """
     useful = useful_capacity(problem)
     counts = np.floor(relaxed_n + 1e-6)
     for m in range(len(problem.models)):
-        configs = problem.configs_of_model(m)
+        configs = [c for c in problem.configs_of_model(m) if useful[c.index] > 0]
         need = sum(relaxed_cap[c.index] for c in configs)
-        covered = sum(min(relaxed_cap[c.index], counts[c.index] * useful[c.index]) for c in configs)
-        if need <= 1e-6 or need - covered <= 0.02 * need:
-            continue
-        shared = [c for c in configs if c.shares_gpus and useful[c.index] >= need - covered - 1e-9]
-        if shared:
-            home = max(shared, key=lambda c: (relaxed_n[c.index] + relaxed_cap[c.index] / max(useful[c.index], 1e-9),
-                                              -c.weight_gib_per_gpu))
-        else:
-            home = max(configs, key=lambda c: relaxed_n[c.index] - counts[c.index])
-        counts[home.index] += 1
-    return repair_inventory(problem, counts.astype(int))
+        while configs and (rest := need - sum(min(relaxed_cap[c.index], counts[c.index] * useful[c.index])
+                                              for c in configs)) > 0.02 * need:
+            shared = [c for c in configs if c.shares_gpus and useful[c.index] >= rest - 1e-9]
+            if shared:
+                counts[max(shared, key=lambda c: (relaxed_n[c.index] + relaxed_cap[c.index] / useful[c.index],
+                                                  -c.weight_gib_per_gpu)).index] += 1
+                break
+            short = [c for c in configs if relaxed_n[c.index] - counts[c.index] > 1e-6]
+            if not short:
+                break
+            counts[max(short, key=lambda c: relaxed_n[c.index] - counts[c.index]).index] += 1
+    return repair_inventory(problem, counts.astype(int), relaxed_n)
 
 
-def repair_inventory(problem: PlacementProblem, counts: np.ndarray) -> np.ndarray:
-    """Make counts fit every pool: move replicas of an over-full pool to the same TP in a pool with room, else
-    take one away from the least loaded model there (its demand then shows as unmet, priced)."""
+def repair_inventory(problem: PlacementProblem, counts: np.ndarray, relaxed_n: np.ndarray | None = None) -> np.ndarray:
+    """Make counts fit every pool: move replicas of an over-full pool to a pool with room (the same TP degree if
+    possible, else the config with the most capacity there), else take one away there (its demand then shows as unmet, priced) — the one rounded furthest above the LP's count
+    when `relaxed_n` is given (undo the rounding first), else the one of the least loaded model."""
     counts = counts.copy()
+    excess = counts - relaxed_n if relaxed_n is not None else np.zeros(len(counts))
     while (over := _overfull_pool(problem, counts)) is not None:
         here = [c for c in problem.configs_of_pool(over) if counts[c.index] > 0]
-        victim = min(here, key=lambda c: (counts[c.index] * c.online_rate_max, c.index))
+        victim = min(here, key=lambda c: (-round(excess[c.index], 6), counts[c.index] * c.online_rate_max, c.index))
+        excess[victim.index] -= 1
         counts[victim.index] -= 1
-        for alt in problem.configs_of_model(victim.model_index):
-            if alt.pool_index != over and alt.tp == victim.tp:
-                counts[alt.index] += 1
-                if _overfull_pool(problem, counts) is None or _overfull_pool(problem, counts) == over:
-                    break
-                counts[alt.index] -= 1
+        alternatives = sorted((c for c in problem.configs_of_model(victim.model_index)
+                               if c.pool_index != over and c.online_rate_max > 0),
+                              key=lambda c: (c.tp != victim.tp, -c.online_rate_max))
+        for alt in alternatives:
+            counts[alt.index] += 1
+            if _overfull_pool(problem, counts) in (None, over):
+                break
+            counts[alt.index] -= 1
     return counts
 
 
