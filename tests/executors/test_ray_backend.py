@@ -60,14 +60,16 @@ def test_a_plan_runs_on_ray_actors_make_before_break(ray_cluster: None) -> None:
 
 
 def test_a_dead_actor_is_reported_and_its_actions_fail_fast(ray_cluster: None) -> None:
-    workers = ray_workers(["h100/0", "h100/1"], seeded_test_worker, RoutingTable(), namespace_prefix="dead-",
-                          call_timeout_s=5.0)
-    observed = workers.observe().statuses
+    workers = ray_workers(["h100/0", "h100/1"], seeded_test_worker, RoutingTable(), namespace_prefix="dead-")
+    observed = workers.observe().statuses  # waits for both actors to start (seconds on a busy machine)
+    assert len(observed) == 2
     ray.kill(workers.clients["h100/1"].handle)
     executor = PlanExecutor(workers, InMemoryActionLog(), config=RunnerConfig(retry=RETRY))
-    plan = make_plan((replica("chat@h100/0", "chat", ("h100/0",)), replica("code@h100/1", "code", ("h100/1",)),
+    plan = make_plan((replica("chat@h100/0", "chat", ("h100/0",), kv_gib=30.0),
+                      replica("code@h100/1", "code", ("h100/1",)),
                       replica("chat@h100/1", "chat", ("h100/1",))))
     report = executor.execute(plan, observed=observed, routing={})
+    assert [(r.kind, r.state) for r in report.actions if r.worker_id == "h100/0"] == [("resize_kv", "applied")]
     on_dead = sorted((r.state, r.attempts) for r in report.actions if r.worker_id == "h100/1")
     assert on_dead == [("unreachable", 0), ("unreachable", 2)]
     assert "last: ActorDiedError: " in next(r.message for r in report.actions if r.attempts == 2)
