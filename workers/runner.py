@@ -12,8 +12,10 @@ preempted and resumed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from workers.attention import AttentionBackend, AttentionBatch, default_backend
@@ -57,56 +59,48 @@ class ModelRunner:
         """Compute KV for every `work` item and sample where asked; returns {seq_id: next token}."""
         if not work:
             return {}
-        decode = [w for w in work if len(w.token_ids) == 1]
-        prefill = [w for w in work if len(w.token_ids) > 1]
-        ordered = decode + prefill
-        batch = self._attention_batch(decode, prefill)
-        dev = self.device
-        token_ids = torch.tensor([t for w in ordered for t in w.token_ids], device=dev)
-        positions = torch.tensor([p for w in ordered for p in range(w.start_pos, w.end_pos)], device=dev)
-        state = self.backend.prepare(batch, self.layout.block_size, self.layout.blocks_per_page)
-
-        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return self.backend.attend(state, q, k, v, self.k_cache[:, layer], self.v_cache[:, layer])
-
-        hidden = self.model.forward(token_ids, positions, attend)
-        last_rows, sampled = [], []
-        row = 0
-        for w in ordered:
-            row += len(w.token_ids)
-            if w.sample:
-                last_rows.append(row - 1)
-                sampled.append(w)
+        ordered = [w for w in work if len(w.token_ids) == 1] + [w for w in work if len(w.token_ids) > 1]
+        inputs = _Inputs(ordered, self.layout.block_size)
+        batch = inputs.attention_batch(self.device)
+        state = self.backend.prepare(batch, self.layout, self.k_cache, self.v_cache)
+        hidden = self.model.forward(inputs.tensor(inputs.tokens, self.device),
+                                    inputs.tensor(inputs.positions, self.device),
+                                    lambda layer, q, k, v: self.backend.attend(state, layer, q, k, v))
+        sampled = [i for i, w in enumerate(ordered) if w.sample]
         if not sampled:
             return {}
-        logits = self.model.logits(hidden[torch.tensor(last_rows, device=dev)])
-        return dict(zip((w.seq_id for w in sampled), sample_tokens(logits, sampled), strict=True))
-
-    def _attention_batch(self, decode: list[SeqWork], prefill: list[SeqWork]) -> AttentionBatch:
-        bs, dev = self.layout.block_size, self.device
-        slots = [w.block_ids[p // bs] * bs + p % bs for w in decode + prefill for p in range(w.start_pos, w.end_pos)]
-        cu = [0]
-        for w in prefill:
-            cu.append(cu[-1] + len(w.token_ids))
-        return AttentionBatch(
-            slots=torch.tensor(slots, device=dev),
-            num_decode=len(decode),
-            decode_block_tables=_block_tables(decode, dev),
-            decode_context_lens=torch.tensor([w.end_pos for w in decode], dtype=torch.int32, device=dev),
-            decode_max_context=max((w.end_pos for w in decode), default=0),
-            prefill_cu_q_lens=torch.tensor(cu, dtype=torch.int32, device=dev),
-            prefill_block_tables=_block_tables(prefill, dev),
-            prefill_context_lens=torch.tensor([w.end_pos for w in prefill], dtype=torch.int32, device=dev),
-            prefill_max_q_len=max((len(w.token_ids) for w in prefill), default=0),
-            prefill_max_context=max((w.end_pos for w in prefill), default=0),
-        )
+        last_rows = inputs.tensor(inputs.cu[1:][sampled] - 1, self.device)
+        picked = [ordered[i] for i in sampled]
+        tokens = sample_tokens(self.model.logits(hidden[last_rows]), picked)
+        return dict(zip((w.seq_id for w in picked), tokens, strict=True))
 
 
-def _block_tables(work: list[SeqWork], device: torch.device) -> torch.Tensor:
-    """[len(work), max blocks] int32, padded with block 0 (a valid id: padding is masked, never trusted)."""
-    width = max((len(w.block_ids) for w in work), default=0)
-    rows = [list(w.block_ids) + [0] * (width - len(w.block_ids)) for w in work]
-    return torch.tensor(rows, dtype=torch.int32, device=device).view(len(work), width)
+class _Inputs:
+    """The flat token stream of one pass, built with numpy on the host (decode items first, then prefill)."""
+
+    def __init__(self, ordered: list[SeqWork], block_size: int) -> None:
+        n = len(ordered)
+        lens, starts, num_blocks = np.array([(len(w.token_ids), w.start_pos, len(w.block_ids)) for w in ordered],
+                                            np.int64).reshape(n, 3).T
+        self.num_decode = int(np.count_nonzero(lens == 1))
+        self.lens, self.ends = lens, starts + lens
+        self.cu = np.concatenate([[0], np.cumsum(lens)])
+        # Padding is block 0, a valid id: padded entries are masked, never trusted.
+        self.table = np.zeros((n, int(num_blocks.max())), np.int32)
+        self.table[np.arange(self.table.shape[1])[None, :] < num_blocks[:, None]] = np.fromiter(
+            chain.from_iterable(w.block_ids for w in ordered), np.int32, int(num_blocks.sum()))
+        self.tokens = np.fromiter(chain.from_iterable(w.token_ids for w in ordered), np.int64, int(self.cu[-1]))
+        seq_index = np.repeat(np.arange(n), lens)
+        self.positions = np.arange(self.cu[-1]) - np.repeat(self.cu[:-1] - starts, lens)
+        blocks = self.table[seq_index, self.positions // block_size].astype(np.int64)
+        self.slots = blocks * block_size + self.positions % block_size
+
+    @staticmethod
+    def tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+    def attention_batch(self, device: torch.device) -> AttentionBatch:
+        return AttentionBatch(device, self.num_decode, self.slots, self.table, self.ends.astype(np.int32), self.lens)
 
 
 def sample_tokens(logits: torch.Tensor, work: Sequence[SeqWork]) -> list[int]:

@@ -1,5 +1,6 @@
 """The engine's torch path serves the same block tables as the kernels; it must equal the references."""
 
+import numpy as np
 import torch
 
 from tests.workers.paged import paged_case
@@ -9,15 +10,9 @@ from workers.kernels.prefill_attention import paged_prefill_attention_ref
 
 
 def _batch(case, num_decode: int, q_lens: list[int]) -> AttentionBatch:
-    ctx = case.context_lens
-    cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
-    return AttentionBatch(
-        slots=torch.full((num_decode + sum(q_lens),), -1), num_decode=num_decode,
-        decode_block_tables=case.block_tables[:num_decode], decode_context_lens=ctx[:num_decode],
-        decode_max_context=int(ctx[:num_decode].max()), prefill_cu_q_lens=cu,
-        prefill_block_tables=case.block_tables[num_decode:], prefill_context_lens=ctx[num_decode:],
-        prefill_max_q_len=max(q_lens), prefill_max_context=int(ctx[num_decode:].max()),
-    )
+    lens = np.array([1] * num_decode + q_lens)
+    return AttentionBatch(torch.device("cpu"), num_decode, np.full(int(lens.sum()), -1), case.block_tables.numpy(),
+                          case.context_lens.numpy(), lens)
 
 
 def _check(backend, group: int, seed: int) -> None:
@@ -27,10 +22,11 @@ def _check(backend, group: int, seed: int) -> None:
     q = torch.randn(3 + sum(q_lens), 2 * group, 16, generator=torch.Generator().manual_seed(seed))
     kv = torch.zeros(q.shape[0], 2, 16)  # slots are all -1: nothing is written, the cache is read as is
     k_cache, v_cache = case.k[:, 1], case.v[:, 1]
-    state = backend.prepare(batch, case.layout.block_size, case.layout.blocks_per_page)
-    out = backend.attend(state, q, kv, kv, k_cache, v_cache)
+    state = backend.prepare(batch, case.layout, case.k, case.v)
+    out = backend.attend(state, 1, q, kv, kv)
     dec = paged_decode_attention_ref(q[:3], k_cache, v_cache, case.block_tables[:3], case.context_lens[:3])
-    pre = paged_prefill_attention_ref(q[3:], k_cache, v_cache, batch.prefill_cu_q_lens, case.block_tables[3:],
+    pre = paged_prefill_attention_ref(q[3:], k_cache, v_cache, torch.from_numpy(batch.prefill_cu_q_lens),
+                                      case.block_tables[3:],
                                       case.context_lens[3:])
     torch.testing.assert_close(out, torch.cat([dec, pre]), atol=1e-5, rtol=1e-5)
 

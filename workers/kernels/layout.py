@@ -36,6 +36,11 @@ class PagedKVLayout:
     def __post_init__(self) -> None:
         if self.page_bytes % self.element_size:
             raise ValueError(f"page_bytes {self.page_bytes} is not a multiple of the element size")
+        if self.page_bytes % (self.stride_kv * self.element_size):
+            # The torch path addresses the buffer in rows of one block's K (or V) for one layer.
+            raise ValueError(f"page_bytes {self.page_bytes} is not a multiple of one layer's K of a block "
+                             f"({self.block_size} tokens × {self.num_kv_heads} heads × {self.head_dim} × "
+                             f"{self.element_size} bytes)")
         if self.blocks_per_page < 1:
             raise ValueError(
                 f"a page of {self.page_bytes} bytes cannot hold one block of {self.block_bytes} bytes"
@@ -44,7 +49,7 @@ class PagedKVLayout:
 
     @property
     def element_size(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
+        return self.dtype.itemsize
 
     @property
     def bytes_per_token(self) -> int:
