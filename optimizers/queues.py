@@ -33,6 +33,7 @@ class QueueSettings:
     clt_min_requests: int = 30  # normal approximation from this many requests ahead (QLM); gamma below
     split_min_requests: int = 8  # groups this large may be split
     milp_max_groups: int = 6  # exact MILP on replicas with at most this many groups
+    milp_min_s: float = 0.02  # start a MILP only with this much of the budget left (one solve takes ~10–50 ms)
     priority_weight_base: float = 4.0  # class of priority p weighs base^(−p)
     violation_to_evict: float = 0.5  # evict when the head group misses with at least this probability
     p99_z: float = 2.326
@@ -134,7 +135,7 @@ def order_groups(jobs: list[GroupJob], servers: Sequence[Server], *, budget_s: f
     rng = np.random.default_rng(seed)
     while time.perf_counter() < deadline and sum(costs) > 1e-9:
         improved = _improve_once(jobs, servers, best, costs, settings, rng, deadline)
-        if not improved and not _split_once(jobs, servers, best, costs, settings):
+        if not improved and not _split_once(jobs, servers, best, costs, settings, deadline):
             break
     _exact_small(jobs, servers, best, costs, settings, deadline)
     best.cost = sum(costs)
@@ -242,16 +243,21 @@ def _move_from(jobs, servers, best: Assignment, costs: list[float], settings: Qu
     return True
 
 
-def _split_once(jobs: list[GroupJob], servers, best: Assignment, costs: list[float], settings: QueueSettings) -> bool:  # noqa: ANN001
+def _split_once(jobs: list[GroupJob], servers, best: Assignment, costs: list[float], settings: QueueSettings,  # noqa: ANN001
+                deadline: float) -> bool:
     """Split the group with the largest expected misses in two; its first half keeps its place, the second goes last."""
     cands = []
     for k, order in enumerate(best.orders):
+        if costs[k] <= 1e-9:
+            continue
         p = violation_probabilities(jobs, servers[k], order, settings)
         cands += [(p[n] * jobs[i].num_requests * jobs[i].weight, k, n) for n, i in enumerate(order)
                   if jobs[i].num_requests >= settings.split_min_requests and p[n] > 0.05]
     if not cands:
         return False
     for _, k, n in sorted(cands, reverse=True):
+        if time.perf_counter() >= deadline:
+            break
         i = best.orders[k][n]
         job = jobs[i]
         half = job.num_requests // 2
@@ -275,9 +281,11 @@ def _exact_small(jobs, servers, best: Assignment, costs: list[float], settings: 
     from optimizers.queue_milp import solve_positions
 
     for k, order in enumerate(best.orders):
-        if time.perf_counter() >= deadline or not 2 < len(order) <= settings.milp_max_groups or costs[k] <= 1e-9:
+        left = deadline - time.perf_counter()
+        if left < settings.milp_min_s or not 2 < len(order) <= settings.milp_max_groups or costs[k] <= 1e-9:
             continue
-        cand = solve_positions([jobs[i] for i in order], servers[k], time_limit_s=deadline - time.perf_counter())
+        # HiGHS overshoots short limits (it checks the clock between phases): give it half of what is left.
+        cand = solve_positions([jobs[i] for i in order], servers[k], time_limit_s=left / 2)
         if cand is None:
             continue
         cand = [order[x] for x in cand]
