@@ -15,8 +15,21 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from core.actions import (
-    Action, ActivateModel, ApplyResult, ApplyStatus, DeactivateModel, EvictRequests, MigrateRequests,
-    PreemptOffline, ReconfigureParallelism, ResizeKV, Residency, ResumeOffline, SetQueueOrder, SwapInKV, SwapOutKV,
+    Action,
+    ActivateModel,
+    ApplyResult,
+    ApplyStatus,
+    DeactivateModel,
+    EvictRequests,
+    MigrateRequests,
+    PreemptOffline,
+    ReconfigureParallelism,
+    Residency,
+    ResizeKV,
+    ResumeOffline,
+    SetQueueOrder,
+    SwapInKV,
+    SwapOutKV,
 )
 from core.catalog import GIB
 from core.errors import NotFoundError
@@ -31,7 +44,7 @@ if TYPE_CHECKING:
 class Outcome:
     """A handler's answer before it is stamped with the action's key and revision."""
 
-    __slots__ = ("status", "message", "duration_s")
+    __slots__ = ("duration_s", "message", "status")
 
     def __init__(self, status: ApplyStatus, message: str = "", duration_s: float = 0.0) -> None:
         self.status, self.message, self.duration_s = status, message, duration_s
@@ -303,11 +316,11 @@ def _migrate(worker: SimulatedWorker, rep: SimReplica, action: Action) -> Outcom
     return Outcome("applied", f"moved {len(seqs)} requests to {args.to_replica_id}", 2 * rep.lm.kv_swap_s(tokens))
 
 
-def _replica_target(args) -> tuple:  # noqa: ANN001
+def _replica_target(args) -> tuple:
     return ("residency", args.replica_id)
 
 
-def _request_target(args) -> tuple:  # noqa: ANN001
+def _request_target(args) -> tuple:
     rid = getattr(args, "replica_id", None) or getattr(args, "from_replica_id", None)
     return (args.kind, rid, getattr(args, "request_ids", ()), getattr(args, "group_ids", ()))
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 class Arrival:
     """Row `row` of the trace arrives; the next row's arrival follows (arrivals are streamed, one in the heap)."""
 
-    __slots__ = ("time_s", "sim", "row")
+    __slots__ = ("row", "sim", "time_s")
     priority = Priority.ARRIVAL
 
     def __init__(self, time_s: float, sim: FleetSimulation, row: int) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.errors import InputError
+from core.errors import InputError, NotFoundError
 from core.fleet import FleetSpec
 from core.requests import RequestTable
 from workers.scheduler import Sequence
@@ -127,7 +127,7 @@ class SimResult:
     config: dict[str, object] = field(default_factory=dict)
 
     @classmethod
-    def from_recorder(cls, rec: MetricsRecorder, fleet: FleetSpec, **totals) -> SimResult:  # noqa: ANN003
+    def from_recorder(cls, rec: MetricsRecorder, fleet: FleetSpec, **totals) -> SimResult:
         rec.flush()
         return cls(rec.table, fleet, rec.first_token_s, rec.finish_s, rec.generated, rec.state, rec.drop_reason,
                    list(rec.reasons), rec.preemptions, rec.recomputed_tokens, rec.waited_at_router,
@@ -158,7 +158,7 @@ class SimResult:
         for name in self.table.slo_names:
             try:
                 classes.append(self.fleet.slo_class(name))
-            except Exception:
+            except NotFoundError:
                 raise InputError("slo_class", name, f"a class of fleet {self.fleet.name}") from None
         ttft = np.array([c.ttft_s if c.online and c.ttft_s else np.inf for c in classes])[self.table.slo_idx]
         tpot = np.array([c.tpot_s if c.online and c.tpot_s else np.inf for c in classes])[self.table.slo_idx]

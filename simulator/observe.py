@@ -33,7 +33,7 @@ def _group_of(item: Request | Sequence, window_s: float) -> tuple[str, str, str,
 
 
 def request_groups(workers: Iterable[SimulatedWorker], router: Router, window_s: float,
-                   deadline_of) -> tuple[RequestGroup, ...]:  # noqa: ANN001
+                   deadline_of) -> tuple[RequestGroup, ...]:
     """Queued requests as groups, ordered by (replica, earliest deadline, group id)."""
     acc: dict[tuple[str, str | None], list] = {}
 

@@ -12,6 +12,11 @@ The contract between the scheduler and whatever executes its batches (the torch 
    when `finished` is None). Sequences always end at `max_output_tokens`.
 4. Between batches, actions (`preempt`, `swap_out`, `swap_in`, `pause_offline`, `resume_offline`,
    `set_queue_order`, `remove`, `drop`) change the queues; copies they need ride on the next batch.
+5. Optionally, `plan_run(batch, max_steps)` lets an executor repeat a decode-only batch while nothing else can
+   change the next iteration (the simulator's one event per run of decodes; see the method).
+
+The messages and settings live in `workers.sequence` (re-exported here). The `Scheduler` class is one concept and
+stays in one module, longer than most, because the engine and the simulator share it file for file.
 
 Which model runs next (documented rule): each model with runnable work has a due time — for its queue head the
 arrival plus `urgency_fraction` of the TTFT target, for its running online sequences the start of its last
@@ -47,7 +52,17 @@ from core.actions import PreemptMode
 from core.errors import InputError
 from workers.kv_pool import KVLayout, KVPool
 from workers.sequence import (
-    PENDING_STATUSES, QUEUE_POLICIES, Batch, KVTransfer, PrefillChunk, QueuePolicy, SeqStatus, Sequence, WaitQueue,
+    PENDING_STATUSES,
+    QUEUE_POLICIES,
+    Batch,
+    KVTransfer,
+    PreemptionCosts,
+    PrefillChunk,
+    QueuePolicy,
+    SchedulerConfig,
+    SeqStatus,
+    Sequence,
+    WaitQueue,
 )
 
 __all__ = [
@@ -57,51 +72,6 @@ __all__ = [
 
 RUNNING = SeqStatus.RUNNING
 DROP_EXCEEDS_KV = "exceeds_kv_capacity"
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerConfig:
-    """Limits of one device's scheduler. Never mutated after construction."""
-
-    max_num_batched_tokens: int = 8192  # token budget per iteration (vLLM's max_num_batched_tokens)
-    max_num_seqs: int = 256  # sequences per iteration (one model's batch)
-    max_prefill_chunk_tokens: int | None = None  # one sequence's prefill chunk cap (None: the token budget)
-    watermark_fraction: float = 0.01  # pool pages kept free when admitting new sequences, against thrashing
-    preempt_mode: PreemptMode | None = None  # force a mode; None: swap iff cheaper (PreemptionCosts)
-    urgency_fraction: float = 0.5  # share of the TTFT / TPOT targets by which work is due (model choice)
-    offline_period_s: float = 1.0  # offline-only work runs at least this often
-
-    def __post_init__(self) -> None:
-        for name in ("max_num_batched_tokens", "max_num_seqs"):
-            if getattr(self, name) < 1:
-                raise InputError(name, getattr(self, name), "an integer ≥ 1")
-        if self.max_prefill_chunk_tokens is not None and self.max_prefill_chunk_tokens < 1:
-            raise InputError("max_prefill_chunk_tokens", self.max_prefill_chunk_tokens, "an integer ≥ 1, or None")
-        if not 0 <= self.watermark_fraction < 1:
-            raise InputError("watermark_fraction", self.watermark_fraction, "a fraction in [0, 1)")
-        if not 0 < self.urgency_fraction <= 1:
-            raise InputError("urgency_fraction", self.urgency_fraction, "a fraction in (0, 1]")
-        if self.offline_period_s <= 0:
-            raise InputError("offline_period_s", self.offline_period_s, "seconds > 0")
-
-    @property
-    def chunk_cap(self) -> int:
-        return self.max_prefill_chunk_tokens or self.max_num_batched_tokens
-
-
-@dataclass(frozen=True, slots=True)
-class PreemptionCosts:
-    """What preempting a sequence of a model costs, to choose swap or recompute (from its LatencyModel)."""
-
-    swap_s_per_token: float  # copying one token's KV between device and host, one direction
-    recompute_s_per_token: float  # prefill GEMM time per token (LatencyModel.c_prefill_s)
-    recompute_attn_s: float  # prefill attention per (token × context token) (LatencyModel.c_attn_s)
-
-    def prefer_swap(self, num_tokens: int) -> bool:
-        """Swap iff copying the KV out and back in takes less time than prefilling it again."""
-        swap = 2 * self.swap_s_per_token * num_tokens
-        recompute = self.recompute_s_per_token * num_tokens + self.recompute_attn_s * num_tokens * (num_tokens + 1) / 2
-        return swap < recompute
 
 
 @dataclass(slots=True, eq=False)
@@ -667,9 +637,9 @@ class Scheduler:
         Sequences host memory cannot take are left running. Returns those swapped out."""
         out = []
         for seq in self._running_in(seq_ids):
-            if self.pool.can_store_host(seq.model, seq.seq_id, seq.num_computed_tokens):
-                if self._preempt(seq, PreemptMode.SWAP, hold=True) is not SeqStatus.PREEMPTED:
-                    out.append(seq.seq_id)
+            if (self.pool.can_store_host(seq.model, seq.seq_id, seq.num_computed_tokens)
+                    and self._preempt(seq, PreemptMode.SWAP, hold=True) is not SeqStatus.PREEMPTED):
+                out.append(seq.seq_id)
         return out
 
     def swap_in(self, seq_ids: Iterable[int]) -> list[int]:

@@ -1,5 +1,6 @@
-"""A request as the engine sees it (`Sequence`), the queue it waits in (`WaitQueue`) and the scheduler's message
-to the executor (`Batch`).
+"""The scheduler's vocabulary: a request as the engine sees it (`Sequence`), the queue it waits in (`WaitQueue`),
+the message to the executor (`Batch`, with its `PrefillChunk`s and `KVTransfer`s), and the scheduler's settings
+(`SchedulerConfig`, `PreemptionCosts`). `workers.scheduler` re-exports them all.
 
 Token accounting (vLLM v1 style): a sequence has `num_tokens = prompt_tokens + num_generated` tokens, of which
 `num_computed_tokens` have KV on the device. Each iteration computes KV for some of the rest (a prefill chunk, or one
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal, NamedTuple
 
+from core.actions import PreemptMode
 from core.errors import InputError
 from core.fleet import SLOClass
 from core.requests import Request
@@ -262,3 +264,48 @@ class WaitQueue:
     def __iter__(self) -> Iterator[Sequence]:
         """Members in no particular order."""
         return iter(list(self._members.values()))
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Limits of one device's scheduler. Never mutated after construction."""
+
+    max_num_batched_tokens: int = 8192  # token budget per iteration (vLLM's max_num_batched_tokens)
+    max_num_seqs: int = 256  # sequences per iteration (one model's batch)
+    max_prefill_chunk_tokens: int | None = None  # one sequence's prefill chunk cap (None: the token budget)
+    watermark_fraction: float = 0.01  # pool pages kept free when admitting new sequences, against thrashing
+    preempt_mode: PreemptMode | None = None  # force a mode; None: swap iff cheaper (PreemptionCosts)
+    urgency_fraction: float = 0.5  # share of the TTFT / TPOT targets by which work is due (model choice)
+    offline_period_s: float = 1.0  # offline-only work runs at least this often
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_batched_tokens", "max_num_seqs"):
+            if getattr(self, name) < 1:
+                raise InputError(name, getattr(self, name), "an integer ≥ 1")
+        if self.max_prefill_chunk_tokens is not None and self.max_prefill_chunk_tokens < 1:
+            raise InputError("max_prefill_chunk_tokens", self.max_prefill_chunk_tokens, "an integer ≥ 1, or None")
+        if not 0 <= self.watermark_fraction < 1:
+            raise InputError("watermark_fraction", self.watermark_fraction, "a fraction in [0, 1)")
+        if not 0 < self.urgency_fraction <= 1:
+            raise InputError("urgency_fraction", self.urgency_fraction, "a fraction in (0, 1]")
+        if self.offline_period_s <= 0:
+            raise InputError("offline_period_s", self.offline_period_s, "seconds > 0")
+
+    @property
+    def chunk_cap(self) -> int:
+        return self.max_prefill_chunk_tokens or self.max_num_batched_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptionCosts:
+    """What preempting a sequence of a model costs, to choose swap or recompute (from its LatencyModel)."""
+
+    swap_s_per_token: float  # copying one token's KV between device and host, one direction
+    recompute_s_per_token: float  # prefill GEMM time per token (LatencyModel.c_prefill_s)
+    recompute_attn_s: float  # prefill attention per (token × context token) (LatencyModel.c_attn_s)
+
+    def prefer_swap(self, num_tokens: int) -> bool:
+        """Swap iff copying the KV out and back in takes less time than prefilling it again."""
+        swap = 2 * self.swap_s_per_token * num_tokens
+        recompute = self.recompute_s_per_token * num_tokens + self.recompute_attn_s * num_tokens * (num_tokens + 1) / 2
+        return swap < recompute

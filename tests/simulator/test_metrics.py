@@ -17,8 +17,8 @@ def done(row: int, arrival: float, first: float, finish: float, generated: int) 
 
 
 def result(rec: MetricsRecorder, **kw) -> SimResult:
-    totals = dict(gpu_seconds_by_pool={"h100": 7200.0}, plans=1, wall_s=0.5, sim_end_s=120.0, num_events=10,
-                  window_s=60.0)
+    totals = {"gpu_seconds_by_pool": {"h100": 7200.0}, "plans": 1, "wall_s": 0.5, "sim_end_s": 120.0,
+              "num_events": 10, "window_s": 60.0}
     totals.update(kw)
     return SimResult.from_recorder(rec, small_fleet(), **totals)
 

@@ -5,8 +5,21 @@ from __future__ import annotations
 import pytest
 
 from core.actions import (
-    Action, ActivateModel, DeactivateModel, EvictRequests, MigrateRequests, PreemptMode, PreemptOffline,
-    ReconfigureParallelism, ResizeKV, Residency, ResumeOffline, SetQueueOrder, SetRouting, SwapInKV, SwapOutKV,
+    Action,
+    ActivateModel,
+    DeactivateModel,
+    EvictRequests,
+    MigrateRequests,
+    PreemptMode,
+    PreemptOffline,
+    ReconfigureParallelism,
+    Residency,
+    ResizeKV,
+    ResumeOffline,
+    SetQueueOrder,
+    SetRouting,
+    SwapInKV,
+    SwapOutKV,
 )
 from core.latency import LatencyBook, LatencyModel
 from core.protocols import WorkerClient
@@ -18,9 +31,9 @@ from workers.scheduler import SeqStatus
 
 # Simple coefficients so that times can be computed by hand: an iteration costs 10 ms, plus 1 ms per prefill token
 # and 2 ms per decoding sequence; loading takes 4 s from disk and 1 s from host memory.
-SIMPLE = dict(arch="Llama-3.1-8B", gpu_type="H100-SXM", c0_s=0.01, c_prefill_s=0.001, c_attn_s=0.0,
-              c_decode_s=0.002, c_kv_s=0.0, disk_to_host_s=4.0, host_to_gpu_s=1.0, kv_swap_bytes_per_s=131072e4,
-              kv_bytes_per_token=131072, source="profile:simple")
+SIMPLE = {"arch": "Llama-3.1-8B", "gpu_type": "H100-SXM", "c0_s": 0.01, "c_prefill_s": 0.001, "c_attn_s": 0.0,
+          "c_decode_s": 0.002, "c_kv_s": 0.0, "disk_to_host_s": 4.0, "host_to_gpu_s": 1.0,
+          "kv_swap_bytes_per_s": 131072e4, "kv_bytes_per_token": 131072, "source": "profile:simple"}
 
 
 def setup(num: int = 2, **config) -> tuple[list[SimulatedWorker], LocalHooks]:
@@ -92,7 +105,7 @@ def test_submit_rejects_unknown_models_and_prompts_beyond_the_context() -> None:
 
 
 def test_repeated_keys_return_the_first_result_and_revisions_are_enforced() -> None:
-    (w, _), hooks = setup()
+    (w, _), _ = setup()
     first = activate(w, revision=3)
     again = activate(w, revision=3)
     assert again == first and len(w.replicas) == 1

@@ -1,0 +1,182 @@
+"""The iteration loop of a simulated GPU: one event per iteration, or per uninterrupted run of decodes.
+
+`IterationLoop` is the part of `SimulatedWorker` that runs batches: it asks the scheduler for a batch, times it with
+the replica's LatencyModel (plus KV copies at the host link's bandwidth), and schedules its end. When the scheduler
+says the batch may repeat unchanged (`Scheduler.plan_run`: decode-only, nothing else waiting on the device), one
+event stands for the whole run; anything that could change the next iteration (an arrival, an action, a status
+read, a TP group needing the GPU) first `interrupt`s the run, committing the steps done and leaving the step in
+flight as a single iteration — so results are exactly those of scheduling every iteration (tested), at a fraction
+of the events. A TP replica's iteration keeps every member GPU busy; their own iterations wait for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from simulator.kernel import Priority
+from workers.scheduler import Batch
+
+if TYPE_CHECKING:
+    from simulator.worker import SimulatedWorker
+
+MAX_RUN_STEPS = 4096  # longest run of repeated decode iterations one event stands for
+
+
+class IterationDone:
+    """A device finished a batch (or a run of repeated decode batches): record it, start the next one."""
+
+    __slots__ = ("batch", "cancelled", "epoch", "time_s", "worker")
+    priority = Priority.ITERATION
+
+    def __init__(self, time_s: float, worker: SimulatedWorker, batch: Batch, epoch: int) -> None:
+        self.time_s = time_s
+        self.worker = worker
+        self.batch = batch
+        self.epoch = epoch  # the device's epoch when it started; a GPU that failed since ignores it
+        self.cancelled = False  # a run cut short was replaced by the event of its step in flight
+
+    def handle(self) -> IterationDone | None:
+        if self.cancelled or self.epoch != self.worker.epoch:
+            return None
+        return self.worker._finish_iteration(self)
+
+
+@dataclass(slots=True, eq=False)
+class DecodeRun:
+    """A decode batch repeated `steps` times from `start_s`: step i (from 0) lasts `first_step_s + i·growth_s`,
+    since each step reads one more KV token per sequence (LatencyModel.iteration_s is linear in KV tokens)."""
+
+    event: IterationDone
+    start_s: float
+    first_step_s: float
+    growth_s: float
+    steps: int
+
+    def end_of(self, j: int) -> float:
+        """When step j (1-based) ends."""
+        return self.start_s + j * self.first_step_s + self.growth_s * j * (j - 1) / 2
+
+    def steps_done_by(self, t: float) -> int:
+        """Steps that have ended at or before `t` (0 … steps)."""
+        if t < self.end_of(1):
+            return 0
+        a, b = self.growth_s / 2, self.first_step_s - self.growth_s / 2
+        c = self.start_s - t
+        j = int((-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)) if a > 0 else int((t - self.start_s) / self.first_step_s)
+        j = max(0, min(self.steps, j))
+        while j < self.steps and self.end_of(j + 1) <= t:
+            j += 1
+        while j > 0 and self.end_of(j) > t:
+            j -= 1
+        return j
+
+
+class IterationLoop:
+    """Mixin of SimulatedWorker: starting, timing, cutting and finishing iterations (see the module docstring)."""
+
+    def kick(self) -> None:
+        """Start an iteration now if the device is idle and has work."""
+        if not self.iterating and self.healthy:
+            event = self._start_iteration(self.kernel.now_s)
+            if event is not None:
+                self.kernel.schedule(event)
+
+    def _start_iteration(self, now: float) -> IterationDone | None:
+        sched = self.scheduler
+        batch = sched.schedule(now)
+        if sched._dropped:
+            self.hooks.on_dropped(sched.take_dropped())
+        if batch is None:
+            self.iterating = False
+            return None
+        lm = self._lm.get(batch.model)
+        dt = 0.0 if lm is None else lm.iteration_s(prefill_tokens=batch.prefill_tokens, prefill_attn=batch.prefill_attn,
+                                                   decode_seqs=len(batch.decodes), kv_tokens=batch.kv_tokens)
+        if batch.swap_out or batch.swap_in:
+            dt += self._swap_s(batch)
+        if self.busy_until_s > now and self._busy_by is not None:
+            self._busy_by.interrupt(now)  # a TP group's run holds this GPU: cut it at its step in flight
+        start = max(now, self.busy_until_s)
+        members = self._tp_members.get(batch.model) if self._tp_members else None
+        if members:
+            start = self._wait_for_members(members, start, now)
+        steps = 1
+        if lm is not None and not batch.prefills and self.config.run_ahead:
+            steps = sched.plan_run(batch, MAX_RUN_STEPS)
+        if steps > 1:
+            growth = lm.c_kv_s * len(batch.decodes)  # type: ignore[union-attr]
+            end = start + steps * dt + growth * steps * (steps - 1) / 2
+            event = IterationDone(end, self, batch, self.epoch)
+            self._run = DecodeRun(event, start, dt, growth, steps)
+        else:
+            end = start + dt
+            event = IterationDone(end, self, batch, self.epoch)
+            self._run = None
+        self._hold(members, end)
+        self.iterating = True
+        return event
+
+    def _swap_s(self, batch: Batch) -> float:
+        per_token = self._swap_s_per_token
+        return (sum(per_token.get(t.model, 0.0) * t.num_tokens for t in batch.swap_out)
+                + sum(per_token.get(t.model, 0.0) * t.num_tokens for t in batch.swap_in))
+
+    def _wait_for_members(self, members: tuple[SimulatedWorker, ...], start: float, now: float) -> float:
+        """A TP batch starts when every member GPU is free (runs of other groups on them are cut first)."""
+        for m in members:
+            if m.busy_until_s > start and m._busy_by is not None and m._busy_by is not self:
+                m._busy_by.interrupt(now)
+        return max(start, *(m.busy_until_s for m in members))
+
+    def _hold(self, members: tuple[SimulatedWorker, ...] | None, until_s: float) -> None:
+        self.busy_until_s = until_s
+        self._busy_by = None
+        for m in members or ():
+            m.busy_until_s = until_s
+            m._busy_by = self
+
+    def interrupt(self, now: float) -> None:
+        """Something may change the next iteration: cut a run of repeated decodes at the step in flight (the steps
+        already done are committed; the step in flight ends as a single iteration), exactly as if every step had
+        been scheduled on its own."""
+        run = self._run
+        if run is None:
+            return
+        self._run = None
+        if now >= run.event.time_s:
+            return  # the run ends now anyway
+        if not self.scheduler.has_model(run.event.batch.model):
+            run.event.cancelled = True  # its model is gone: nothing to commit
+            self.iterating = False
+            self.kick()
+            return
+        done = run.steps_done_by(now)
+        batch, sched = run.event.batch, self.scheduler
+        run.event.cancelled = True
+        if done:
+            finished = sched.on_batch_done(batch, run.end_of(done), steps=done)
+            assert not finished, "a run ends at the first step that finishes a sequence"
+        sched.prepare_step(batch)
+        sched.mark_ran(batch.model, run.end_of(done))
+        batch.num_steps = 1
+        event = IterationDone(run.end_of(done + 1), self, batch, self.epoch)
+        self._hold(self._tp_members.get(batch.model), event.time_s)
+        self.kernel.schedule(event)
+
+    def _finish_iteration(self, event: IterationDone) -> IterationDone | None:
+        now = event.time_s
+        batch = event.batch
+        run, self._run = self._run, None
+        done = self.scheduler.on_batch_done(batch, now)
+        if run is not None and run.event is event:
+            self.scheduler.mark_ran(batch.model, run.end_of(run.steps - 1))
+        if done:
+            self.hooks.on_finished(done)
+            draining = self._draining.get(batch.model)
+            if draining is not None:
+                self._maybe_finish_drain(draining)
+        if self.config.check_invariants:
+            self.scheduler.check_invariants()
+        return self._start_iteration(now)
