@@ -11,6 +11,8 @@ import typer
 
 from controller.commands import db as db_command
 from controller.commands import fleet, forecast, trace
+from controller.commands import plan as plan_command
+from controller.commands import serve as serve_command
 from controller.commands import token as token_command
 from controller.commands import worker as worker_command
 from controller.commands.whatif import whatif
@@ -28,6 +30,8 @@ app.add_typer(db_command.app, name="db")
 app.add_typer(fleet.app, name="fleet")
 app.add_typer(trace.app, name="trace")
 app.add_typer(token_command.app, name="token")
+app.command("serve")(serve_command.serve)
+app.command("plan")(plan_command.plan)
 app.command("worker")(worker_command.worker)
 app.command("profile")(worker_command.profile)
 app.command("forecast")(forecast.forecast)

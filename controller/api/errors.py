@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from controller.metrics import ControllerMetrics
 from controller.replan.execute import Conflict
@@ -51,6 +52,15 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.headers = status, headers
         self.body = ErrorBody(error=error, where=where, value=_jsonable(value), allowed=allowed, message=message)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from `receive` once a body without (or with a false) Content-Length passes the limit; FastAPI lets
+    HTTPExceptions through its body parsing, and the handler below answers 413 with the error body."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(413, f"body: more than {limit} bytes; split the batch")
+        self.size, self.limit = size, limit
 
 
 def unauthenticated(message: str) -> ApiError:
@@ -122,10 +132,20 @@ def install_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
         return respond(422, body.model_dump())
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, BodyTooLarge):
+            return respond(413, too_large("body", exc.size, exc.limit, "bytes").body.model_dump())
         error = HTTP_ERRORS.get(exc.status_code, "invalid_input")
-        body = ErrorBody(error=error, message=str(exc.detail), where="path" if exc.status_code in (404, 405) else None)
-        return respond(exc.status_code, body.model_dump(), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        allowed = None
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route matching the path; a path served by several
+            # routes (GET and POST /v1/fleets) needs them all.
+            methods = allowed_methods(app, request.url.path)
+            headers, allowed = {**(headers or {}), "Allow": ", ".join(methods)}, ", ".join(methods)
+        body = ErrorBody(error=error, message=str(exc.detail), where="path" if exc.status_code in (404, 405) else None,
+                         value=request.method if exc.status_code == 405 else None, allowed=allowed)
+        return respond(exc.status_code, body.model_dump(), headers)
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: DBAPIError) -> JSONResponse:
@@ -136,6 +156,13 @@ def install_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
         if exc.connection_invalidated:
             return _database_unavailable(respond, exc)
         raise exc
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the API document lists for the operation whose template matches `path`."""
+    paths = app.openapi().get("paths", {})
+    found = {m.upper() for template, ops in paths.items() if compile_path(template)[0].match(path) for m in ops}
+    return sorted(found)
 
 
 def _database_unavailable(respond: Any, exc: DBAPIError) -> JSONResponse:

@@ -8,21 +8,10 @@ import json
 import time
 from typing import Any
 
-from starlette.exceptions import HTTPException
-
-from controller.api.errors import too_large
+from controller.api.errors import BodyTooLarge, too_large
 from controller.metrics import ControllerMetrics
 
 Scope = dict[str, Any]
-
-
-class BodyTooLarge(HTTPException):
-    """Raised from `receive` once a body without (or with a false) Content-Length passes the limit; FastAPI lets
-    HTTPExceptions through its body parsing, and the API's handler answers 413 with the error body."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(413, f"body: more than {limit} bytes; split the batch")
-        self.size, self.limit = size, limit
 
 
 class ApiMiddleware:

@@ -1,0 +1,108 @@
+"""Replanning: cycles are recorded stage by stage; a cycle that fails (a fleet whose workers are all unreachable:
+real sockets that refuse) is recorded with its error and the next tick runs normally; with two controllers on one
+database exactly one replans per tick (the lease), and the other takes over when the holder stops."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from sqlalchemy import select
+
+from controller.backends import BackendRegistry, FleetBackend
+from controller.replan.scheduler import ReplanScheduler
+from controller.runtime import Controller
+from db.fleets import put_fleet
+from db.models import ReplanRunRow
+from db.runs import list_replan_runs
+from tests.controller.conftest import FLEET, make_controller, small_fleet
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_fleets(ctl: Controller, *names: str) -> Controller:
+    with ctl.sessions.begin() as s:
+        for name in names:
+            put_fleet(s, spec=small_fleet(name))
+    return ctl
+
+
+def test_a_failing_fleet_is_recorded_and_the_next_tick_runs_normally(db_url: str) -> None:
+    ctl = make_controller(db_url)
+    port = closed_port()
+    dead = {g: f"http://127.0.0.1:{port}" for g in small_fleet("broken").gpu_ids()}
+    ctl.backends = BackendRegistry(ctl.clock, {FLEET: FleetBackend(backend="sim"),
+                                               "broken": FleetBackend(backend="http", workers=dead,
+                                                                      status_timeout_s=2)})
+    with_fleets(ctl, FLEET, "broken")
+    scheduler = ReplanScheduler(ctl, cron="*/5 * * * * *")
+    try:
+        for tick in range(2):
+            results = {r.fleet: r for r in scheduler.tick()}
+            assert results["broken"].outcome == "failed" and results["broken"].failed_stage == "observe"
+            assert "no worker of fleet broken answered" in results["broken"].error
+            assert "refused" in results["broken"].error.lower() or "connect" in results["broken"].error.lower()
+            assert results[FLEET].outcome == ("planned" if tick == 0 else "unchanged"), results[FLEET]
+        with ctl.sessions.begin() as s:
+            broken = list_replan_runs(s, fleet="broken")
+            healthy = list_replan_runs(s, fleet=FLEET)
+            assert [r.outcome for r in broken] == ["failed", "failed"] and all(r.error for r in broken)
+            assert all(r.finished_at and "observe" in r.timings_s and r.plan_id is None for r in broken)
+            assert sorted(r.outcome for r in healthy) == ["planned", "unchanged"]
+            assert all(r.plan_id and r.inputs_digest and r.forecast_ids for r in healthy)
+        text = ctl.metrics.render().decode()
+        assert 'fleetwise_replan_failures_total{reason="observe"} 2.0' in text
+        assert 'fleetwise_replan_cycles_total{outcome="failed"} 2.0' in text
+    finally:
+        ctl.close()
+
+
+def test_two_controllers_one_replans_per_tick_and_the_other_takes_over(db_url: str) -> None:
+    first, second = (with_fleets(make_controller(db_url), FLEET) for _ in range(2))
+    schedulers = [ReplanScheduler(c, cron="0 * * * *") for c in (first, second)]
+    try:
+        holders = []
+        for _ in range(4):
+            out: dict[int, list] = {}
+            threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, schedulers[i].tick())) for i in (0, 1)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            ran = [i for i in (0, 1) if out[i]]
+            assert len(ran) == 1, out
+            holders.append(ran[0])
+        assert len(set(holders)) == 1  # the holder renews its lease at every tick
+        schedulers[holders[0]].stop()  # gives the lease back
+        assert schedulers[1 - holders[0]].tick() and not schedulers[holders[0]].tick()
+        with first.sessions.begin() as s:
+            runs = list(s.scalars(select(ReplanRunRow)))
+        assert len(runs) == 5 and {r.trigger for r in runs} == {"cron"}
+        assert [r.holder for r in sorted(runs, key=lambda r: r.started_at)] == \
+            [schedulers[holders[0]].ctl.settings.holder] * 4 + [schedulers[1 - holders[0]].ctl.settings.holder]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_cron_ticks_drive_cycles_in_one_controller_of_two(db_url: str) -> None:
+    ctls = [with_fleets(make_controller(db_url), FLEET) for _ in range(2)]
+    schedulers = [ReplanScheduler(c, cron="* * * * * *").start() for c in ctls]  # every second
+    try:
+        time.sleep(3.5)
+    finally:
+        for s in schedulers:
+            s.scheduler.shutdown(wait=True)
+    with ctls[0].sessions.begin() as s:
+        runs = list(s.scalars(select(ReplanRunRow)))
+    held = [c.metrics.ticks.labels(lease="held")._value.get() for c in ctls]
+    assert len(runs) >= 2 and len(runs) == sum(held)
+    assert len({r.holder for r in runs}) == 1 and min(held) == 0
+    assert all(s.num_ticks >= 2 for s in schedulers)
+    for c in ctls:
+        c.close()
