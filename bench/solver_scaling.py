@@ -28,18 +28,24 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.fleet import load_fleet  # noqa: E402
-from core.forecast import ScenarioSet  # noqa: E402
-from optimizers.instances import random_fleet, random_scenarios  # noqa: E402
-from optimizers.liveput import (  # noqa: E402
-    LiveputInput, SpotModel, config_value, plan_liveput, reactive_config, replica_value, survivor_pmf,
+from core.fleet import load_fleet
+from core.forecast import ScenarioSet
+from optimizers.instances import random_fleet, random_scenarios
+from optimizers.liveput import (
+    LiveputInput,
+    SpotModel,
+    config_value,
+    plan_liveput,
+    reactive_config,
+    replica_value,
+    survivor_pmf,
 )
-from optimizers.outcome import class_mix  # noqa: E402
-from optimizers.placement.packing import pack, replica_items  # noqa: E402
-from optimizers.placement.problem import PlacementSettings, build_problem  # noqa: E402
-from optimizers.placement.solve import solve_block, solve_placement  # noqa: E402
-from optimizers.queue_milp import solve_positions  # noqa: E402
-from optimizers.queues import GroupJob, Server, order_groups  # noqa: E402
+from optimizers.outcome import class_mix
+from optimizers.placement.packing import pack, replica_items
+from optimizers.placement.problem import PlacementSettings, build_problem
+from optimizers.placement.solve import solve_block, solve_placement
+from optimizers.queue_milp import solve_positions
+from optimizers.queues import GroupJob, Server, order_groups
 
 RESULTS = ROOT / "bench" / "results"
 TRACES = ROOT.parent / "shared" / "data" / "traces"
@@ -47,7 +53,7 @@ TARGETS_S = {"placement_64x32x16": 1.0, "placement_512x128x16": 10.0, "queues_20
              "queues_200x32_swaps": 0.1, "liveput_12x64x8": 1.0}
 
 
-def _timed(fn):  # noqa: ANN001, ANN202
+def _timed(fn):
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
     return out, time.perf_counter() - wall, time.process_time() - cpu
@@ -112,7 +118,7 @@ def bench_naive_placement(gpus: int, models: int, scenarios: int, limit_s: float
             "binaries": len(m.y) + len(m.on)}
 
 
-def longtail_scenarios(fleet, num: int, seed: int) -> ScenarioSet | None:  # noqa: ANN001
+def longtail_scenarios(fleet, num: int, seed: int) -> ScenarioSet | None:
     """ServeGen language/m-large, one client per model: `num` 10-minute windows drawn at random as equally likely
     scenarios; Azure conv mean lengths (1,155 prompt / 211 output tokens, traces README)."""
     folder = TRACES / "servegen" / "language" / "m-large"
@@ -131,14 +137,14 @@ def longtail_scenarios(fleet, num: int, seed: int) -> ScenarioSet | None:  # noq
         class_share=class_mix(fleet), mean_prompt_tokens=np.full(m, 1155.0), mean_output_tokens=np.full(m, 211.0))
 
 
-def _pack_case(fleet, scenarios, limit_s: float) -> dict:  # noqa: ANN001
+def _pack_case(fleet, scenarios, limit_s: float) -> dict:
     problem = build_problem(fleet, scenarios)
     d = solve_placement(problem, time_limit_s=limit_s).decision
     items = replica_items(problem, d.replicas, d.kv_gib, d.capacity_rps, {})
     ids = {p.name: p.gpu_ids() for p in fleet.pools}
     out = {"replicas": len(items), "program_gpus": int(d.gpus_used(problem).sum())}
     for name in ("ffd", "cpsat"):
-        res, w, c = _timed(lambda: pack(problem, items, ids, packer=name, time_limit_s=2.0))  # noqa: B023
+        res, w, _ = _timed(lambda: pack(problem, items, ids, packer=name, time_limit_s=2.0))  # noqa: B023
         out[name] = {"time_s": w, "gpus_used": res.gpus_used, "dropped": len(res.dropped), "shrunk": res.num_shrunk}
     return out
 
@@ -276,7 +282,7 @@ def print_tables(results: dict) -> None:
     for col in ("case", "replicas", "program's GPUs", "FFD", "CP-SAT"):
         packing.add_column(col)
     for name, r in results["packing"].items():
-        cell = lambda x: f"{x['gpus_used']} / {x['dropped']} / {x['shrunk']} / {x['time_s']:.3f}"  # noqa: E731
+        cell = lambda x: f"{x['gpus_used']} / {x['dropped']} / {x['shrunk']} / {x['time_s']:.3f}"
         packing.add_row(name, str(r["replicas"]), str(r["program_gpus"]), cell(r["ffd"]), cell(r["cpsat"]))
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
@@ -299,7 +305,7 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _plot_times(ax, results: dict) -> None:  # noqa: ANN001
+def _plot_times(ax, results: dict) -> None:
     names = [k for k in TARGETS_S if results.get(k)]
     y = np.arange(len(names))
     med = np.array([results[k]["median_s"] for k in names])
@@ -319,7 +325,7 @@ def _plot_times(ax, results: dict) -> None:  # noqa: ANN001
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.12), ncol=3, fontsize=8, frameon=False)
 
 
-def _plot_placement(ax, r: dict) -> None:  # noqa: ANN001
+def _plot_placement(ax, r: dict) -> None:
     excess = r.get("excess_over_optimum", [])
     ax.set_title("placement 64 × 32 × 16 at a 1 s limit: cost above the optimum")
     if not excess:
@@ -336,7 +342,7 @@ def _plot_placement(ax, r: dict) -> None:  # noqa: ANN001
     ax.legend(fontsize=8)
 
 
-def _plot_packing(ax, r: dict) -> None:  # noqa: ANN001
+def _plot_packing(ax, r: dict) -> None:
     names = list(r)
     x = np.arange(len(names))
     for i, (key, label) in enumerate((("program", "program's count"), ("ffd", "first-fit"), ("cpsat", "CP-SAT"))):
@@ -353,7 +359,7 @@ def _plot_packing(ax, r: dict) -> None:  # noqa: ANN001
     ax.legend(fontsize=8)
 
 
-def _plot_queues(ax, results: dict) -> None:  # noqa: ANN001
+def _plot_queues(ax, results: dict) -> None:
     names = ["queues_200x32", "queues_200x32_swaps"]
     x = np.arange(len(names))
     edf = [results[n]["edf_expected_misses"] for n in names]

@@ -21,6 +21,7 @@ memory the weights leave; between samples it is linear. The placement program us
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -161,7 +162,7 @@ class CapacityTable:
         """
         hull = _upper_hull(list(zip(self.kv_gib, self.rate_per_s)))
         segs = []
-        for (x0, y0), (x1, y1) in zip(hull, hull[1:]):
+        for (x0, y0), (x1, y1) in itertools.pairwise(hull):
             slope = (y1 - y0) / (x1 - x0) if x1 > x0 else 0.0
             segs.append((y0 - slope * x0, slope))
         return segs or [(self.rate_per_s[-1], 0.0)]

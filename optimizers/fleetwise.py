@@ -26,11 +26,20 @@ from optimizers.offline import OfflineSettings, leaving_gpus, plan_offline
 from optimizers.outcome import expected_outcome, scenarios_from_load
 from optimizers.placement.packing import PlacedReplica, pack, replica_items
 from optimizers.placement.problem import (
-    PlacementProblem, PlacementSettings, available_by_interval, build_problem, demand_by_interval,
+    PlacementProblem,
+    PlacementSettings,
+    available_by_interval,
+    build_problem,
+    demand_by_interval,
 )
 from optimizers.placement.solve import PlacementResult, solve_placement
 from optimizers.plan import (
-    RunningReplica, diff_actions, make_plan, routing_weights, running_replicas, to_core_replicas,
+    RunningReplica,
+    diff_actions,
+    make_plan,
+    routing_weights,
+    running_replicas,
+    to_core_replicas,
 )
 from optimizers.queue_actions import plan_queues
 from optimizers.queues import QueueSettings
@@ -101,7 +110,7 @@ class FleetwisePlanner:
             return True
         return state.time_s - self._last_placement_s >= self.placement_interval_s
 
-    def _assemble(self, fleet, state, scenarios, parts: _Parts, queue, offline, reasons, stages, start) -> Plan:  # noqa: ANN001
+    def _assemble(self, fleet, state, scenarios, parts: _Parts, queue, offline, reasons, stages, start) -> Plan:
         problem, placement, targets = parts.problem, parts.placement, parts.targets
         host = placement.decision.host_models if placement else frozenset()
         why = _why(problem, placement) | _why_spot(problem, parts.spot)
@@ -112,7 +121,7 @@ class FleetwisePlanner:
         reasons = reasons + _plan_reasons(problem, placement, expected, len(targets), len(parts.running)) \
             + queue.reasons
 
-        def build(b) -> None:  # noqa: ANN001
+        def build(b) -> None:
             first = offline.emit_first(b)
             route = diff_actions(b, targets, parts.running, usable_gib=usable, routing=parts.routing,
                                  host_models=host, why=why, activate_s=activate)
@@ -222,11 +231,11 @@ def _why(problem: PlacementProblem, placement: PlacementResult | None) -> dict[s
     return out
 
 
-def _plan_reasons(problem, placement, expected, num_targets: int, num_running: int) -> list[str]:  # noqa: ANN001
+def _plan_reasons(problem, placement, expected, num_targets: int, num_running: int) -> list[str]:
     if placement is None:
         return [f"placement reused: {num_targets} replicas kept (no event requires re-placing)"]
-    out = [f"placement: {num_targets} replicas (was {num_running}) by {placement.warm_start}, status "
-           f"{placement.status}, {placement.time_s:.2f} s"]
+    out = [(f"placement: {num_targets} replicas (was {num_running}) by {placement.warm_start}, status "
+            f"{placement.status}, {placement.time_s:.2f} s")]
     if expected is not None and expected.overall.unmet_requests_per_s > 1e-6:
         pen = problem.penalty_usd()
         worst = max(problem.classes, key=lambda c: expected.overall.per_class[c.name] < 1)
@@ -250,7 +259,7 @@ def _why_spot(problem: PlacementProblem, spot: list[SpotStep]) -> dict[str, str]
     return out
 
 
-def _solver_stats(placement, parts: _Parts, queue_name: str, stages: dict[str, float], total_s: float) -> SolverStats:  # noqa: ANN001
+def _solver_stats(placement, parts: _Parts, queue_name: str, stages: dict[str, float], total_s: float) -> SolverStats:
     packer = parts.packer + ("+liveput" if parts.spot else "")
     if placement is None:
         return SolverStats(name=f"reuse+{packer}+{queue_name}", status="heuristic", time_s=total_s, stages=stages)

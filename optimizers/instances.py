@@ -17,7 +17,7 @@ ARCHS = ("Llama-3.1-8B", "Llama-3.2-3B", "Qwen2.5-14B", "Mistral-7B")
 def random_fleet(num_gpus: int, num_models: int, *, seed: int = 0, spot_share: float = 0.0) -> FleetSpec:
     """Half H100 and half A100-80GB nodes of 8 (one pool of H100s below 16 GPUs); `spot_share` of them spot L4s."""
     rng = np.random.default_rng(seed)
-    spot = int(round(num_gpus * spot_share))
+    spot = round(num_gpus * spot_share)
     rest = num_gpus - spot
     pools = []
     if rest >= 16:

@@ -182,7 +182,7 @@ def plan_liveput(inp: LiveputInput) -> LiveputPlan:
     cands: set[Config] = set()
     for t in range(horizon):
         levels = np.quantile(inp.available[:, t], (0.0, 0.25, 0.5, 0.75, 1.0), method="nearest")
-        for level in sorted(set(int(a) for a in levels)):
+        for level in sorted({int(a) for a in levels}):
             cands.add(best_allocation(values[t], inp, min(level, inp.num_gpus)))
     current = inp.current or tuple((mdl.tp_options[0], 0) for mdl in inp.models)
     cands.add(current)

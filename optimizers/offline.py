@@ -34,10 +34,10 @@ class OfflinePlan:
     first: list[tuple[str | None, object, str]] = field(default_factory=list)
     after: list[tuple[str, str | None, object, str]] = field(default_factory=list)  # (model, worker, args, reason)
 
-    def emit_first(self, b) -> list[int]:  # noqa: ANN001
+    def emit_first(self, b) -> list[int]:
         return [b.add(worker, args, reason) for worker, args, reason in self.first]
 
-    def emit_after(self, b, route: dict[str, int], first: Sequence[int] = ()) -> None:  # noqa: ANN001
+    def emit_after(self, b, route: dict[str, int], first: Sequence[int] = ()) -> None:
         for model, worker, args, reason in self.after:
             b.add(worker, args, reason, ([route[model]] if model in route else []) + list(first))
 
@@ -65,16 +65,15 @@ def plan_offline(state: FleetState, fleet: FleetSpec, running: Sequence[RunningR
         if t.replica_id not in kept:
             continue
         share = load_rps.get(t.replica_id, 0.0) / max(rate_of.get(t.replica_id, 0.0), 1e-9)
+        load = f"{t.replica_id}: expected online load {share:.0%} of its SLO capacity"
         if share >= settings.busy_share and busy.get(t.replica_id):
-            plan.after.append((t.model, t.gpu_ids[0], PreemptOffline(replica_id=t.replica_id,
-                                                                     request_ids=tuple(busy[t.replica_id])),
-                               f"{t.replica_id}: expected online load {share:.0%} of its SLO capacity; pause "
-                               f"{len(busy[t.replica_id])} offline request(s) (KV checkpointed, resumed later)"))
+            ids = tuple(busy[t.replica_id])
+            why = f"{load}; pause {len(ids)} offline request(s) (KV checkpointed, resumed later)"
+            plan.after.append((t.model, t.gpu_ids[0], PreemptOffline(replica_id=t.replica_id, request_ids=ids), why))
         elif share < settings.spare_share and paused.get(t.replica_id, 0) > 0:
-            plan.after.append((t.model, t.gpu_ids[0], ResumeOffline(replica_id=t.replica_id),
-                               f"{t.replica_id}: expected online load {share:.0%} of its SLO capacity leaves "
-                               f"spare compute; resume {paused[t.replica_id]} paused offline request(s) from their "
-                               f"KV checkpoints"))
+            why = (f"{load} leaves spare compute; resume {paused[t.replica_id]} paused offline request(s) from "
+                   f"their KV checkpoints")
+            plan.after.append((t.model, t.gpu_ids[0], ResumeOffline(replica_id=t.replica_id), why))
     return plan
 
 
@@ -85,12 +84,14 @@ def _reclaimed(plan: OfflinePlan, state: FleetState, running: Sequence[RunningRe
     for r in running:
         if not set(r.gpu_ids) & leaving or not (busy.get(r.replica_id) or paused.get(r.replica_id)):
             continue
-        plan.first.append((r.gpu_ids[0], PreemptOffline(replica_id=r.replica_id),
-                           f"{r.replica_id}: GPU {', '.join(sorted(set(r.gpu_ids) & leaving))} is being reclaimed; "
-                           f"offline work pauses first (KV checkpointed to host)"))
+        gone = ", ".join(sorted(set(r.gpu_ids) & leaving))
+        why = f"{r.replica_id}: GPU {gone} is being reclaimed; offline work pauses first (KV checkpointed to host)"
+        plan.first.append((r.gpu_ids[0], PreemptOffline(replica_id=r.replica_id), why))
         dest = next((t for t in targets if t.model == r.model and not set(t.gpu_ids) & leaving), None)
         if dest is not None and busy.get(r.replica_id):
-            plan.after.append((r.model, None, MigrateRequests(
-                from_replica_id=r.replica_id, to_replica_id=dest.replica_id, request_ids=tuple(busy[r.replica_id]),
-                include_running=True), f"{r.replica_id}: move {len(busy[r.replica_id])} paused offline request(s) "
-                                       f"with their KV checkpoints to {dest.replica_id}, where they resume"))
+            ids = tuple(busy[r.replica_id])
+            move = MigrateRequests(from_replica_id=r.replica_id, to_replica_id=dest.replica_id, request_ids=ids,
+                                   include_running=True)
+            why = (f"{r.replica_id}: move {len(ids)} paused offline request(s) with their KV checkpoints to "
+                   f"{dest.replica_id}, where they resume")
+            plan.after.append((r.model, None, move, why))

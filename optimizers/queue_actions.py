@@ -17,7 +17,13 @@ from core.latency import LatencyBook
 from core.state import FleetState
 from optimizers.placement.packing import PlacedReplica
 from optimizers.queues import (
-    GroupJob, LengthModel, QueueSettings, Server, order_groups, residual_tokens, violation_probabilities,
+    GroupJob,
+    LengthModel,
+    QueueSettings,
+    Server,
+    order_groups,
+    residual_tokens,
+    violation_probabilities,
 )
 
 
@@ -32,7 +38,7 @@ class QueuePlan:
     name: str = "edf+local-search"
     model_of: dict[str, str] = field(default_factory=dict)
 
-    def emit(self, b, route: dict[str, int]) -> None:  # noqa: ANN001
+    def emit(self, b, route: dict[str, int]) -> None:
         """Append the actions; each waits for its model's routing change in this plan, if any."""
         for rid, groups in sorted(self.orders.items()):
             deps = [route[self.model_of[rid]]] if self.model_of.get(rid) in route else []
@@ -84,7 +90,7 @@ def plan_queues(state: FleetState, fleet: FleetSpec, targets: list[PlacedReplica
     return plan
 
 
-def _servers(state, fleet, targets, rate_of, lengths, book, settings) -> tuple[list[Server], int]:  # noqa: ANN001
+def _servers(state, fleet, targets, rate_of, lengths, book, settings) -> tuple[list[Server], int]:
     busy: dict[str, float] = {}
     late = 0
     for r in state.running:
@@ -102,7 +108,7 @@ def _servers(state, fleet, targets, rate_of, lengths, book, settings) -> tuple[l
     return out, late
 
 
-def _job(g, state: FleetState, fleet: FleetSpec, lengths: LengthModel, settings: QueueSettings) -> GroupJob:  # noqa: ANN001
+def _job(g, state: FleetState, fleet: FleetSpec, lengths: LengthModel, settings: QueueSettings) -> GroupJob:
     mean, var = lengths(g.model, g.slo_class, g.num_requests, g.prompt_tokens)
     priority = fleet.slo_class(g.slo_class).priority
     return GroupJob(g.group_id, g.model, g.num_requests, mean, var, g.deadline_s - state.time_s,
@@ -110,7 +116,7 @@ def _job(g, state: FleetState, fleet: FleetSpec, lengths: LengthModel, settings:
 
 
 def _evictions(plan: QueuePlan, state: FleetState, fleet: FleetSpec, jobs, server: Server, order, book: LatencyBook,
-               settings: QueueSettings) -> None:  # noqa: ANN001
+               settings: QueueSettings) -> None:
     """Evict lower-priority running requests when the head group is predicted late; swap vs recompute by cost."""
     if not order:
         return
@@ -131,5 +137,5 @@ def _evictions(plan: QueuePlan, state: FleetState, fleet: FleetSpec, jobs, serve
     mode = PreemptMode.SWAP if swap_s < recompute_s else PreemptMode.RECOMPUTE
     plan.evictions.append((EvictRequests(replica_id=server.replica_id, request_ids=tuple(r.request_id for r in victims),
                                          mode=mode),
-                           f"{head.group_id} misses its deadline with p={p:.2f}; evict {len(victims)} lower-priority "
-                           f"request(s) by {mode.value} ({swap_s:.3f} s swap vs {recompute_s:.3f} s recompute)"))
+                           (f"{head.group_id} misses its deadline with p={p:.2f}; evict {len(victims)} lower-priority "
+                            f"request(s) by {mode.value} ({swap_s:.3f} s swap vs {recompute_s:.3f} s recompute)")))

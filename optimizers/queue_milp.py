@@ -14,7 +14,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 
-def solve_positions(jobs: Sequence, server, *, time_limit_s: float) -> list[int] | None:  # noqa: ANN001
+def solve_positions(jobs: Sequence, server, *, time_limit_s: float) -> list[int] | None:
     """Order minimising weighted mean lateness; None if HiGHS found nothing in time."""
     n = len(jobs)
     if n == 0 or time_limit_s <= 0:
@@ -32,20 +32,20 @@ def solve_positions(jobs: Sequence, server, *, time_limit_s: float) -> list[int]
         return np.zeros(ny + 2 * n)
 
     for i in range(n):  # each group one position
-        r = row(); r[[i * n + k for k in range(n)]] = 1; rows.append(r); lo.append(1); hi.append(1)  # noqa: E702
+        r = row(); r[[i * n + k for k in range(n)]] = 1; rows.append(r); lo.append(1); hi.append(1)
     for k in range(n):  # each position one group
-        r = row(); r[[i * n + k for i in range(n)]] = 1; rows.append(r); lo.append(1); hi.append(1)  # noqa: E702
+        r = row(); r[[i * n + k for i in range(n)]] = 1; rows.append(r); lo.append(1); hi.append(1)
     for k in range(n):  # C_k = base + Σ_{k' ≤ k} Σ_i dur_i y[i, k']
-        r = row(); r[ny + k] = 1  # noqa: E702
+        r = row(); r[ny + k] = 1
         for i in range(n):
             for kk in range(k + 1):
                 r[i * n + kk] = -dur[i]
-        rows.append(r); lo.append(base); hi.append(base)  # noqa: E702
+        rows.append(r); lo.append(base); hi.append(base)
     big = base + dur.sum() + 1.0
     for i in range(n):  # ℓ_i ≥ C_k − slack_i − M(1 − y[i, k])
         for k in range(n):
-            r = row(); r[ny + 2 * n - n + i] = 1; r[ny + k] = -1; r[i * n + k] = -big  # noqa: E702
-            rows.append(r); lo.append(-slack[i] - big); hi.append(np.inf)  # noqa: E702
+            r = row(); r[ny + 2 * n - n + i] = 1; r[ny + k] = -1; r[i * n + k] = -big
+            rows.append(r); lo.append(-slack[i] - big); hi.append(np.inf)
     integrality = np.concatenate([np.ones(ny), np.zeros(2 * n)])
     bounds = Bounds(np.zeros(ny + 2 * n), np.concatenate([np.ones(ny), np.full(2 * n, np.inf)]))
     res = milp(cost, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=integrality, bounds=bounds,

@@ -16,6 +16,7 @@ Running requests whose output has passed their predicted p99 are re-estimated (m
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -142,7 +143,7 @@ def order_groups(jobs: list[GroupJob], servers: Sequence[Server], *, budget_s: f
     return jobs, best
 
 
-def _improve_once(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, rng,  # noqa: ANN001
+def _improve_once(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, rng,
                   deadline: float) -> bool:
     """One pass over the servers with expected misses: neighbour swaps, regrouping by model, and moves of the
     latest-missing group to another server of its model."""
@@ -158,7 +159,7 @@ def _improve_once(jobs, servers, best: Assignment, costs: list[float], settings:
     return improved
 
 
-def _try(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, k: int,  # noqa: ANN001
+def _try(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, k: int,
          cand: list[int], step: str, fewer_switches: bool = False) -> bool:
     """Adopt `cand` as server k's order if it lowers the expected misses there — or, with `fewer_switches`, keeps
     them equal while changing model fewer times (a plateau move that cannot cycle: every adopted move lowers
@@ -174,12 +175,12 @@ def _try(jobs, servers, best: Assignment, costs: list[float], settings: QueueSet
     return True
 
 
-def _switches(jobs, server: Server, order: list[int]) -> int:  # noqa: ANN001
+def _switches(jobs, server: Server, order: list[int]) -> int:
     models = [server.model] + [jobs[i].model for i in order]
-    return sum(a != b for a, b in zip(models, models[1:]))
+    return sum(a != b for a, b in itertools.pairwise(models))
 
 
-def _swap_neighbours(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, k: int) -> bool:  # noqa: ANN001
+def _swap_neighbours(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, k: int) -> bool:
     improved = False
     for pos in range(len(best.orders[k]) - 1):
         order = best.orders[k]
@@ -188,7 +189,7 @@ def _swap_neighbours(jobs, servers, best: Assignment, costs: list[float], settin
     return improved
 
 
-def _regroup(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, k: int) -> bool:  # noqa: ANN001
+def _regroup(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, k: int) -> bool:
     """On a replica that changes model between groups, move a group up to just behind the nearest earlier group of
     its model (or to the front, if the replica's own model): EDF interleaves models by deadline and pays a model
     swap at every change, which packing same-model groups together avoids. A regrouping that keeps the expected
@@ -210,7 +211,7 @@ def _regroup(jobs, servers, best: Assignment, costs: list[float], settings: Queu
     return improved
 
 
-def _move_from(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, k: int) -> bool:  # noqa: ANN001
+def _move_from(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, k: int) -> bool:
     """Move the latest-missing group of server k to the server of its model where the total cost drops most."""
     order = best.orders[k]
     if not order:
@@ -243,7 +244,7 @@ def _move_from(jobs, servers, best: Assignment, costs: list[float], settings: Qu
     return True
 
 
-def _split_once(jobs: list[GroupJob], servers, best: Assignment, costs: list[float], settings: QueueSettings,  # noqa: ANN001
+def _split_once(jobs: list[GroupJob], servers, best: Assignment, costs: list[float], settings: QueueSettings,
                 deadline: float) -> bool:
     """Split the group with the largest expected misses in two; its first half keeps its place, the second goes last."""
     cands = []
@@ -276,7 +277,7 @@ def _split_once(jobs: list[GroupJob], servers, best: Assignment, costs: list[flo
     return False
 
 
-def _exact_small(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, deadline: float) -> None:  # noqa: ANN001
+def _exact_small(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, deadline: float) -> None:
     """Position-indexed MILP (mean waiting times, weighted lateness) on servers with few groups; kept if better."""
     from optimizers.queue_milp import solve_positions
 

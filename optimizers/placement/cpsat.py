@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from optimizers.placement.packing import (
-    PackingResult, PlacedReplica, _Item, _Pool, count_gpus, new_pools, pack_shared_ffd, place_tp_groups, placed,
+    PackingResult,
+    PlacedReplica,
+    _Item,
+    _Pool,
+    count_gpus,
+    new_pools,
+    pack_shared_ffd,
+    place_tp_groups,
+    placed,
     shrink,
 )
 from optimizers.placement.problem import PlacementProblem
@@ -177,7 +185,7 @@ def _add_hint(m: cp_model.CpModel, hint: dict[int, tuple[str, bool]], bins: _Bin
 def _bin_constraints(m: cp_model.CpModel, b: int, items: list[_Item], variants: list[tuple[_Item, _Item]],
                      bins: _Bins, x: dict, on: dict, used: cp_model.IntVar) -> None:
     """Memory and compute of one GPU, one replica per model, and the lone-replica rule for heavy loads."""
-    mem = [int(math.ceil(it.memory_gib * _MIB_PER_GIB)) for pair in variants for it in pair]
+    mem = [math.ceil(it.memory_gib * _MIB_PER_GIB) for pair in variants for it in pair]
     load = [round(it.load_share * _LOAD_SCALE) for pair in variants for it in pair]
     terms = [(x[i, b, v], 2 * i + v) for i in range(len(items)) for v in (0, 1)]
     m.add(sum(mem[j] * var for var, j in terms) <= bins.memory_mib[b] * used)

@@ -43,7 +43,7 @@ class PlacementSettings:
     # MIP overran a 1 s budget by up to 0.9 s (bench/solver_scaling.py) and rarely improved the incumbent.
     min_full_mip_s: float = 1.0
     max_models_per_block: int = 48  # decomposition: models per sub-program when the fleet is larger
-    limits: EngineLimits = EngineLimits()
+    limits: EngineLimits = field(default_factory=EngineLimits)
 
 
 @dataclass(frozen=True)

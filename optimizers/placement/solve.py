@@ -62,7 +62,7 @@ def solve_block(problem: PlacementProblem, *, time_limit_s: float, warm: Placeme
     The result is never worse than the warm start; `gap` is measured against the LP bound.
     """
     start = time.perf_counter()
-    left = lambda: time_limit_s - (time.perf_counter() - start)  # noqa: E731
+    left = lambda: time_limit_s - (time.perf_counter() - start)
     warm = warm if warm is not None else greedy_placement(problem)
     model = build_model(problem)
     prog = CompiledProgram(model)
@@ -94,7 +94,7 @@ def solve_block(problem: PlacementProblem, *, time_limit_s: float, warm: Placeme
 
 
 def _best_completion(prog: CompiledProgram, n_cols: np.ndarray, tries: list[tuple[str, np.ndarray]],
-                     left) -> tuple[Solution | None, str]:  # noqa: ANN001
+                     left) -> tuple[Solution | None, str]:
     """The best of the candidate replica counts, each completed by `_with_counts`."""
     best: Solution | None = None
     source = tries[-1][0]
@@ -267,7 +267,7 @@ def evaluate(problem: PlacementProblem, decision: PlacementDecision, *, status: 
 def _extract(model: pyo.ConcreteModel, problem: PlacementProblem, status: str, gap: float | None, time_s: float,
              sizes: tuple[int, int], warm: str, objective: float) -> PlacementResult:
     """Read the decision from the model; split each scenario's served load over configs by surviving capacity."""
-    val = lambda v: float(v.value or 0.0)  # noqa: E731
+    val = lambda v: float(v.value or 0.0)
     n = np.array([round(val(model.n[k])) for k in model.K], dtype=int)
     kv = np.array([val(model.kv[c.index]) if c.shares_gpus else c.kv_max_gib * n[c.index] for c in problem.configs])
     cap = np.array([val(model.cap[k]) for k in model.K])

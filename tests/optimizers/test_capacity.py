@@ -3,7 +3,12 @@ import pytest
 from core.catalog import GPU_CATALOG, MODEL_CATALOG
 from core.latency import roofline
 from optimizers.capacity import (
-    LoadShape, SLOTarget, capacity_table, max_rate_per_s, ttft_quantile_s, work_per_request_s,
+    LoadShape,
+    SLOTarget,
+    capacity_table,
+    max_rate_per_s,
+    ttft_quantile_s,
+    work_per_request_s,
 )
 
 ARCH, GPU = MODEL_CATALOG["Llama-3.1-8B"], GPU_CATALOG["H100-SXM"]

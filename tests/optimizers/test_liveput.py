@@ -1,6 +1,13 @@
 import numpy as np
 
-from optimizers.liveput import LiveputInput, SpotModel, config_value, plan_liveput, reactive_config, replica_value
+from optimizers.liveput import (
+    LiveputInput,
+    SpotModel,
+    config_value,
+    plan_liveput,
+    reactive_config,
+    replica_value,
+)
 
 
 def _input(available, online=20.0, offline=0.0, models=2, horizon=4):

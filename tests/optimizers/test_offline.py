@@ -1,6 +1,6 @@
 from core.actions import Residency
-from core.status import ReplicaStatus, WorkerStatus
 from core.state import FleetState, RunningRequest
+from core.status import ReplicaStatus, WorkerStatus
 from optimizers.offline import plan_offline
 from optimizers.placement.packing import PlacedReplica
 from optimizers.plan import RunningReplica

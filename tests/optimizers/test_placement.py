@@ -23,7 +23,7 @@ def _small_problem(demand):
 
 def _brute_force(problem) -> float:
     """Minimum objective over every replica-count vector (each completed exactly by `evaluate`)."""
-    ranges = [range(0, 3) for _ in problem.configs]
+    ranges = [range(3) for _ in problem.configs]
     best = np.inf
     for counts in itertools.product(*ranges):
         n = np.array(counts)
