@@ -35,3 +35,14 @@ def test_a_single_flat_child_falls_back_to_the_direct_forecast_of_its_total() ->
     total = TotalForecaster(config=LoadConfig(max_lead=3))
     total.fit(np.zeros((2, 50)), interval_s=600.0)
     assert not total.use_bottom_up and total.method == "zeros"
+
+
+def test_modes_auto_and_direct() -> None:
+    kids = children(700)
+    auto = TotalForecaster(config=LoadConfig(max_lead=6), mode="auto")
+    auto.fit(kids, interval_s=600.0)
+    assert auto.use_bottom_up  # the direct forecast does not beat bottom-up here
+    direct = TotalForecaster(config=LoadConfig(max_lead=6), mode="direct")
+    direct.fit(kids, interval_s=600.0)
+    assert not direct.use_bottom_up and direct.forecast(3).method == direct.direct.method
+    assert direct.bottom_up_score is not None  # still backtested, for the report
