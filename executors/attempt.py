@@ -22,6 +22,7 @@ from core.errors import InputError
 from core.protocols import ActionLog
 from executors.report import UNREACHABLE, made_here
 
+LOADING_KINDS = frozenset({"activate_model", "reconfigure_parallelism"})  # actions that load weights
 T = TypeVar("T")
 A = TypeVar("A")
 
@@ -36,14 +37,16 @@ class Applier(Protocol):
 class RetryPolicy:
     """Timeouts and retries of one action.
 
-    An attempt may take `max(timeout_floor_s, timeout_factor × expected_duration_s)`; the floor covers actions
-    whose duration the planner did not estimate (0). Waits between attempts grow exponentially from
-    `backoff_initial_s` up to `backoff_max_s`, plus up to `backoff_jitter_s` of random jitter so that retries to a
-    recovering worker do not arrive in lockstep.
+    An attempt may take `max(floor, timeout_factor × expected_duration_s)`; the floor covers actions whose
+    duration the planner did not estimate (0): `load_timeout_floor_s` for actions that load weights onto a device
+    (activation, reconfiguration: a cold 70B load takes tens of seconds), `timeout_floor_s` for the rest. Waits
+    between attempts grow exponentially from `backoff_initial_s` up to `backoff_max_s`, plus up to
+    `backoff_jitter_s` of random jitter so that retries to a recovering worker do not arrive in lockstep.
     """
 
     max_attempts: int = 3
     timeout_floor_s: float = 5.0
+    load_timeout_floor_s: float = 60.0
     timeout_factor: float = 3.0
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 5.0
@@ -52,14 +55,16 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise InputError("retry.max_attempts", self.max_attempts, "an integer ≥ 1")
-        for name in ("timeout_floor_s", "timeout_factor", "backoff_initial_s", "backoff_max_s", "backoff_jitter_s"):
+        for name in ("timeout_factor", "backoff_initial_s", "backoff_max_s", "backoff_jitter_s"):
             if getattr(self, name) < 0:
                 raise InputError(f"retry.{name}", getattr(self, name), "a number ≥ 0")
-        if self.timeout_floor_s == 0:
-            raise InputError("retry.timeout_floor_s", 0, "a positive number of seconds")
+        for name in ("timeout_floor_s", "load_timeout_floor_s"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"retry.{name}", getattr(self, name), "a positive number of seconds")
 
     def timeout_s(self, action: Action) -> float:
-        return max(self.timeout_floor_s, self.timeout_factor * action.expected_duration_s)
+        floor = self.load_timeout_floor_s if action.kind in LOADING_KINDS else self.timeout_floor_s
+        return max(floor, self.timeout_factor * action.expected_duration_s)
 
 
 @dataclass(frozen=True, slots=True)

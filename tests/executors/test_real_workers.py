@@ -112,7 +112,8 @@ def test_a_fleetwise_worker_process_paused_with_sigstop_is_planned_around() -> N
         workers = http_workers({"local/1": url}, lambda _, u: HttpWorkerClient(u, timeout_s=1.0), RoutingTable(),
                                status_timeout_s=1.0)
         workers.clients["local/0"] = local
-        retry = RetryPolicy(max_attempts=2, timeout_floor_s=1.0, backoff_initial_s=0.05, backoff_jitter_s=0.0)
+        retry = RetryPolicy(max_attempts=2, timeout_floor_s=1.0, load_timeout_floor_s=1.0, backoff_initial_s=0.05,
+                            backoff_jitter_s=0.0)
         executor = PlanExecutor(workers, InMemoryActionLog(), config=RunnerConfig(retry=retry))
         observed = workers.observe().statuses
         os.kill(proc.pid, signal.SIGSTOP)

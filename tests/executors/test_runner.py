@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
+
 from core.actions import Action, ActivateModel, EvictRequests, ResizeKV, SetQueueOrder, SetRouting
+from core.errors import InputError
 from core.state import EventKind
 from executors.attempt import RetryPolicy
 from executors.report import ActionRecord, ExecutionReport
@@ -206,3 +209,17 @@ def test_routing_actions_go_to_the_router_under_its_revision_contract() -> None:
     assert report.outcome == "applied"
     assert report.record(0).worker_id is None and fleet.router.shares("chat") == {"chat@h100/0": 0.25,
                                                                                      "chat@h100/1": 0.75}
+
+
+def test_timeouts_come_from_expected_durations_with_a_floor_per_kind() -> None:
+    policy = RetryPolicy(timeout_floor_s=5.0, load_timeout_floor_s=60.0, timeout_factor=3.0)
+    plan = make_plan((CHAT0,), (("h100/0", _activate("chat@h100/0", "chat", "h100/0"), ()),
+                                ("h100/0", ResizeKV(replica_id="chat@h100/0", kv_limit_gib=4), ())))
+    activate, resize = plan.actions
+    assert (policy.timeout_s(activate), policy.timeout_s(resize)) == (60.0, 5.0)
+    slow = resize.model_copy(update={"expected_duration_s": 4.0})
+    assert policy.timeout_s(slow) == 12.0
+    with pytest.raises(InputError, match="retry.load_timeout_floor_s: 0 is not allowed"):
+        RetryPolicy(load_timeout_floor_s=0)
+    with pytest.raises(InputError, match="runner.max_concurrency"):
+        RunnerConfig(max_concurrency=0)

@@ -68,7 +68,7 @@ def agents(tmp_path: Path):  # noqa: ANN201
 
 def test_a_paused_worker_times_out_and_the_retry_after_it_recovers_applies_once(agents, tmp_path: Path) -> None:
     (agent,) = agents("h100/0")
-    executor, log = _executor({"h100/0": agent.url}, RetryPolicy(max_attempts=3, timeout_floor_s=1.0,
+    executor, log = _executor({"h100/0": agent.url}, RetryPolicy(max_attempts=3, load_timeout_floor_s=1.0,
                                                                  backoff_initial_s=0.05, backoff_jitter_s=0.0))
     observed = [executor.workers.clients["h100/0"].status()]
     plan = make_plan((CHAT0,), (("h100/0", ActivateModel(model="chat", replica_id="chat@h100/0",
@@ -89,7 +89,8 @@ def test_a_paused_worker_times_out_and_the_retry_after_it_recovers_applies_once(
 def test_an_unresponsive_worker_fails_after_the_timeout_and_the_next_cycle_plans_around_it(agents) -> None:
     good, stuck = agents("h100/0", "h100/1")
     urls = {"h100/0": good.url, "h100/1": stuck.url}
-    retry = RetryPolicy(max_attempts=2, timeout_floor_s=0.5, backoff_initial_s=0.05, backoff_jitter_s=0.0)
+    retry = RetryPolicy(max_attempts=2, timeout_floor_s=0.5, load_timeout_floor_s=0.5, backoff_initial_s=0.05,
+                        backoff_jitter_s=0.0)
     executor, _ = _executor(urls, retry, status_timeout_s=0.5)
     observed = executor.workers.observe().statuses
     stuck.pause()
