@@ -11,10 +11,13 @@ of the sum of a group's remaining output tokens — what the queue planner needs
   normal approximation of the central limit theorem (QLM's estimate, which over-estimates for few groups and
   under-estimates heavy tails — hence the exact path for small groups). Both return a `SumDistribution` with
   `mean`, `var`, `quantile(q)` and `cdf(x)`.
+- `GroupLengths(empirical, conditional)`: the queue planner's `LengthModel` callable, (model, class, requests,
+  prompt tokens) → (mean, variance) of the group's output tokens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -226,3 +229,33 @@ class EmpiricalLengths:
 
     def mean_prompt(self, model: str, slo_class: str) -> float:
         return float(np.mean(self.prompt_samples(model, slo_class)))
+
+
+class ConditionalLengths(Protocol):
+    """What `GroupLengths` needs of a conditional model (`forecasters.length_model.OutputLengthModel`)."""
+
+    def predict_for(self, model: str, slo_class: str, prompt_tokens: np.ndarray,
+                    prompt_text: Sequence[str | None] | None = None) -> LengthBatch: ...
+
+
+@dataclass(frozen=True, eq=False)
+class GroupLengths:
+    """`(model, slo_class, num_requests, prompt_tokens) -> (mean, variance)` of a group's total output tokens: the
+    `LengthModel` callable the queue planner takes (`optimizers.queues`).
+
+    With a conditional model, every request of the group is predicted at the group's mean prompt length;
+    otherwise the (model, class) empirical distribution stands for each. Requests are independent, so the
+    group's mean and variance are n times one request's (the planner applies the CLT or a gamma itself).
+    """
+
+    empirical: EmpiricalLengths
+    conditional: ConditionalLengths | None = None
+
+    def __call__(self, model: str, slo_class: str, num_requests: int, prompt_tokens: int) -> tuple[float, float]:
+        if num_requests <= 0:
+            return 0.0, 0.0
+        if self.conditional is not None:
+            one = self.conditional.predict_for(model, slo_class, np.array([prompt_tokens / num_requests]))
+        else:
+            one = LengthBatch.empirical(self.empirical.output_samples(model, slo_class))
+        return float(num_requests * one.mean()[0]), float(num_requests * one.var()[0])

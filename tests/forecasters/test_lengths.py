@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from forecasters.lengths import ANY, EmpiricalLengths, GridSum, LengthBatch, NormalSum, group_sum
+from forecasters.lengths import (
+    ANY,
+    EmpiricalLengths,
+    GridSum,
+    GroupLengths,
+    LengthBatch,
+    NormalSum,
+    group_sum,
+)
 from tests.factories import make_table
 
 
@@ -66,3 +74,17 @@ def test_empirical_tables_fall_back_to_the_model_then_to_everything() -> None:
     assert np.array_equal(lengths.output_samples("unknown", "chat"), lengths.output[(ANY, ANY)])
     assert lengths.mean_output("b", "chat") == 64.0
     assert lengths.output_batch("a", "chat", 3).probs.shape[0] == 3
+
+
+def test_group_lengths_is_the_queue_planners_length_model() -> None:
+    t = make_table(300, models=("a",), output_tokens=100)
+    lengths = GroupLengths(EmpiricalLengths.fit(t))
+    assert lengths("a", "interactive", 4, 2048) == (400.0, 0.0)
+    assert lengths("a", "interactive", 0, 0) == (0.0, 0.0)
+
+    class Doubling:
+        def predict_for(self, model, slo_class, prompt_tokens, prompt_text=None):
+            return LengthBatch(np.array([1.0, 2.0 * prompt_tokens[0]]), np.array([[0.5, 0.5]]))
+
+    mean, var = GroupLengths(EmpiricalLengths.fit(t), Doubling())("a", "interactive", 2, 100)
+    assert mean == pytest.approx(2 * (0.5 + 50.0)) and var == pytest.approx(2 * 0.25 * 99.0**2)
