@@ -34,12 +34,19 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.actions import Action  # noqa: E402
-from core.protocols import ActionLog  # noqa: E402
-from executors import InMemoryActionLog, PlanExecutor, RetryPolicy, RoutingTable, RunnerConfig, diff, local_workers  # noqa: E402
-from executors.diff import NO_DAMPING  # noqa: E402
-from tests.executors.plans import make_plan, replica, seen, status  # noqa: E402
-from tests.executors.state_worker import StateMachineTestWorker, TestWorkerConfig  # noqa: E402
+from core.protocols import ActionLog
+from executors import (
+    InMemoryActionLog,
+    PlanExecutor,
+    RetryPolicy,
+    RoutingTable,
+    RunnerConfig,
+    diff,
+    local_workers,
+)
+from executors.diff import NO_DAMPING
+from tests.executors.plans import make_plan, replica, seen, status
+from tests.executors.state_worker import StateMachineTestWorker, TestWorkerConfig
 
 RESULTS = ROOT / "bench" / "results"
 MODELS = ("chat", "code")
@@ -78,13 +85,13 @@ def bench_churn(replicas_n: int, seed: int = 0) -> dict:
             "actions_undamped": len(diff(observed, plan, routing=routing, damping=NO_DAMPING).actions)}
 
 
-def _workers(n: int, delay_s: float, on_apply=None) -> dict[str, StateMachineTestWorker]:  # noqa: ANN001
+def _workers(n: int, delay_s: float, on_apply=None) -> dict[str, StateMachineTestWorker]:
     return {f"h100/{i}": StateMachineTestWorker(TestWorkerConfig(f"h100/{i}", memory_total_gib=1e6,
                                                                  apply_delay_s=delay_s), on_apply)
             for i in range(n)}
 
 
-def _activation_plan(n_workers: int, per_worker: int):  # noqa: ANN202
+def _activation_plan(n_workers: int, per_worker: int):
     return make_plan(tuple(replica(f"m{k}@h100/{w}", "chat", (f"h100/{w}",), kv_gib=1.0)
                            for w in range(n_workers) for k in range(per_worker)))
 

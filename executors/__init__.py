@@ -9,7 +9,15 @@ May import: core (and ray, in executors/ray_backend.py only).
 """
 
 from executors.attempt import RetryPolicy
-from executors.backends import BackendKind, Observation, Router, WorkerSet, http_workers, local_workers, sim_workers
+from executors.backends import (
+    BackendKind,
+    Observation,
+    Router,
+    WorkerSet,
+    http_workers,
+    local_workers,
+    sim_workers,
+)
 from executors.diff import Damping, Schedule, diff
 from executors.executor import PlanExecutor
 from executors.memory_log import InMemoryActionLog

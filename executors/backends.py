@@ -154,5 +154,14 @@ def _built(worker_ids: Iterable[str], factory: Callable[[str], WorkerClient]) ->
     return clients
 
 
-__all__ = ["BackendKind", "DEFAULT_CONFIGS", "Observation", "RetryPolicy", "Router", "WorkerSet", "http_workers",
-           "local_workers", "sim_workers"]
+__all__ = [
+    "DEFAULT_CONFIGS",
+    "BackendKind",
+    "Observation",
+    "RetryPolicy",
+    "Router",
+    "WorkerSet",
+    "http_workers",
+    "local_workers",
+    "sim_workers",
+]

@@ -23,7 +23,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from core.actions import (
-    Action, ActionArgs, ActivateModel, DeactivateModel, ReconfigureParallelism, Residency, ResizeKV, SetQueueOrder,
+    Action,
+    ActionArgs,
+    ActivateModel,
+    DeactivateModel,
+    ReconfigureParallelism,
+    Residency,
+    ResizeKV,
+    SetQueueOrder,
     SetRouting,
 )
 from core.errors import InputError
@@ -68,6 +75,7 @@ class Damping:
         return _small(abs(target_gib - current_gib), max(self.kv_min_change_gib, self.kv_min_change_frac * current_gib))
 
 
+DEFAULT_DAMPING = Damping()
 NO_DAMPING = Damping(0.0, 0.0, 0.0)
 
 
@@ -109,7 +117,7 @@ def diff(
     plan: Plan,
     *,
     routing: Mapping[str, Mapping[str, float]] | None = None,
-    damping: Damping = Damping(),
+    damping: Damping = DEFAULT_DAMPING,
 ) -> Schedule:
     """Actions that take the observed fleet to `plan`'s target, ordered (see the module docstring).
 
@@ -308,9 +316,9 @@ class _Differ:
         if make is not None and getattr(make.args, "kv_limit_gib", None) == args.kv_limit_gib:
             return f"the activation (seq {make.seq}) sets this limit"
         seen = self.fleet.replica(args.replica_id)
-        if make is None and seen is not None and seen.is_serving_or_activating:
-            if self._kv_settled(seen, args.kv_limit_gib, loading):
-                return f"KV limit of {args.replica_id} is {_gib(seen.kv_limit_gib)} (within damping)"
+        if (make is None and seen is not None and seen.is_serving_or_activating
+                and self._kv_settled(seen, args.kv_limit_gib, loading)):
+            return f"KV limit of {args.replica_id} is {_gib(seen.kv_limit_gib)} (within damping)"
         return None
 
     def _kv_settled(self, seen: ObservedReplica, target_gib: float, loading: set[str]) -> bool:

@@ -29,7 +29,7 @@ from core.plan import Plan
 from core.protocols import ActionLog, Clock
 from core.status import WorkerStatus
 from executors.backends import Observation, WorkerSet
-from executors.diff import Damping, Schedule, diff
+from executors.diff import DEFAULT_DAMPING, Damping, Schedule, diff
 from executors.report import NOT_LOGGED, SATISFIED, ActionRecord, ExecutionReport, made_here
 from executors.runner import ActionRunner, RunnerConfig
 
@@ -41,7 +41,7 @@ class PlanExecutor:
     """
 
     def __init__(self, workers: WorkerSet, log: ActionLog, *, config: RunnerConfig | None = None,
-                 damping: Damping = Damping(), clock: Clock | None = None):
+                 damping: Damping = DEFAULT_DAMPING, clock: Clock | None = None):
         self.workers, self.log, self.damping = workers, log, damping
         self.config = config or workers.default_config
         sleep = None if clock is None else _clock_sleep(clock)

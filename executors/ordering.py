@@ -24,7 +24,14 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from graphlib import CycleError, TopologicalSorter
 
-from core.actions import Action, ActivateModel, DeactivateModel, MigrateRequests, ReconfigureParallelism, SetRouting
+from core.actions import (
+    Action,
+    ActivateModel,
+    DeactivateModel,
+    MigrateRequests,
+    ReconfigureParallelism,
+    SetRouting,
+)
 from core.errors import InputError
 
 Graph = dict[int, set[int]]  # seq → seqs it depends on

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # -- the agent (server side) ------------------------------------------------------------------------------------
 
 
-def _worker_app(worker: StateMachineTestWorker):  # noqa: ANN202 - FastAPI imported lazily
+def _worker_app(worker: StateMachineTestWorker):
     from fastapi import FastAPI
 
     app = FastAPI()
@@ -55,7 +55,7 @@ def _worker_app(worker: StateMachineTestWorker):  # noqa: ANN202 - FastAPI impor
     return app
 
 
-def _router_app(journal: Path | None):  # noqa: ANN202
+def _router_app(journal: Path | None):
     from fastapi import FastAPI
 
     from executors.routing import RoutingTable

@@ -37,7 +37,7 @@ def open_log(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Act
     return _sql_log(tmp_path)
 
 
-def _plan():  # noqa: ANN202
+def _plan():
     chat = replica("chat@h100/0", "chat", ("h100/0",))
     return make_plan((chat,), (
         ("h100/0", ActivateModel(model="chat", replica_id=chat.replica_id, gpu_ids=chat.gpu_ids), ()),

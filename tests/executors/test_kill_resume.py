@@ -24,13 +24,13 @@ from tests.executors.plans import make_plan, replica
 
 pytest.importorskip("db.action_log", reason="needs db.action_log.SqlActionLog (the durable action log)")
 
-from db import migrate  # noqa: E402
-from db.action_log import SqlActionLog  # noqa: E402
+from db import migrate
+from db.action_log import SqlActionLog
 
 GPUS = ("h100/0", "h100/1")
 
 
-def _plan():  # noqa: ANN202
+def _plan():
     """Eight replicas with queue orders and routing for two models: 4 planned activations, 4 activations, 8 queue
     orders and 2 routing changes the executor adds (18 actions, 9 per worker at 0.2 s each)."""
     replicas = tuple(replica(f"{m}{i}@{g}", m, (g,), kv_gib=4.0) for g in GPUS for m in ("chat", "code")
@@ -49,7 +49,7 @@ def _start_executor(tmp_path: Path, db_url: str, urls: dict[str, str], router_ur
     return subprocess.Popen([sys.executable, "-m", "tests.executors.executor_proc", *args], cwd=ROOT)
 
 
-def _wait_for(condition, timeout_s: float) -> None:  # noqa: ANN001
+def _wait_for(condition, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"

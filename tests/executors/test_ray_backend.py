@@ -24,7 +24,7 @@ from tests.executors.state_worker import StateMachineTestWorker, TestWorkerConfi
 
 ray = pytest.importorskip("ray", reason="the ray backend needs the 'ray' extra")
 
-from executors.ray_backend import ray_workers  # noqa: E402
+from executors.ray_backend import ray_workers
 
 RETRY = RetryPolicy(max_attempts=2, timeout_floor_s=20.0, backoff_initial_s=0.05, backoff_jitter_s=0.0)
 

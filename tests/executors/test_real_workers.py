@@ -25,10 +25,10 @@ from tests.executors.plans import make_plan, replica
 
 pytest.importorskip("torch")
 
-from tests.workers.engines import make_engine  # noqa: E402
-from workers.agent import create_app, serve_in_thread  # noqa: E402
-from workers.client import HttpWorkerClient  # noqa: E402
-from workers.control import LocalWorkerClient  # noqa: E402
+from tests.workers.engines import make_engine
+from workers.agent import create_app, serve_in_thread
+from workers.client import HttpWorkerClient
+from workers.control import LocalWorkerClient
 
 KV_GIB = 8 * 32 * 1024 / GIB  # 8 of the test engines' 32 KiB pages
 RETRY = RetryPolicy(max_attempts=2, timeout_floor_s=60.0, backoff_initial_s=0.05, backoff_jitter_s=0.0)
@@ -40,7 +40,7 @@ class Recorded:
     def __init__(self, inner: WorkerClient | RoutingTable, order: list[tuple[str, str]]):
         self.inner, self.order = inner, order
 
-    def __getattr__(self, name: str):  # noqa: ANN204 - worker_id, status, submit, weights
+    def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
     def apply(self, action: Action) -> ApplyResult:
@@ -48,7 +48,7 @@ class Recorded:
         return self.inner.apply(action)
 
 
-def _moves(replica_of_a: str, gpu_of_a: str, generation: int):  # noqa: ANN202
+def _moves(replica_of_a: str, gpu_of_a: str, generation: int):
     """Model a on `gpu_of_a`, model b on local/1."""
     return make_plan((replica(replica_of_a, "a", (gpu_of_a,), kv_gib=KV_GIB),
                       replica("b@local/1", "b", ("local/1",), kv_gib=KV_GIB)), generation=generation)
@@ -63,7 +63,7 @@ def engines() -> Iterator[dict[str, LocalWorkerClient]]:
         client.close()
 
 
-def test_local_engines_move_a_model_make_before_break_and_keep_serving(engines) -> None:  # noqa: ANN001
+def test_local_engines_move_a_model_make_before_break_and_keep_serving(engines) -> None:
     order: list[tuple[str, str]] = []
     wrapped = {w: Recorded(c, order) for w, c in engines.items()}
     router = Recorded(RoutingTable(), order)
@@ -84,7 +84,7 @@ def test_local_engines_move_a_model_make_before_break_and_keep_serving(engines) 
     assert engines["local/1"].submit(Request(2, 0.0, "a", "interactive", 12, 4)).status == "accepted"
 
 
-def test_worker_agents_over_http_apply_a_plan_once(engines) -> None:  # noqa: ANN001
+def test_worker_agents_over_http_apply_a_plan_once(engines) -> None:
     agents = {w: serve_in_thread(create_app(c)) for w, c in engines.items()}
     try:
         workers = http_workers({w: a.url for w, a in agents.items()}, lambda _, url: HttpWorkerClient(url),

@@ -6,7 +6,14 @@ import pytest
 
 from core.actions import Action, ResizeKV, SetRouting
 from core.errors import InputError
-from executors.backends import DEFAULT_CONFIGS, BackendKind, WorkerSet, http_workers, local_workers, sim_workers
+from executors.backends import (
+    DEFAULT_CONFIGS,
+    BackendKind,
+    WorkerSet,
+    http_workers,
+    local_workers,
+    sim_workers,
+)
 from executors.routing import RoutingTable
 from tests.executors.state_worker import StateMachineTestWorker, TestWorkerConfig
 
@@ -54,7 +61,7 @@ def test_worker_sets_from_each_backend_builder() -> None:
 
 def test_observe_reports_workers_that_fail_or_answer_for_another_gpu() -> None:
     class Broken(StateMachineTestWorker):
-        def status(self):  # noqa: ANN202
+        def status(self):
             raise ConnectionRefusedError("connection refused")
 
     sick = _worker("h100/2")

@@ -33,7 +33,7 @@ def _executor(urls: dict[str, str], retry: RetryPolicy, status_timeout_s: float 
     return PlanExecutor(workers, log, config=RunnerConfig(retry=retry)), log
 
 
-def _when(condition, then, timeout_s: float = 20.0) -> threading.Thread:  # noqa: ANN001
+def _when(condition, then, timeout_s: float = 20.0) -> threading.Thread:
     """Run `then()` in a thread as soon as `condition()` holds."""
 
     def watch() -> None:
@@ -53,7 +53,7 @@ def _when(condition, then, timeout_s: float = 20.0) -> threading.Thread:  # noqa
 
 
 @pytest.fixture
-def agents(tmp_path: Path):  # noqa: ANN201
+def agents(tmp_path: Path):
     started: list[AgentProcess] = []
 
     def start(*worker_ids: str) -> list[AgentProcess]:
