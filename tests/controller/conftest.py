@@ -5,6 +5,7 @@ on a loopback port chosen by the OS (port 0), with one token per scope."""
 from __future__ import annotations
 
 import itertools
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,13 @@ def make_controller(url: str, *, sim_fleets: tuple[str, ...] = (FLEET,), **setti
               "history_s": 3600.0, "num_scenarios": 8, "reduce_scenarios_to": 4,
               "holder": f"test-{uuid.uuid4().hex[:6]}-{next(_holders)}", **settings}
     return Controller(load_settings(**values), clock=clock, backends=backends)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass

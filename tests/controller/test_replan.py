@@ -4,9 +4,8 @@ database exactly one replans per tick (the lease), and the other takes over when
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import select
 
@@ -16,13 +15,7 @@ from controller.runtime import Controller
 from db.fleets import put_fleet
 from db.models import ReplanRunRow
 from db.runs import list_replan_runs
-from tests.controller.conftest import FLEET, make_controller, small_fleet
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.controller.conftest import FLEET, closed_port, make_controller, small_fleet
 
 
 def with_fleets(ctl: Controller, *names: str) -> Controller:
@@ -68,12 +61,8 @@ def test_two_controllers_one_replans_per_tick_and_the_other_takes_over(db_url: s
     try:
         holders = []
         for _ in range(4):
-            out: dict[int, list] = {}
-            threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, schedulers[i].tick())) for i in (0, 1)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            with ThreadPoolExecutor(2) as pool:  # both controllers tick at once
+                out = list(pool.map(ReplanScheduler.tick, schedulers))
             ran = [i for i in (0, 1) if out[i]]
             assert len(ran) == 1, out
             holders.append(ran[0])
