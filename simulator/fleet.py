@@ -151,6 +151,8 @@ class FleetSimulation:
                 self._asked_for.add(item.model)
                 self.raise_event(FleetEvent(EventKind.REQUEST_FOR_INACTIVE_MODEL, now, model=item.model))
             return
+        if target.replica.activating_until_s is not None:  # it waits at the replica for its weights to load
+            self.metrics.waited_for_activation[item.request_id if isinstance(item, Request) else item.seq_id] = True
         if isinstance(item, Sequence):
             target.worker.enqueue(item, target.replica)
             return

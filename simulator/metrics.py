@@ -44,7 +44,8 @@ class MetricsRecorder:
         self.drop_reason = np.full(n, -1, np.int16)
         self.preemptions = np.zeros(n, np.int16)
         self.recomputed_tokens = np.zeros(n, np.int32)
-        self.waited_at_router = np.zeros(n, bool)
+        self.waited_at_router = np.zeros(n, bool)  # found no replica of its model and waited at the router
+        self.waited_for_activation = np.zeros(n, bool)  # was sent to a replica whose weights were still loading
         self.reasons: list[str] = []
         self.actions: Counter[tuple[str, str]] = Counter()  # (kind, status) → count
         self.gpu_steps: list[tuple[float, int]] = []  # (time, GPUs billed from then on)
@@ -116,6 +117,7 @@ class SimResult:
     preemptions: np.ndarray
     recomputed_tokens: np.ndarray
     waited_at_router: np.ndarray
+    waited_for_activation: np.ndarray
     actions: Counter
     gpu_seconds_by_pool: dict[str, float]
     gpu_steps: list[tuple[float, int]]
@@ -131,7 +133,7 @@ class SimResult:
         rec.flush()
         return cls(rec.table, fleet, rec.first_token_s, rec.finish_s, rec.generated, rec.state, rec.drop_reason,
                    list(rec.reasons), rec.preemptions, rec.recomputed_tokens, rec.waited_at_router,
-                   Counter(rec.actions), gpu_steps=list(rec.gpu_steps), **totals)
+                   rec.waited_for_activation, Counter(rec.actions), gpu_steps=list(rec.gpu_steps), **totals)
 
     # -- per request -------------------------------------------------------------------------------------------
     @property
@@ -199,6 +201,7 @@ class SimResult:
             "plans": self.plans, "wall_s": self.wall_s,
             "preemptions": int(self.preemptions.sum()), "recomputed_tokens": int(self.recomputed_tokens.sum()),
             "waited_at_router": int(self.waited_at_router.sum()),
+            "waited_for_activation": int(self.waited_for_activation.sum()),
             "sim_span_s": span, "events": self.num_events,
             "timeline": self.timeline(slo),
         }

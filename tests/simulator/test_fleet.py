@@ -23,8 +23,9 @@ class OnDemand:
     name = "on-demand"
     subscriptions = frozenset({EventKind.REQUEST_FOR_INACTIVE_MODEL})
 
-    def __init__(self) -> None:
+    def __init__(self, *, route_early: bool = False) -> None:
         self.calls = []
+        self.route_early = route_early  # no SetRouting after activation: the plan's routing applies at once
 
     def plan(self, fleet, state, scenarios, budget_s):
         self.calls.append((state.time_s, tuple(e.kind for e in state.events)))
@@ -44,8 +45,9 @@ class OnDemand:
             n = len(actions)
             actions.append(Action(plan_id=plan_id, seq=n, worker_id=gpu, revision=gen, reason="on demand",
                                   args=ActivateModel(model=model, replica_id=rep.replica_id, gpu_ids=(gpu,))))
-            actions.append(Action(plan_id=plan_id, seq=n + 1, worker_id=None, revision=gen, reason="route",
-                                  depends_on=(n,), args=SetRouting(model=model, weights={rep.replica_id: 1.0})))
+            if not self.route_early:
+                actions.append(Action(plan_id=plan_id, seq=n + 1, worker_id=None, revision=gen, reason="route",
+                                      depends_on=(n,), args=SetRouting(model=model, weights={rep.replica_id: 1.0})))
         return Plan(plan_id=plan_id, fleet=fleet.name, policy=self.name, generation=gen, created_at_s=state.time_s,
                     replicas=tuple(replicas), routing={r.model: {r.replica_id: 1.0} for r in replicas},
                     actions=tuple(actions), solver=SolverStats(name="test", status="heuristic"))
@@ -105,7 +107,7 @@ def test_requests_wait_at_the_router_for_an_activation_on_demand() -> None:
     planner = OnDemand()
     sim, res = run(small_fleet(), table([0.0, 0.5, 1.0, 20.0], prompt=100, output=10), planner)
     f = res.figures()
-    assert f["requests"]["completed"] == 4 and f["waited_at_router"] == 3
+    assert f["requests"]["completed"] == 4 and f["waited_at_router"] == 3 and f["waited_for_activation"] == 0
     assert planner.calls[1] == (1.0, (EventKind.REQUEST_FOR_INACTIVE_MODEL,))  # 1 s after the first plan (debounce)
     activation = sim.book.get(sim.fleet.model("chat").arch, sim.fleet.pools[0].gpu, 1).activate_from_cold_s
     assert res.first_token_s[0] == pytest.approx(1.0 + activation, abs=0.05)  # waited for the weights to load
@@ -120,6 +122,13 @@ class Nothing:
         gen = state.generation
         return Plan(plan_id=make_plan_id(fleet.name, self.name, gen, ""), fleet=fleet.name, policy=self.name,
                     generation=gen, created_at_s=state.time_s, solver=SolverStats(name="none", status="heuristic"))
+
+
+def test_requests_routed_to_a_loading_replica_wait_there_for_its_weights() -> None:
+    _, res = run(small_fleet(), table([0.0, 0.5, 2.0, 3.0], prompt=100, output=10), OnDemand(route_early=True))
+    f = res.figures()
+    assert f["requests"]["completed"] == 4 and f["waited_at_router"] == 2 and f["waited_for_activation"] == 4
+    assert f["actions"] == {"activate_model": 1}
 
 
 def test_requests_with_no_replica_are_dropped_after_the_router_timeout() -> None:

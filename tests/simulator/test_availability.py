@@ -1,0 +1,35 @@
+"""Spot traces become per-GPU changes; a simulation replays them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.availability import availability_changes, fleet_availability
+from simulator.fleet import AvailabilityChange, FleetSimulation
+from simulator.planners import StaticPlanner
+from tests.factories import make_table
+from tests.simulator.conftest import small_fleet
+from workloads.availability import AvailabilityTrace
+
+
+def test_the_highest_numbered_gpus_leave_first_and_return_in_order() -> None:
+    pool = small_fleet(pools=[{"name": "spot", "gpu": "L4", "count": 4, "gpus_per_node": 1}]).pools[0]
+    trace = AvailabilityTrace("t", np.array([0.0, 10.0, 20.0, 30.0]), np.array([3, -2, 5, -3]), 40.0)
+    changes = availability_changes(trace, pool, start_s=100.0)
+    assert changes == [
+        AvailabilityChange(100.0, "spot/3", False),  # 3 up at the start: the fourth leaves at once
+        AvailabilityChange(110.0, "spot/2", False), AvailabilityChange(110.0, "spot/1", False),
+        AvailabilityChange(120.0, "spot/1", True), AvailabilityChange(120.0, "spot/2", True),
+        AvailabilityChange(120.0, "spot/3", True),  # 6 up: capped at the pool's 4
+        AvailabilityChange(130.0, "spot/3", False),  # 6 − 3 = 3
+    ]
+
+
+def test_a_fleet_reads_its_pools_traces_and_the_simulation_replays_them(tmp_path) -> None:
+    (tmp_path / "spot.csv").write_text("0,add,a\n0,add,b\n5000,remove,b\n")
+    fleet = small_fleet(pools=[{"name": "h100", "gpu": "H100-SXM", "count": 2, "gpus_per_node": 1, "spot": True,
+                                "availability_trace": "spot.csv"}])
+    changes = fleet_availability(fleet, tmp_path)
+    assert changes == [AvailabilityChange(5.0, "h100/1", False)]
+    res = FleetSimulation(fleet, make_table(100, rate_per_s=10.0, seed=1), StaticPlanner(), availability=changes).run()
+    assert res.figures()["requests"]["completed"] == 100
