@@ -85,7 +85,10 @@ def forecast(
     if json_out:
         print_json(_as_json(report))
         return
-    out.print(_backtest_table(report))
+    if report.rows:
+        out.print(_backtest_table(report))
+    else:
+        out.print("[yellow]no backtest[/]: the history is too short for one (see the fallback below)")
     out.print(_forecast_table(report))
     for note in report.notes:
         out.print(f"[dim]{note}[/]")
