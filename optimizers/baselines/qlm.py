@@ -41,7 +41,14 @@ from core.forecast import ScenarioSet
 from core.latency import LatencyBook
 from core.plan import Plan, SolverStats
 from core.state import EventKind, FleetState, RequestGroup
-from optimizers.baselines.demand import ModelDemand, expected_demand, observed_demand, replica_capacity_per_s
+from optimizers.baselines.demand import (
+    DEFAULT_OUTPUT_TOKENS,
+    DEFAULT_PROMPT_TOKENS,
+    ModelDemand,
+    expected_demand,
+    observed_demand,
+    replica_capacity_per_s,
+)
 from optimizers.baselines.draft import PlanDraft, Step, replica_id
 from optimizers.baselines.inventory import Inventory
 from optimizers.baselines.sizing import size_replicas
@@ -96,8 +103,8 @@ class QLMPlanner:
                                        fill_all=True)
         for s in sized:
             draft.add_replica(s.model, s.pool, s.gpu_ids, s.tp, reason=f"instance starts with {s.model}")
-            draft.routing.setdefault(s.model, {})[replica_id(s.model, s.gpu_ids)] = token_throughput(
-                fleet, self.latency, demand[s.model], s.pool, s.tp)
+            draft.routing.setdefault(s.model, {})[replica_id(s.model, s.gpu_ids)] = routing_weight(
+                fleet, self.latency, s.model, s.pool, s.tp)
         draft.reasons.extend(reasons)
         draft.reasons.append(f"{len(sized)} instances, each serving one model at a time")
 
@@ -114,6 +121,13 @@ def token_throughput(fleet: FleetSpec, latency: LatencyBook, d: ModelDemand, poo
     gpu = fleet.pool(pool).gpu
     kv = fleet.fit(m, gpu, tp).kv_capacity_tokens
     return replica_capacity_per_s(latency.get(m.arch, gpu, tp), d, kv_tokens=kv, tpot_s=None) * d.output_tokens
+
+
+def routing_weight(fleet: FleetSpec, latency: LatencyBook, model: str, pool: str, tp: int) -> float:
+    """A replica's share of its model's new requests: its token throughput at default lengths — a property of the
+    hardware, so routing changes only when instances do."""
+    return token_throughput(fleet, latency, ModelDemand(model, 0.0, DEFAULT_PROMPT_TOKENS, DEFAULT_OUTPUT_TOKENS),
+                            pool, tp)
 
 
 class _Scheduler:
@@ -344,12 +358,8 @@ class _Scheduler:
             else:
                 self.draft.add_replica(inst.model, inst.pool, inst.gpu_ids, inst.tp,
                                        reason=f"model swap: {inst.model} needed for a group predicted to miss")
-            if reordered or prev is None:
-                self.draft.routing.setdefault(inst.model, {})[inst.replica_id] = self.token_throughput(
-                    inst.model, inst)
-            else:
-                self.draft.routing.setdefault(inst.model, {})[inst.replica_id] = self.prev.routing.get(
-                    inst.model, {}).get(inst.replica_id, 1.0)
+            self.draft.routing.setdefault(inst.model, {})[inst.replica_id] = routing_weight(
+                self.fleet, self.p.latency, inst.model, inst.pool, inst.tp)
             if reordered and inst.queue:
                 self.draft.queues[inst.replica_id] = tuple(g.group_id for g in inst.queue)
             elif inst.replica_id in self.prev.queues:
