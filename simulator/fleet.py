@@ -109,7 +109,9 @@ class FleetSimulation:
                 self._schedule_availability(change)
             k.run(stop=self._all_done)
         self.runner.finish()
-        self.metrics.check_complete()
+        self.metrics.check_complete()  # every request completed or dropped with a reason
+        for worker in self.workers.values():  # pools within capacity, one model per page, queues consistent
+            worker.scheduler.check_invariants()
         end = self.kernel.now_s
         return SimResult.from_recorder(
             self.metrics, self.fleet, gpu_seconds_by_pool=self._gpu_seconds(end), plans=self.num_plans,
@@ -212,7 +214,7 @@ class FleetSimulation:
             model = replica_id.split("@", 1)[0]
         else:
             return
-        for name in {model, *(m for m, w in self.router.weights.items() if replica_id in w)}:
+        for name in sorted({model, *(m for m, w in self.router.weights.items() if replica_id in w)}):
             self.router.refresh(name)
             self._flush(name)
 

@@ -180,3 +180,20 @@ def test_scenarios_are_asked_for_at_every_plan() -> None:
                           scenarios_fn=lambda state: seen.append(state.time_s))
     sim.run()
     assert seen == [0.0, 10.0, 20.0, 30.0]
+
+
+def test_a_run_is_the_same_in_every_process() -> None:
+    """Seeded runs replay exactly, whatever the interpreter's hash seed (no set or hash order leaks in)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib; from tests.simulator.test_fleet import _three_models_two_h100s, run; "
+        "from simulator.planners import StaticPlanner; f, t = _three_models_two_h100s(); "
+        "_, r = run(f, t, StaticPlanner()); "
+        "print(hashlib.sha256(r.first_token_s.tobytes() + r.finish_s.tobytes()).hexdigest())"
+    )
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(digests) == 1
