@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from controller.commands import db as db_command
+from controller.commands import demo as demo_command
 from controller.commands import fleet, forecast, trace
 from controller.commands import plan as plan_command
 from controller.commands import serve as serve_command
@@ -32,6 +33,7 @@ app.add_typer(trace.app, name="trace")
 app.add_typer(token_command.app, name="token")
 app.command("serve")(serve_command.serve)
 app.command("plan")(plan_command.plan)
+app.command("demo")(demo_command.demo)
 app.command("worker")(worker_command.worker)
 app.command("profile")(worker_command.profile)
 app.command("forecast")(forecast.forecast)

@@ -82,7 +82,8 @@ def _worker_statuses(ctl: Controller, fleet: str, workers: WorkerSet | None, sto
 
 def model_loads(history: RequestTable, outcomes: RequestOutcomes, now_s: float, window_s: float) -> dict[str, ModelLoad]:
     """Per model: arrival rate and mean prompt over the last `window_s`, mean output of completed requests (of the
-    whole history when none completed in the window), and the latest arrival."""
+    whole history when none completed in the window; of every request when none completed), and the latest
+    arrival."""
     loads = {}
     recent_from = now_s - window_s
     completed = outcomes.labels("outcome") == "completed" if len(outcomes) else np.zeros(0, bool)
@@ -91,7 +92,9 @@ def model_loads(history: RequestTable, outcomes: RequestOutcomes, now_s: float, 
         recent = rows & (history.arrival_s >= recent_from)
         done = rows & completed
         done_recent = done & recent
-        pick = done_recent if done_recent.any() else done
+        # Lengths of completed requests, recent ones first; an arrivals-only history (an imported trace) still
+        # records each request's true output length.
+        pick = next((m for m in (done_recent, done, rows) if m.any()), rows)
         loads[model] = ModelLoad(
             model=model, request_rate_per_s=float(recent.sum()) / window_s,
             prompt_tokens_mean=float(history.prompt_tokens[recent].mean()) if recent.any() else 0.0,

@@ -1,0 +1,44 @@
+"""The closing comparison of `fleetwise demo`: the replayed slice simulated under the demo's policy and under the
+`dedicated` baseline (static GPUs per model, FCFS — vLLM per model), on the same fleet and latency models, so the
+live run's figures sit beside what each policy gives on exactly the same requests.
+
+The baseline is configured the way `fleetwise whatif` configures it: told each model's mean rate over the slice
+(`controller.whatif.policies.POLICIES`); the predictive policy plans from what it observes. Both replan at the live
+loop's cron period, as the live controller did.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.runtime import make_planner
+from controller.whatif.policies import POLICIES, PolicyContext, PolicySetup
+from core.fleet import FleetSpec
+from core.requests import RequestTable
+from simulator.config import SimConfig
+from simulator.fleet import FleetSimulation
+from simulator.latency import build_latency_book
+
+BASELINE = "dedicated"
+
+
+def simulate(fleet: FleetSpec, table: RequestTable, policy: str, *, replan_interval_s: float, seed: int,
+             budget_s: float) -> dict[str, Any]:
+    """The what-if figures (`SimResult.figures()`) of `policy` on `table`."""
+    book = build_latency_book(fleet)
+    if policy in POLICIES:
+        setup = POLICIES[policy](PolicyContext(fleet, book, table, seed))
+    else:
+        setup = PolicySetup(make_planner(policy, book))
+    # The live loop replans on its cron only; so do the simulations (events between ticks wait for the next one).
+    config = SimConfig(replan_interval_s=replan_interval_s, min_replan_gap_s=replan_interval_s, plan_budget_s=budget_s)
+    sim = FleetSimulation(fleet, table, setup.planner, config=config, book=book, scenarios_fn=setup.scenarios_fn)
+    return sim.run().figures()
+
+
+def compare(fleet: FleetSpec, table: RequestTable, policy: str, *, replan_interval_s: float, seed: int,
+            budget_s: float) -> dict[str, dict[str, Any]]:
+    """policy → figures, for the demo's policy and the baseline."""
+    names = [policy] if policy == BASELINE else [policy, BASELINE]
+    return {name: simulate(fleet, table, name, replan_interval_s=replan_interval_s, seed=seed, budget_s=budget_s)
+            for name in names}
