@@ -11,6 +11,8 @@ of the sum of a group's remaining output tokens — what the queue planner needs
   normal approximation of the central limit theorem (QLM's estimate, which over-estimates for few groups and
   under-estimates heavy tails — hence the exact path for small groups). Both return a `SumDistribution` with
   `mean`, `var`, `quantile(q)` and `cdf(x)`.
+- `group_remaining_output(lengths, model, slo_class, generated_so_far, prompt_tokens=, conditional=)`: the same
+  from a (model, SLO class) and what each request has generated so far.
 - `GroupLengths(empirical, conditional)`: the queue planner's `LengthModel` callable, (model, class, requests,
   prompt tokens) → (mean, variance) of the group's output tokens.
 """
@@ -259,3 +261,20 @@ class GroupLengths:
         else:
             one = LengthBatch.empirical(self.empirical.output_samples(model, slo_class))
         return float(num_requests * one.mean()[0]), float(num_requests * one.var()[0])
+
+
+def group_remaining_output(lengths: EmpiricalLengths, model: str, slo_class: str, generated_so_far: np.ndarray, *,
+                           prompt_tokens: np.ndarray | None = None, conditional: ConditionalLengths | None = None,
+                           exact_max_requests: int = 32) -> SumDistribution:
+    """Distribution of the output tokens a group of (model, SLO class) requests still has to produce.
+
+    `generated_so_far[i]` is what request i has produced (0 for a waiting request). With a `conditional` model
+    and the requests' `prompt_tokens`, each request gets its own length distribution; otherwise the pair's
+    empirical one. See `group_sum` for exact (small groups) versus normal (large groups).
+    """
+    generated = np.asarray(generated_so_far, dtype=np.float64)
+    if conditional is not None and prompt_tokens is not None:
+        batch = conditional.predict_for(model, slo_class, np.asarray(prompt_tokens))
+    else:
+        batch = lengths.output_batch(model, slo_class, generated.size)
+    return group_sum(batch, generated, exact_max_requests=exact_max_requests)

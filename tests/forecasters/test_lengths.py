@@ -12,6 +12,7 @@ from forecasters.lengths import (
     GroupLengths,
     LengthBatch,
     NormalSum,
+    group_remaining_output,
     group_sum,
 )
 from tests.factories import make_table
@@ -88,3 +89,10 @@ def test_group_lengths_is_the_queue_planners_length_model() -> None:
 
     mean, var = GroupLengths(EmpiricalLengths.fit(t), Doubling())("a", "interactive", 2, 100)
     assert mean == pytest.approx(2 * (0.5 + 50.0)) and var == pytest.approx(2 * 0.25 * 99.0**2)
+
+
+def test_group_remaining_output_from_a_model_and_class() -> None:
+    t = make_table(300, models=("a",), output_tokens=100)
+    lengths = EmpiricalLengths.fit(t)
+    dist = group_remaining_output(lengths, "a", "interactive", np.array([0.0, 30.0, 99.0]))
+    assert dist.mean == pytest.approx(100 + 70 + 1, abs=1.0) and dist.quantile(0.99) <= 172
