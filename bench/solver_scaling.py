@@ -327,7 +327,7 @@ def _plot_times(ax, results: dict) -> None:
 
 def _plot_placement(ax, r: dict) -> None:
     excess = r.get("excess_over_optimum", [])
-    ax.set_title("placement 64 × 32 × 16 at a 1 s limit: cost above the optimum")
+    ax.set_title("placement 64 × 32 × 16, 1 s limit: cost above the optimum")
     if not excess:
         ax.text(0.5, 0.5, "no reference optimum (--quick)", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
@@ -348,14 +348,14 @@ def _plot_packing(ax, r: dict) -> None:
     for i, (key, label) in enumerate((("program", "program's count"), ("ffd", "first-fit"), ("cpsat", "CP-SAT"))):
         vals = [r[n]["program_gpus"] if key == "program" else r[n][key]["gpus_used"] for n in names]
         bars = ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=label)
-        for b, n, v in zip(bars, names, vals):
-            lost = 0 if key == "program" else r[n][key]["dropped"] + r[n][key]["shrunk"]
-            ax.annotate(f"{v}" + (f"\n{lost} cut" if lost else ""), (b.get_x() + b.get_width() / 2, b.get_height()),
-                        ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(x, [n.replace("_", "\n", 1) for n in names], fontsize=8)
+        for b, v in zip(bars, vals):
+            ax.annotate(f"{v}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
+    cut = lambda n, key: r[n][key]["dropped"] + r[n][key]["shrunk"]
+    ax.set_xticks(x, [f"{n.replace('_', chr(10), 1)}\ncut: {cut(n, 'ffd')} / {cut(n, 'cpsat')}" for n in names],
+                  fontsize=8)
     ax.set_ylabel("GPUs used")
     ax.set_ylim(0, max(r[n]["ffd"]["gpus_used"] for n in names) * 1.2)
-    ax.set_title("packing the placement (\"cut\": replicas dropped or KV shrunk to fit)")
+    ax.set_title("packing (cut: replicas dropped or KV shrunk, first-fit / CP-SAT)")
     ax.legend(fontsize=8)
 
 
