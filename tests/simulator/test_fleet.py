@@ -197,3 +197,27 @@ def test_a_run_is_the_same_in_every_process() -> None:
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
     assert len(digests) == 1
+
+
+def test_attainment_by_hand_with_simple_coefficients() -> None:
+    """10 ms per iteration + 9 ms per prefill token, decode otherwise free; targets TTFT 1 s, TPOT 100 ms.
+
+    a and b arrive together (50-token prompts, 2 output tokens): a prefills alone (0.46 s → TTFT 0.46); then a's
+    second token and b's prefill share one iteration (0.46 s → b's TTFT 0.92, a's TPOT 0.46: a misses); b's last
+    token takes 10 ms (TPOT 0.01). c is offline (batch): it attains by finishing."""
+    from core.latency import LatencyBook, LatencyModel
+
+    lm = LatencyModel(arch="Llama-3.1-8B", gpu_type="H100-SXM", tp=1, c0_s=0.01, c_prefill_s=0.009, c_attn_s=0.0,
+                      c_decode_s=0.0, c_kv_s=0.0, disk_to_host_s=1.0, host_to_gpu_s=1.0, kv_swap_bytes_per_s=1e10,
+                      kv_bytes_per_token=131072)
+    fleet = small_fleet(pools=[{"name": "h100", "gpu": "H100-SXM", "count": 1, "gpus_per_node": 1}])
+    t = table([0.0, 0.0, 5.0], slo_idx=np.array([0, 0, 1]), prompt=50, output=2)
+    sim = FleetSimulation(fleet, t, StaticPlanner(), book=LatencyBook(profiles={("Llama-3.1-8B", "H100-SXM", 1): lm}))
+    res = sim.run()
+    np.testing.assert_allclose(res.ttft_s, [0.46, 0.92, 0.46])
+    np.testing.assert_allclose(res.tpot_s, [0.46, 0.01, 0.01])
+    f = res.figures()
+    assert f["slo_attainment"] == pytest.approx(2 / 3) and f["ttft_attainment"] == 1.0
+    assert f["tpot_attainment"] == pytest.approx(2 / 3)
+    assert f["per_class"]["batch"]["slo_attainment"] == 1.0
+    assert f["goodput_tokens_per_s"] == pytest.approx(4 / 5.47)  # b's and c's tokens over 0 … 5.47 s
