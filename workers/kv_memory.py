@@ -17,7 +17,6 @@ from collections.abc import Iterable
 import torch
 
 from workers.kernels.layout import PagedKVLayout, kv_views
-from workers.kernels.page_copy import copy_blocks_ref
 from workers.kv_pool import KVLayout, KVPool
 from workers.sequence import KVTransfer
 
@@ -135,9 +134,10 @@ class KVMemory:
 
 def _copy_blocks(src: tuple[torch.Tensor, torch.Tensor], dst: tuple[torch.Tensor, torch.Tensor], src_ids: list[int],
                  dst_ids: list[int], device: torch.device) -> None:
-    if device.type == "cuda":
-        from workers.kernels.page_copy import copy_blocks
+    # Imported here: the kernel module imports triton, which a CPU worker need not load until it copies KV.
+    from workers.kernels.page_copy import copy_blocks, copy_blocks_ref
 
+    if device.type == "cuda":
         ids = torch.tensor([src_ids, dst_ids], dtype=torch.int32).pin_memory().to(device, non_blocking=True)
         copy_blocks(src[0], dst[0], ids[0], ids[1])
     else:

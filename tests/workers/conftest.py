@@ -1,10 +1,12 @@
 """Test setup for the engine: Triton kernels run under the interpreter when there is no GPU.
 
-Triton reads TRITON_INTERPRET when a kernel function is decorated, i.e. when a `workers.kernels` module is first
-imported, so it must be set before that. pytest loads this conftest during collection, before the test modules
-below it are imported; under pytest-xdist each worker is a separate process and loads it too. Should another test
-package have imported a kernel module earlier in the same process, those modules are forgotten so that the next
-import decorates their kernels again, now for the interpreter.
+Triton reads TRITON_INTERPRET when a function is decorated with `@triton.jit` — its own `triton.language`
+helpers when triton is imported, our kernels when a `workers.kernels` module is imported — so it must be set
+before either. pytest loads this conftest during collection, before the test modules below it are imported; under
+pytest-xdist each worker is a separate process and loads it too. Should another test package have imported triton
+(through a kernel module) earlier in the same process, the Python modules of triton and of `workers.kernels` are
+forgotten so that the next import decorates everything again, now for the interpreter (triton's compiled
+extension stays loaded; it does not depend on the setting).
 
 Tiny models run fastest on one CPU thread, and under `pytest -n 2` two workers already share the two cores:
 more torch threads only contend (measured 10× slower on a loaded machine).
@@ -20,5 +22,7 @@ import torch
 torch.set_num_threads(1)
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     os.environ["TRITON_INTERPRET"] = "1"
-    for name in [n for n in sys.modules if n.startswith("workers.kernels.")]:
+    stale = [n for n in sys.modules if n.startswith("workers.kernels.")
+             or (n == "triton" or n.startswith("triton.")) and not n.startswith("triton._C")]
+    for name in stale:
         del sys.modules[name]

@@ -1,0 +1,179 @@
+"""Simulator fidelity: one small trace replayed on a real local worker and on the simulator's SimulatedWorker.
+
+    python bench/sim_fidelity.py [--requests 80] [--rate 6] [--profile PROFILE.yaml] [--threads 1]
+
+1. Profile: the worker's latency model, fitted the way `fleetwise profile` fits it (`workers.profile`, same engine
+   configuration as the replay), or read from `--profile` (a YAML written by `fleetwise profile`).
+2. Trace: a slice of the Azure LLM conversation trace (Splitwise, ISCA'24), lengths scaled to the tiny model's
+   1,024-token context (prompts ÷ 8, outputs ÷ 4, clipped), arrivals rescaled to `--rate` requests/s; a synthetic
+   Poisson trace when ../shared/data/traces is absent.
+3. Real: the trace replayed in wall-clock time on an `Engine` (Tiny-Llama-2L, CPU) stepped by its `EngineLoop`;
+   TTFT and TPOT per request from the engine's clock.
+4. Simulated: `FleetSimulation` of a one-GPU fleet (an inline "CPU" GPU type) with the static planner, the same
+   scheduler limits, page and block sizes, and the fitted profile in its LatencyBook.
+
+Targets: p50 TTFT and TPOT within 10 %, p99 within 20 % (relative to the real worker). Writes
+bench/results/sim_fidelity.json (and the profile it used, sim_fidelity_profile.yaml) and prints a Rich table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core.catalog import MODEL_CATALOG  # noqa: E402
+from core.fleet import FleetSpec  # noqa: E402
+from core.latency import LatencyBook, LatencyModel, load_profiles, save_profiles  # noqa: E402
+from core.requests import RequestTable  # noqa: E402
+from simulator.config import SimConfig  # noqa: E402
+from simulator.fleet import FleetSimulation  # noqa: E402
+from simulator.planners import StaticPlanner  # noqa: E402
+from workers.control import EngineLoop  # noqa: E402
+from workers.engine import Engine, EngineConfig  # noqa: E402
+from workers.handles import REPLAY  # noqa: E402
+from workers.profile import ProfileGrid, profile_model  # noqa: E402
+from workers.residency import ModelSource  # noqa: E402
+from workers.scheduler import SchedulerConfig  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+AZURE_CONV = ROOT.parent / "shared" / "data" / "traces" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
+ARCH = "Tiny-Llama-2L"
+MODEL = "tiny"
+PAGE_BYTES = 256 * 1024
+KV_PAGES = 256
+SCHED = SchedulerConfig(max_num_batched_tokens=512, max_num_seqs=32)
+TARGETS = {"p50": 0.10, "p99": 0.20}
+
+
+def engine() -> Engine:
+    config = EngineConfig(worker_id="cpu/0", pool="cpu", gpu_type="CPU", kv_pages=KV_PAGES, page_bytes=PAGE_BYTES,
+                          max_num_batched_tokens=SCHED.max_num_batched_tokens, max_num_seqs=SCHED.max_num_seqs)
+    return Engine(config, [ModelSource(MODEL, MODEL_CATALOG[ARCH])])
+
+
+def trace(n: int, rate_per_s: float, seed: int) -> tuple[RequestTable, str]:
+    """`n` requests at `rate_per_s` on average, lengths that fit the tiny model's context."""
+    if AZURE_CONV.exists():
+        from workloads.azure import read_azure
+
+        full = read_azure(AZURE_CONV, model=MODEL, slo_class="interactive")
+        part = full.take(np.arange(1000, 1000 + n))
+        arrivals = (part.arrival_s - part.arrival_s[0]) * (n / rate_per_s) / max(part.duration_s, 1e-9)
+        prompt, output, source = part.prompt_tokens // 8, part.output_tokens // 4, f"{AZURE_CONV.name}[1000:{1000 + n}]"
+    else:
+        rng = np.random.default_rng(seed)
+        arrivals = np.cumsum(rng.exponential(1 / rate_per_s, n)) - 1 / rate_per_s
+        prompt, output = rng.lognormal(np.log(120), 0.8, n), rng.lognormal(np.log(30), 0.7, n)
+        source = "synthetic Poisson (shared traces absent)"
+    table = RequestTable.from_columns(
+        arrival_s=arrivals, model_idx=np.zeros(n), slo_idx=np.zeros(n), model_names=[MODEL],
+        slo_names=["interactive"], prompt_tokens=np.clip(prompt, 8, 384).astype(int),
+        output_tokens=np.clip(output, 4, 96).astype(int),
+    )
+    return table, source
+
+
+def replay_real(table: RequestTable) -> tuple[np.ndarray, np.ndarray]:
+    """Submit each request at its arrival offset in wall-clock time; TTFT and TPOT per request."""
+    eng = engine()
+    eng.activate(MODEL)
+    loop = EngineLoop(eng).start()
+    handles = []
+    start = time.monotonic()
+    try:
+        for req in table:
+            delay = start + req.arrival_s - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            result, handle = eng.submit(req, REPLAY)
+            assert handle is not None, result.message
+            handles.append(handle)
+        for h in handles:
+            h.wait()
+    finally:
+        loop.stop()
+    return np.array([h.ttft_s for h in handles]), np.array([h.tpot_s for h in handles])
+
+
+def simulate(table: RequestTable, profile: LatencyModel) -> tuple[np.ndarray, np.ndarray]:
+    fleet = FleetSpec.model_validate({
+        "apiVersion": "fleetwise/v1", "kind": "Fleet", "metadata": {"name": "fidelity"},
+        "spec": {
+            "pools": [{"name": "cpu", "count": 1, "gpus_per_node": 1,
+                       "gpu": {"name": "CPU", "memory_gib": 4, "hbm_gbps": 20, "peak_tflops": 0.1, "pcie_gbps": 10,
+                               "price_per_hour": 0}}],
+            "models": [{"name": MODEL, "arch": ARCH}],
+            "slo_classes": [{"name": "interactive", "ttft_s": 2.0, "tpot_s": 0.2}],
+        },
+    })
+    config = SimConfig(page_bytes=PAGE_BYTES, max_block_tokens=16, scheduler=SCHED)
+    book = LatencyBook(profiles={(profile.arch, profile.gpu_type, profile.tp): profile})
+    result = FleetSimulation(fleet, table, StaticPlanner(), config=config, book=book).run()
+    assert result.completed.all(), "every request completes in the simulation"
+    return result.ttft_s, result.tpot_s
+
+
+def compare(real: np.ndarray, sim: np.ndarray) -> dict[str, float]:
+    out = {}
+    for q in (50, 99):
+        r, s = float(np.percentile(real, q)), float(np.percentile(sim, q))
+        out |= {f"real_p{q}_s": r, f"sim_p{q}_s": s, f"rel_err_p{q}": abs(s - r) / r}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=80)
+    parser.add_argument("--rate", type=float, default=6.0, help="mean arrival rate, requests/s")
+    parser.add_argument("--profile", type=Path, help="a profile YAML from `fleetwise profile` (default: fit one)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        profile = load_profiles(args.profile)[(ARCH, "CPU", 1)]
+    else:
+        profile = profile_model(engine(), MODEL, ProfileGrid(batch_sizes=(1, 4, 8, 16), prompt_tokens=(16, 64, 192),
+                                                              output_tokens=24, repeats=2))
+        save_profiles(RESULTS / "sim_fidelity_profile.yaml", [profile], meta={"command": "bench/sim_fidelity.py"})
+    table, source = trace(args.requests, args.rate, args.seed)
+    real_ttft, real_tpot = replay_real(table)
+    sim_ttft, sim_tpot = simulate(table, profile)
+    rows = {"ttft": compare(real_ttft, sim_ttft), "tpot": compare(real_tpot, sim_tpot)}
+    doc = {"command": " ".join(["python bench/sim_fidelity.py", *sys.argv[1:]]), "trace": source,
+           "requests": args.requests, "rate_per_s": args.rate, "threads": args.threads,
+           "profile": {k: v for k, v in profile.__dict__.items() if k != "fit_error"},
+           "profile_fit_error": profile.fit_error.__dict__ if profile.fit_error else None,
+           "targets": TARGETS, "results": rows}
+    (RESULTS / "sim_fidelity.json").write_text(json.dumps(doc, indent=2, default=str))
+    Console().print(_table(rows, source))
+
+
+def _table(rows: dict[str, dict[str, float]], source: str) -> Table:
+    t = Table(title=f"Simulator vs real worker ({source})", title_justify="left")
+    for col in ("metric", "real p50", "sim p50", "err p50", "real p99", "sim p99", "err p99"):
+        t.add_column(col, justify="left" if col == "metric" else "right", no_wrap=True)
+    for name, r in rows.items():
+        cells = []
+        for q in (50, 99):
+            ok = r[f"rel_err_p{q}"] <= TARGETS[f"p{q}"]
+            err = f"[{'green' if ok else 'red'}]{r[f'rel_err_p{q}']:.1%}[/]"
+            cells += [f"{r[f'real_p{q}_s'] * 1e3:.1f} ms", f"{r[f'sim_p{q}_s'] * 1e3:.1f} ms", err]
+        t.add_row(name.upper(), *cells)
+    return t
+
+
+if __name__ == "__main__":
+    main()
