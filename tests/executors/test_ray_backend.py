@@ -1,8 +1,9 @@
 """The ray backend on a local Ray cluster of CPU actors (started once for this module).
 
-What runs in the actors: each hosts a StateMachineTestWorker (the test worker of tests/executors/state_worker.py)
-built inside the actor by the engine factory — the Ray transport, actor lifecycle and failure paths are real; the
-engine inside is the test worker, not the torch engine.
+What runs in the actors, built inside each actor by the engine factory: the torch engine with tiny models
+(`workers.control.LocalWorkerClient`, as a GPU worker would host) in the first test; the test worker
+(`StateMachineTestWorker`, tests/executors/state_worker.py) where the test needs a worker seeded with a replica or
+killed. The Ray transport, actor lifecycle and failure paths are real in every test.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from core.actions import Residency
+from core.requests import Request
 from executors.attempt import RetryPolicy
 from executors.executor import PlanExecutor
 from executors.memory_log import InMemoryActionLog
@@ -27,6 +29,17 @@ ray = pytest.importorskip("ray", reason="the ray backend needs the 'ray' extra")
 from executors.ray_backend import ray_workers
 
 RETRY = RetryPolicy(max_attempts=2, timeout_floor_s=20.0, backoff_initial_s=0.05, backoff_jitter_s=0.0)
+
+
+def tiny_engine(worker_id: str):  # a LocalWorkerClient; torch is imported inside the actor only
+    """Engine factory run inside each actor: a CPU engine with the two tiny models; model a active on local/0."""
+    from tests.workers.engines import make_engine
+    from workers.control import LocalWorkerClient
+
+    engine = make_engine(activate=(), worker_id=worker_id, pool="local")
+    if worker_id == "local/0":
+        engine.activate("a", replica_id="a@local/0")
+    return LocalWorkerClient(engine)
 
 
 def seeded_test_worker(worker_id: str) -> StateMachineTestWorker:
@@ -46,17 +59,21 @@ def ray_cluster() -> Iterator[None]:
     ray.shutdown()
 
 
-def test_a_plan_runs_on_ray_actors_make_before_break(ray_cluster: None) -> None:
-    router = RoutingTable({"chat": {"chat@h100/0": 1.0}})
-    workers = ray_workers(["h100/0", "h100/1"], seeded_test_worker, router, namespace_prefix="move-")
+def test_ray_actors_hosting_tiny_engines_move_a_model_make_before_break(ray_cluster: None) -> None:
+    pytest.importorskip("torch")
+    router = RoutingTable({"a": {"a@local/0": 1.0}})
+    workers = ray_workers(["local/0", "local/1"], tiny_engine, router, namespace_prefix="move-")
     executor = PlanExecutor(workers, InMemoryActionLog(), config=RunnerConfig(retry=RETRY))
-    report = executor.execute(make_plan((replica("chat@h100/1", "chat", ("h100/1",)),)))
+    kv_gib = 8 * 32 * 1024 / 1024**3  # 8 of the tiny engines' 32 KiB pages
+    report = executor.execute(make_plan((replica("a@local/1", "a", ("local/1",), kv_gib=kv_gib),)))
     assert report.outcome == "applied", report.replan_reasons
     assert sorted(r.kind for r in report.actions) == ["activate_model", "deactivate_model", "set_routing"]
     statuses = {s.worker_id: s for s in workers.observe().statuses}
-    assert [r.residency for r in statuses["h100/0"].replicas] == [Residency.HOST]
-    assert [r.replica_id for r in statuses["h100/1"].replicas] == ["chat@h100/1"]
-    assert router.shares("chat") == {"chat@h100/1": 1.0}
+    assert [(r.replica_id, r.residency) for r in statuses["local/1"].replicas] == [("a@local/1", Residency.ACTIVE)]
+    assert [r.residency for r in statuses["local/0"].replicas if r.model == "a"] == [Residency.HOST]
+    assert router.shares("a") == {"a@local/1": 1.0}
+    served = workers.clients["local/1"].submit(Request(1, 0.0, "a", "interactive", 12, 4))
+    assert served.status == "accepted"
 
 
 def test_a_dead_actor_is_reported_and_its_actions_fail_fast(ray_cluster: None) -> None:
