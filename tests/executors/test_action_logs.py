@@ -1,5 +1,5 @@
-"""The ActionLog contract the executor relies on, checked on the in-memory log and on the durable SQL log, and
-what the executor does when a log keeps an already-stored plan as it is."""
+"""The ActionLog contract the executor relies on, checked on the in-memory log and on the durable SQL log; drift on
+plans stored before they run, with a log that adds the executor's actions and with one that cannot."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from core.actions import ActivateModel, ApplyResult, SetQueueOrder
+from core.plan import Plan
 from core.protocols import ActionLog
 from executors.memory_log import InMemoryActionLog
+from executors.report import ExecutionReport
 from tests.executors.fleet import TestFleet
 from tests.executors.plans import make_plan, replica
 
@@ -73,21 +75,42 @@ def test_the_in_memory_log_adds_actions_recorded_later_for_a_stored_plan() -> No
     assert log.unfinished(plan.plan_id) == list(plan.actions)
 
 
-def test_drift_on_a_plan_stored_before_execution(tmp_path: Path) -> None:
-    """The controller stores plans before they run; the executor then adds drift actions to that record. A log
-    that keeps a stored plan as it is cannot hold them: they are not sent, and the report asks for a replan."""
-    open_sql = _sql_log(tmp_path)
-    fleet = TestFleet(2, log=open_sql())
+def _stored_then_executed(log: ActionLog) -> tuple[ExecutionReport, TestFleet]:
+    """The plan API stores the plan (one planned activation); the executor then adds drift for the rest."""
+    fleet = TestFleet(2, log=log)
     plan = make_plan((replica("chat@h100/0", "chat", ("h100/0",)), replica("chat@h100/1", "chat", ("h100/1",))),
                      (("h100/0", ActivateModel(model="chat", replica_id="chat@h100/0", gpu_ids=("h100/0",),
                                                kv_limit_gib=20.0), ()),))
-    fleet.log.record_plan(plan)  # as the plan API stores it
-    report = fleet.executor.execute(plan, routing={})
+    log.record_plan(plan)
+    return fleet.executor.execute(plan, routing={}), fleet
+
+
+def test_drift_on_a_plan_stored_before_execution_is_logged_and_applied(tmp_path: Path) -> None:
+    log = _sql_log(tmp_path)()
+    report, fleet = _stored_then_executed(log)
+    assert report.outcome == "applied" and len(report.actions) == 3
+    assert fleet.workers["h100/1"].applied  # the drift activation reached its worker
+    assert sum(r.added_by_executor for r in report.actions) == 2
+    assert all(log.outcome(r.idempotency_key) is not None for r in report.actions)
+
+
+class FirstRecordOnlyLog(InMemoryActionLog):
+    """A log that keeps a stored plan exactly as first recorded (the protocol allows it: idempotent per plan id)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: set[str] = set()
+
+    def record_plan(self, plan: Plan) -> None:
+        if plan.plan_id not in self.stored:
+            self.stored.add(plan.plan_id)
+            super().record_plan(plan)
+
+
+def test_drift_a_log_cannot_hold_is_not_sent_and_asks_for_a_replan() -> None:
+    report, fleet = _stored_then_executed(FirstRecordOnlyLog())
     planned, *added = report.actions
-    assert planned.state == "applied" and all(r.added_by_executor for r in added)
-    holds_added = open_sql().outcome(added[0].idempotency_key) is not None
-    if holds_added:  # a log that adds new actions to a stored plan: everything ran
-        assert report.outcome == "applied"
-    else:
-        assert {r.state for r in added} == {"failed"} and all(r.message.startswith("not logged: ") for r in added)
-        assert fleet.workers["h100/1"].received == [] and report.needs_replan
+    assert planned.state == "applied" and len(added) == 2
+    assert all(r.state == "failed" and r.message.startswith("not logged: ") for r in added)
+    assert fleet.workers["h100/1"].received == [] and report.needs_replan
+    assert report.outcome == "partially_applied"
