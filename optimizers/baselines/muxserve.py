@@ -20,13 +20,16 @@ Simplifications (see docs/baselines.md): MuxServe shares a GPU *spatially* (CUDA
 multiplexed), our engines run one model's batch per iteration, so co-located models time-share; its ADBS scheduler
 adapts KV quotas at run time, here the models simply share the device's KV pool. Mesh sizes are the TP degrees some
 model accepts on that pool, and every node of a pool is split the same way (the enumeration over nodes is
-exponential; the paper's clusters are homogeneous). When no split can place every model within its compute
+exponential; the paper's clusters are homogeneous). A model busier than 80 % of what its largest mesh serves
+(MuxServe would give it a bigger mesh; its TP options rule that out) is split into equal units placed like
+separate models on distinct meshes. When no split can place every model within its compute
 allowance (overload), the split with the best throughput ignoring compute is used rather than no plan at all.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 from core.fleet import FleetSpec, ServedModel
@@ -39,9 +42,19 @@ from optimizers.baselines.draft import PlanDraft
 from optimizers.baselines.inventory import Inventory, MemoryLedger
 
 OVERLOAD_ALLOWANCE = 0.2  # MuxServe's `overload_threshold` of 20 (of 100 % compute) per mesh
+UNIT_UTILISATION = 0.8  # a model is split into units when its rate exceeds this share of its best mesh
 MAX_SPLITS = 4096  # cap on enumerated cluster splits (product over pools)
 
 Split = list[tuple[str, tuple[str, ...]]]  # meshes as (pool, GPU ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """What the greedy places: a model, or one of several equal shares of a model too busy for one mesh."""
+
+    key: str  # "<model>#<k>"
+    model: ServedModel
+    demand: ModelDemand
 
 
 @dataclass
@@ -50,7 +63,7 @@ class Mesh:
 
     pool: str
     gpu_ids: tuple[str, ...]
-    models: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)  # unit keys
     load_tag: float = 0.0  # −Σ rate × scale ÷ size of the models placed (MuxServe's compute tag)
     served_per_s: float = 0.0
     utilisation: float = 0.0  # compute its models need ÷ what it has
@@ -103,19 +116,35 @@ class _Placer:
         self.demand = demand
         self.tpot_s = tightest_tpot_s(fleet)
         self.total_rate = sum(d.rate_per_s for d in demand.values())
+        self.units = {u.key: u for m in fleet.models for u in self._units_of(m)}
         # Most demanding first: rate × model scale (parameters), then the larger model.
-        self.order = sorted(fleet.models, key=lambda m: (-demand[m.name].rate_per_s * m.arch.params_b,
-                                                         -m.arch.params_b))
+        self.order = sorted(self.units.values(), key=lambda u: (-u.demand.rate_per_s * u.model.arch.params_b,
+                                                                 -u.model.arch.params_b, u.key))
+
+    def _units_of(self, model: ServedModel) -> list[Unit]:
+        """One unit per model, or several (each an equal share of its rate) when even its largest mesh cannot
+        serve it: MuxServe would give such a model a bigger mesh, which its TP options rule out here."""
+        d = self.demand[model.name]
+        best = max((self._capacity(model, d, pool, tp) for pool in self.inventory.pools
+                    for tp in self.inventory.fitting_tps(model, pool)), default=0.0)
+        n = max(1, math.ceil(d.rate_per_s / (UNIT_UTILISATION * best))) if best > 0 else 1
+        share = ModelDemand(model.name, d.rate_per_s / n, d.prompt_tokens, d.output_tokens)
+        return [Unit(f"{model.name}#{k}", model, share) for k in range(n)]
+
+    def _capacity(self, model: ServedModel, d: ModelDemand, pool: str, tp: int) -> float:
+        lat = self.latency.get(model.arch, self.inventory.gpu_type_of(pool), tp)
+        kv = self.inventory.kv_tokens(model, pool, tp)
+        return replica_capacity_per_s(lat, d, kv_tokens=kv, tpot_s=self.tpot_s)
 
     # -- enumeration -----------------------------------------------------------------------------------------------
     def candidate_splits(self) -> tuple[list[Split], list[Split]]:
         """Every combination of one node split per pool, largest meshes first, as (splits with at most as many
-        meshes as models — MuxServe's pruning rule —, the others)."""
+        meshes as model units — MuxServe's pruning rule —, the others)."""
         per_pool = [self._pool_splits(pool) for pool in self.inventory.pools]
         combos = [list(itertools.chain.from_iterable(c))
                   for c in itertools.islice(itertools.product(*per_pool), MAX_SPLITS)]
-        within = [c for c in combos if len(c) <= len(self.fleet.models)]
-        return within, [c for c in combos if len(c) > len(self.fleet.models)]
+        within = [c for c in combos if len(c) <= len(self.units)]
+        return within, [c for c in combos if len(c) > len(self.units)]
 
     def _pool_splits(self, pool: str) -> list[Split]:
         sizes = sorted({tp for m in self.fleet.models for tp in self.inventory.fitting_tps(m, pool)}, reverse=True)
@@ -152,68 +181,66 @@ class _Placer:
     # -- greedy placement on one split -----------------------------------------------------------------------------
     def place_on(self, meshes: list[Mesh], respect_compute: bool) -> list[Mesh] | None:
         ledger = MemoryLedger(self.inventory)
-        for model in self.order:
+        for unit in self.order:
             ranked = sorted(meshes, key=lambda m: (-m.load_tag, -ledger.free_bytes(m.gpu_ids[0])))
             best: tuple[tuple[float, float], Mesh, float, float] | None = None  # (gain, per-GPU capacity), …
             for mesh in ranked:
-                if not self._fits(model, mesh, ledger):
+                if not self._fits(unit, mesh, ledger):
                     continue
-                served, util = self.mesh_estimate(mesh, mesh.models + [model.name], ledger, extra=model)
+                served, util = self.mesh_estimate(mesh, mesh.models + [unit.key], ledger, extra=unit.model)
                 if respect_compute and util > 1 + OVERLOAD_ALLOWANCE:
                     continue
                 # Most throughput gained; ties (the model is served either way) to the mesh that serves it most
                 # efficiently per GPU — on a homogeneous cluster the smaller mesh, MuxServe's rule.
-                key = (round(served - mesh.served_per_s, 9), round(self._per_gpu_capacity(model, mesh), 9))
+                per_gpu = self._capacity(unit.model, unit.demand, mesh.pool, mesh.size) / mesh.size
+                key = (round(served - mesh.served_per_s, 9), round(per_gpu, 9))
                 if best is None or key > best[0]:
                     best = (key, mesh, served, util)
             if best is None:
                 return None
             _, mesh, served, util = best
-            ledger.place(model, mesh.gpu_ids, mesh.size)
-            mesh.models.append(model.name)
+            ledger.place(unit.model, mesh.gpu_ids, mesh.size)
+            mesh.models.append(unit.key)
             mesh.served_per_s, mesh.utilisation = served, util
-            mesh.load_tag -= self.demand[model.name].rate_per_s * model.arch.params_b / mesh.size
+            mesh.load_tag -= unit.demand.rate_per_s * unit.model.arch.params_b / mesh.size
         return meshes
 
-    def _per_gpu_capacity(self, model: ServedModel, mesh: Mesh) -> float:
-        """Requests per second per GPU the model alone would get from the mesh."""
-        lat = self.latency.get(model.arch, self.inventory.gpu_type_of(mesh.pool), mesh.size)
-        kv = self.inventory.kv_tokens(model, mesh.pool, mesh.size)
-        return replica_capacity_per_s(lat, self.demand[model.name], kv_tokens=kv, tpot_s=self.tpot_s) / mesh.size
+    def _fits(self, unit: Unit, mesh: Mesh, ledger: MemoryLedger) -> bool:
+        """The mesh size is a TP degree the model fits at, the weights fit, and no other unit of it is there."""
+        return (mesh.size in self.inventory.fitting_tps(unit.model, mesh.pool)
+                and all(self.units[k].model.name != unit.model.name for k in mesh.models)
+                and ledger.can_place(unit.model, mesh.gpu_ids, mesh.size))
 
-    def _fits(self, model: ServedModel, mesh: Mesh, ledger: MemoryLedger) -> bool:
-        return mesh.size in self.inventory.fitting_tps(model, mesh.pool) and ledger.can_place(
-            model, mesh.gpu_ids, mesh.size)
-
-    def mesh_estimate(self, mesh: Mesh, names: list[str], ledger: MemoryLedger,
+    def mesh_estimate(self, mesh: Mesh, keys: list[str], ledger: MemoryLedger,
                       extra: ServedModel | None = None) -> tuple[float, float]:
-        """(served req/s, compute utilisation) of `names` time-sharing `mesh` with the KV split by rate × KV size."""
-        models = [self.fleet.model(n) for n in names]
+        """(served req/s, compute utilisation) of the units `keys` time-sharing `mesh`, the KV split by rate × KV
+        bytes per token."""
+        units = [self.units[k] for k in keys]
         gpu = self.inventory.gpu_type_of(mesh.pool)
         extra_weights = extra.arch.weight_bytes / mesh.size if extra is not None else 0.0
         kv_room = ledger.kv_room_bytes(mesh.gpu_ids[0]) - extra_weights
-        basis = [max(self.demand[m.name].rate_per_s, 1e-6) * m.kv_bytes_per_token for m in models]
+        basis = [max(u.demand.rate_per_s, 1e-6) * u.model.kv_bytes_per_token for u in units]
         util, rate = 0.0, 0.0
-        for m, b in zip(models, basis):
-            d = self.demand[m.name]
-            kv_tokens = int(kv_room * b / sum(basis) // m.arch.kv_bytes_per_token_per_gpu(mesh.size))
-            lat = self.latency.get(m.arch, gpu, mesh.size)
-            util += d.rate_per_s / replica_capacity_per_s(lat, d, kv_tokens=max(kv_tokens, 1), tpot_s=self.tpot_s)
-            rate += d.rate_per_s
+        for u, b in zip(units, basis):
+            kv_tokens = int(kv_room * b / sum(basis) // u.model.arch.kv_bytes_per_token_per_gpu(mesh.size))
+            lat = self.latency.get(u.model.arch, gpu, mesh.size)
+            util += u.demand.rate_per_s / replica_capacity_per_s(lat, u.demand, kv_tokens=max(kv_tokens, 1),
+                                                                  tpot_s=self.tpot_s)
+            rate += u.demand.rate_per_s
         return rate / max(1.0, util), util
 
     # -- output ----------------------------------------------------------------------------------------------------
     def emit(self, draft: PlanDraft, meshes: list[Mesh]) -> None:
-        """The placement as replicas; a mesh's KV is split in proportion to rate × KV bytes per token (MuxServe's
-        initial quotas)."""
+        """The placement as replicas (one per unit); a mesh's KV is split in proportion to rate × KV bytes per
+        token (MuxServe's initial quotas); a model's units share its traffic equally."""
         for mesh in meshes:
             peers = len(mesh.models) - 1
-            for name in mesh.models:
-                d = self.demand[name]
-                weight = max(d.rate_per_s, 1e-6) * self.fleet.model(name).kv_bytes_per_token
-                draft.add_replica(name, mesh.pool, mesh.gpu_ids, mesh.size, kv_weight=weight, reason=(
-                    f"{name} ({d.rate_per_s:.2f} req/s expected) on a {mesh.size}-GPU mesh of {mesh.pool} "
-                    f"shared with {peers} other model(s), where it adds the most estimated throughput"))
+            for key in mesh.models:
+                u = self.units[key]
+                weight = max(u.demand.rate_per_s, 1e-6) * u.model.kv_bytes_per_token
+                draft.add_replica(u.model.name, mesh.pool, mesh.gpu_ids, mesh.size, kv_weight=weight, reason=(
+                    f"{u.model.name} ({u.demand.rate_per_s:.2f} req/s expected here) on a {mesh.size}-GPU mesh of "
+                    f"{mesh.pool} shared with {peers} other model(s), where it adds the most estimated throughput"))
 
 
 def _partitions(total: int, sizes: list[int]) -> list[list[int]]:

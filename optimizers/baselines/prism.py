@@ -18,14 +18,18 @@ kvcached), §4 "Two-level scheduling". What it does, and what this port keeps:
   engine's EDF rule.
 
 Simplifications (docs/baselines.md): τ is not given in the paper (we use 0.25); "memory tight" is a GPU whose KV
-pool is ≥ 80 % used or that must make room for an activation; one replica per model (Prism scales a model by
-moving it to a less-pressured GPU, not by replicating it). Prism treats demand as unpredictable: the only use of
-`scenarios` is the very first placement, before anything has been observed (the operator's initial deployment).
+pool is ≥ 80 % used or that must make room for an activation; a model busier than 80 % of what one replica
+serves is split into several entries (replicas) placed anti-affine, like a TP model's shards (Prism's traces have
+no model that needs more than a GPU; a production deployment replicates one). Prism treats demand as
+unpredictable: the only use of `scenarios` is the very first placement, before anything has been observed (the
+operator's initial deployment).
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from core.fleet import FleetSpec, ServedModel
@@ -34,14 +38,21 @@ from core.latency import LatencyBook
 from core.plan import Plan, Replica, SolverStats
 from core.state import EventKind, FleetState
 from core.status import ReplicaStatus
-from optimizers.baselines.demand import ModelDemand, expected_demand, observed_demand, tightest_tpot_s
-from optimizers.baselines.draft import PlanDraft
+from optimizers.baselines.demand import (
+    ModelDemand,
+    expected_demand,
+    observed_demand,
+    replica_capacity_per_s,
+    tightest_tpot_s,
+)
+from optimizers.baselines.draft import PlanDraft, replica_id
 from optimizers.baselines.inventory import Inventory, MemoryLedger
 
 IDLE_EVICT_S = 45.0  # evict a model idle this long when memory is tight (paper: <40 s thrashes, >80 s hoards)
 REPLACE_WINDOW_S = 60.0  # global re-placement period, over the rates of this window
 MOVE_THRESHOLD = 0.25  # τ: move a placed model only if its new GPU's pressure is lower by this fraction
 TIGHT_KV_FRACTION = 0.8  # a GPU whose KV pool is this full is "memory tight"
+REPLICA_UTILISATION = 0.8  # a model busier than this share of one replica's capacity gets more replicas
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +124,7 @@ class _Round:
         self.prev = prev
         self.inventory = Inventory(fleet, state)
         self.ledger = MemoryLedger(self.inventory)
-        self.weighted: dict[str, float] = {}  # model → weighted rate of the replica placed this round
+        self.weighted: dict[str, float] = {}  # replica id → weighted rate of the replica placed this round
         self.tpot_s = tightest_tpot_s(fleet) or 1.0
         self.global_pass = False
         self.observed = observed_demand(fleet, state)
@@ -123,7 +134,8 @@ class _Round:
 
     # -- global placement ------------------------------------------------------------------------------------------
     def place_globally(self, demand: dict[str, ModelDemand], why: str) -> None:
-        """Algorithm 1: heaviest weighted rate first, to the least-pressured GPU group; move past τ only."""
+        """Algorithm 1: heaviest weighted rate first, to the least-pressured GPU group; move past τ only. A model
+        busier than one replica serves is split into several entries, anti-affine like a TP model's shards."""
         self.global_pass = True
         current = self._current_groups()
         wanted = [m for m in self.fleet.models if demand[m.name].rate_per_s > 0 or m.name in current]
@@ -131,27 +143,52 @@ class _Round:
         # eviction rule takes back (a new model that finds no room waits for it, or for activation on demand).
         wanted.sort(key=lambda m: (m.name not in current, -self._weighted_rate(m, demand[m.name])))
         for model in wanted:
-            w = self._weighted_rate(model, demand[model.name])
-            best = self._least_pressured(model, w)
-            here = current.get(model.name)
-            if here is not None and self._fits(model, here) and (best is None or self._pressure_after(
-                    here, model, w) <= self._pressure_after(best, model, w) * (1 + self.p.move_threshold)):
-                best = here
-            if best is None:
-                self.draft.reasons.append(f"no GPU has room for {model.name}: it waits for memory")
-                continue
-            moved = here is not None and best != here
-            self._place(model, best, w, f"{why}: KV pressure {self._pressure_after(best, model, w):.3g} is the "
-                                        f"least{' (moved past τ)' if moved else ''}")
+            count = self._replicas_needed(model, demand[model.name])
+            w = self._weighted_rate(model, demand[model.name]) / count
+            spare = list(current.get(model.name, []))
+            for _ in range(count):
+                self._place_entry(model, w, spare, why)
         self.draft.reasons.append(f"{GLOBAL_MARK}{self.state.time_s:.3f} ({why})")
+
+    def _place_entry(self, model: ServedModel, w: float, spare: list[Group], why: str) -> None:
+        """One entry of `model`: the least-pressured group, unless one it holds now (`spare`) is within τ."""
+        best = self._least_pressured(model, w)
+        here = next((g for g in spare if self._fits(model, g)), None)
+        if here is not None and (best is None or self._pressure_after(here, model, w) <= self._pressure_after(
+                best, model, w) * (1 + self.p.move_threshold)):
+            best = here
+        if best is None:
+            self.draft.reasons.append(f"no GPU has room for {model.name}: it waits for memory")
+            return
+        moved = here is not None and best != here
+        if best in spare:
+            spare.remove(best)
+        elif spare:
+            spare.pop(0)  # this entry leaves one of the groups it held
+        self._place(model, best, w, f"{why}: KV pressure {self._pressure_after(best, model, w):.3g} is the "
+                                    f"least{' (moved past τ)' if moved else ''}")
+
+    def _replicas_needed(self, model: ServedModel, d: ModelDemand) -> int:
+        """Replicas so that none runs above REPLICA_UTILISATION of what one serves on the best pool."""
+        best = 0.0
+        for pool in self.inventory.pools:
+            tp = self.inventory.smallest_tp(model, pool)
+            if tp is not None:
+                lat = self.p.latency.get(model.arch, self.inventory.gpu_type_of(pool), tp)
+                best = max(best, replica_capacity_per_s(lat, d, kv_tokens=self.inventory.kv_tokens(model, pool, tp),
+                                                        tpot_s=self.tpot_s))
+        return max(1, math.ceil(d.rate_per_s / (REPLICA_UTILISATION * best))) if best > 0 else 1
 
     def keep_current(self) -> None:
         """Between global passes: keep every replica of the current plan that is still on healthy GPUs."""
         assert self.prev is not None
-        for rep, group in self._current_reps():
-            if self._fits(self.fleet.model(rep.model), group):
-                model = self.fleet.model(rep.model)
-                self._place(model, group, self._weighted_rate(model, self.observed[rep.model]), "kept", keep=rep)
+        reps = self._current_reps()
+        count = Counter(r.model for r, _ in reps)
+        for rep, group in reps:
+            model = self.fleet.model(rep.model)
+            if self._fits(model, group):
+                w = self._weighted_rate(model, self.observed[rep.model]) / count[rep.model]
+                self._place(model, group, w, "kept", keep=rep)
         last = _last_global_s(self.prev)
         if last is not None:
             self.draft.reasons.append(f"{GLOBAL_MARK}{last:.3f} (carried)")
@@ -200,7 +237,7 @@ class _Round:
         return d.tokens_per_s * model.kv_bytes_per_token / self.tpot_s
 
     def _pressure(self, gpu_id: str, extra_w: float = 0.0, extra_weights: float = 0.0) -> float:
-        load = sum(self.weighted.get(r.model, 0.0) / r.tp for r in self.draft.replicas_on(gpu_id)) + extra_w
+        load = sum(self.weighted.get(r.replica_id, 0.0) / r.tp for r in self.draft.replicas_on(gpu_id)) + extra_w
         room = self.ledger.kv_room_bytes(gpu_id) - extra_weights
         return load / room if room > 0 else float("inf")
 
@@ -209,9 +246,12 @@ class _Round:
         return max(self._pressure(g, w / tp, model.arch.weight_bytes / tp) for g in group.gpu_ids)
 
     def _least_pressured(self, model: ServedModel, w: float) -> Group | None:
+        """The group with the least pressure after adding `w`, among those that fit and hold no replica of the
+        model yet (a model's replicas are anti-affine)."""
         best, best_p = None, float("inf")
+        taken = {g for r in self.draft.replicas_of(model.name) for g in r.gpu_ids}
         for group in self._groups(model):
-            if self._fits(model, group):
+            if self._fits(model, group) and not taken & set(group.gpu_ids):
                 p = self._pressure_after(group, model, w)
                 if p < best_p - 1e-15:
                     best, best_p = group, p
@@ -252,13 +292,16 @@ class _Round:
         reps = self.prev.replicas if self.prev else ()
         return [(r, Group(r.pool, r.gpu_ids)) for r in reps if set(r.gpu_ids) <= healthy]
 
-    def _current_groups(self) -> dict[str, Group]:
-        return {r.model: g for r, g in self._current_reps()}
+    def _current_groups(self) -> dict[str, list[Group]]:
+        out: dict[str, list[Group]] = {}
+        for r, g in self._current_reps():
+            out.setdefault(r.model, []).append(g)
+        return out
 
     def _place(self, model: ServedModel, group: Group, w: float, reason: str, keep: Replica | None = None) -> None:
         tp = len(group.gpu_ids)
         self.ledger.place(model, group.gpu_ids, tp)
-        self.weighted[model.name] = w
+        self.weighted[replica_id(model.name, group.gpu_ids)] = w
         if keep is not None:
             self.draft.keep(keep, kv_weight=max(w, 1e-9))
             return
@@ -266,7 +309,7 @@ class _Round:
 
     def _unplace(self, rep: Replica, reason: str) -> None:
         self.ledger.remove(self.fleet.model(rep.model), rep.gpu_ids, rep.tp)
-        self.weighted.pop(rep.model, None)
+        self.weighted.pop(rep.replica_id, None)
         self.draft.remove(rep.replica_id)
         self.draft.reasons.append(reason)
 

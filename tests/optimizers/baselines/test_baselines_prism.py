@@ -104,3 +104,10 @@ def test_prism_places_tp_models_on_one_node() -> None:
     (rep,) = plan.replicas
     assert rep.tp == 2 and fleet.pool("a100").node_of(int(rep.gpu_ids[0][-1])) == fleet.pool("a100").node_of(
         int(rep.gpu_ids[1][-1]))
+
+
+def test_prism_gives_a_model_busier_than_one_gpu_several_anti_affine_replicas() -> None:
+    fleet = _fleet([{"name": "h100", "gpu": "H100-SXM", "count": 4, "gpus_per_node": 4}], ["hot", "cold"])
+    plan = PrismPlanner().plan(fleet, state(fleet, rates={"hot": 120.0, "cold": 1.0}), None, 1.0)
+    hot = plan.replicas_of("hot")
+    assert len(hot) > 1 and len({g for r in hot for g in r.gpu_ids}) == len(hot)

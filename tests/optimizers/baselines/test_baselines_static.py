@@ -71,3 +71,11 @@ def test_muxserve_shards_a_busy_model_over_a_mesh_when_tp_is_allowed() -> None:
     plan = MuxServePlanner().plan(fleet, state(fleet, rates={"big": 5.0}), None, 1.0)
     (rep,) = plan.replicas
     assert rep.tp == 2 and rep.gpu_ids == ("h100/0", "h100/1")
+
+
+def test_muxserve_splits_a_model_too_busy_for_its_largest_mesh_over_several_meshes() -> None:
+    fleet = _fleet(4, ["hot", "cold"])
+    plan = MuxServePlanner().plan(fleet, state(fleet, rates={"hot": 120.0, "cold": 0.5}), None, 1.0)
+    hot = plan.replicas_of("hot")
+    assert len(hot) > 1 and len({r.gpu_ids for r in hot}) == len(hot), "units of one model on distinct meshes"
+    assert set(plan.routing["hot"].values()) == {1.0}, "its units share its traffic equally"
