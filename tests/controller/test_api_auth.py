@@ -85,3 +85,9 @@ def test_metrics_count_requests_with_bounded_labels(api: Api) -> None:
     reasons = set(re.findall(r'fleetwise_http_rejected_total\{reason="(\w+)"\}', text))
     assert reasons == {"unauthenticated", "forbidden", "invalid", "not_found", "conflict", "too_large",
                        "database_unavailable"}
+
+
+def test_a_method_a_path_does_not_serve_is_405_listing_every_method(api: Api) -> None:
+    res = api.client("read").delete("/v1/fleets")
+    assert res.status_code == 405 and res.headers["allow"] == "GET, POST"
+    assert res.json()["allowed"] == "GET, POST" and res.json()["value"] == "DELETE"
