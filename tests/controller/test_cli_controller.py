@@ -89,7 +89,7 @@ def test_serve_replans_on_its_cron_and_stops_on_sigterm(url: str, tmp_path: Path
             assert plan["status"] == "applied"
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
 
