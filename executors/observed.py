@@ -61,7 +61,12 @@ class ObservedFleet:
         self._replicas: dict[str, ObservedReplica] = {}
         for w in workers:
             for r in w.replicas:
-                self._replicas[r.replica_id] = ObservedReplica(w.worker_id, r, w.kv_page_bytes)
+                seen = ObservedReplica(w.worker_id, r, w.kv_page_bytes)
+                # An id reported twice (engines name never-activated host copies by their model) is the serving
+                # copy if there is one.
+                known = self._replicas.get(r.replica_id)
+                if known is None or (seen.is_serving_or_activating and not known.is_serving_or_activating):
+                    self._replicas[r.replica_id] = seen
 
     def replica(self, replica_id: str) -> ObservedReplica | None:
         return self._replicas.get(replica_id)

@@ -216,3 +216,12 @@ def test_plan_dependencies_order_actions_and_bad_ones_are_input_errors() -> None
 def test_damping_thresholds_are_validated() -> None:
     with pytest.raises(InputError, match="damping.routing_min_share_change"):
         Damping(routing_min_share_change=1.5)
+
+
+def test_a_replica_id_reported_by_two_workers_is_the_serving_copy() -> None:
+    # Engines name host copies they were never asked to activate by their model, so ids can repeat across GPUs.
+    observed = [status("h100/0", seen("b", "b", ("h100/0",), residency=Residency.HOST)),
+                status("h100/1", seen("b", "b", ("h100/1",))),
+                status("h100/2", seen("b", "b", ("h100/2",), residency=Residency.HOST))]
+    plan = make_plan((replica("b", "b", ("h100/1",)),), routing={"b": {"b": 1.0}})
+    assert diff(observed, plan, routing={"b": {"b": 1.0}}).actions == ()
