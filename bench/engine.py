@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import sys
@@ -130,7 +131,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results = {name: measure(name, args) for name in args.models.split(",")}
     doc = {"command": " ".join(["python bench/engine.py", *sys.argv[1:]]), "config": vars(args),
-           "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
+           "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
+                       "cpus": os.cpu_count(), "load_average_1_5_15min": os.getloadavg()},
            "target": {"dense_over_paged_max": 1.5}, "results": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "engine.json").write_text(json.dumps(doc, indent=2))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -153,6 +154,7 @@ def main() -> None:
     sim_ttft, sim_tpot = simulate(table, profile)
     rows = {"ttft": compare(real_ttft, sim_ttft), "tpot": compare(real_tpot, sim_tpot)}
     doc = {"command": " ".join(["python bench/sim_fidelity.py", *sys.argv[1:]]), "trace": source,
+           "load_average_1_5_15min": os.getloadavg(), "cpus": os.cpu_count(),
            "requests": args.requests, "rate_per_s": args.rate, "threads": args.threads,
            "profile": {k: v for k, v in profile.__dict__.items() if k != "fit_error"},
            "profile_fit_error": profile.fit_error.__dict__ if profile.fit_error else None,

@@ -84,7 +84,7 @@ class StepReport:
     decode_seqs: int
     kv_tokens: int
     swap_tokens: int
-    duration_s: float
+    duration_s: float  # from scheduling to the tokens delivered (tokens are stamped when the forward pass ends)
     num_finished: int
 
 
@@ -251,8 +251,9 @@ class Engine:
             self.memory.sync_host(self.pool)
             self._deliver(tokens, done, finished)
             self.num_steps += 1
+            # The iteration's cost runs to here (bookkeeping and delivery included): the next one starts now.
             return StepReport(batch.model, batch.prefill_tokens, batch.prefill_attn, batch.decode_seqs,
-                              batch.kv_tokens, batch.swap_tokens, end - start, len(done))
+                              batch.kv_tokens, batch.swap_tokens, self.clock() - start, len(done))
 
     def run_until_idle(self, max_steps: int = 1_000_000) -> list[StepReport]:
         """Step until nothing can run (tests, profiling, benchmarks)."""

@@ -4,8 +4,9 @@ Each grid point submits `batch` requests of `prompt` tokens at once and runs the
 own scheduler produces prefill iterations (possibly chunked), decode iterations at growing context and, between
 them, mixed ones; every iteration is recorded with its batch features (the scheduler's `Batch` counters, the same
 numbers the simulator feeds its LatencyModel) and its wall time. The five coefficients are fitted by non-negative
-least squares on relative error (each row divided by its measured time, so short and long iterations weigh
-alike) on a random three quarters of the iterations; the held-out quarter gives the profile's `FitError`.
+least squares on relative error (each row divided by the predicted time, so short and long iterations weigh
+alike; iteratively reweighted) on a random three quarters of the iterations; the held-out quarter gives the
+profile's `FitError`.
 Weight loading (cold → host → device) and KV copy bandwidth (device → host) are timed directly.
 """
 
@@ -68,12 +69,26 @@ def fit_latency(samples: Sequence[StepReport], *, holdout_fraction: float = 0.25
     order = np.random.default_rng(seed).permutation(len(y))
     n_hold = max(2, int(round(holdout_fraction * len(y))))
     hold, train = order[:n_hold], order[n_hold:]
-    xw, yw = x[train] / y[train, None], np.ones(len(train))
-    scale = np.maximum(np.abs(xw).max(axis=0), 1e-30)  # columns to unit range: conditioning for NNLS
-    coef = nnls(xw / scale, yw)[0] / scale
+    coef = _nnls_relative(x[train], y[train])
     rel = np.abs(x[hold] @ coef - y[hold]) / y[hold]
     error = FitError(mape=float(rel.mean()), p90_abs_rel_error=float(np.quantile(rel, 0.9)), num_heldout=len(hold))
     return Fit(*map(float, coef), error=error, num_train=len(train))
+
+
+def _nnls_relative(x: np.ndarray, y: np.ndarray, rounds: int = 4) -> np.ndarray:
+    """Non-negative coefficients minimising Σ ((x·c − y) / (x·c))², by reweighted NNLS.
+
+    Weighting by the model's prediction rather than the measurement: on a shared machine noise only ever adds time,
+    and dividing by the measured time would favour the lucky iterations and fit below the mean.
+    """
+    weights = 1.0 / y  # first round: the measurements themselves
+    coef = np.zeros(x.shape[1])
+    for _ in range(rounds):
+        xw, yw = x * weights[:, None], y * weights
+        scale = np.maximum(np.abs(xw).max(axis=0), 1e-30)  # columns to unit range: conditioning for NNLS
+        coef = nnls(xw / scale, yw)[0] / scale
+        weights = 1.0 / np.maximum(x @ coef, 1e-9)
+    return coef
 
 
 def measure(engine: Engine, model: str, grid: ProfileGrid,
