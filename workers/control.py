@@ -232,9 +232,7 @@ class LocalWorkerClient:
 def _target(action: Action) -> str:
     """What an action changes, for the revision contract (see the module docstring)."""
     a = action.args
-    if isinstance(a, (ActivateModel, ReconfigureParallelism)):
-        return f"model:{a.model}"
-    if isinstance(a, DeactivateModel):
+    if isinstance(a, (ActivateModel, DeactivateModel, ReconfigureParallelism)):
         return f"model:{a.model}"
     if isinstance(a, ResizeKV):
         return f"kv:{a.replica_id}"
