@@ -75,14 +75,19 @@ class TokenCache:
         self._known: dict[str, tuple[float, tuple[str, ...], str]] = {}  # sha256 → (until, scopes, name)
         self._lock = threading.Lock()
 
+    def cached(self, secret: str) -> tuple[str, tuple[str, ...]] | None:
+        """(name, scopes) if the token was authenticated less than `TOKEN_CACHE_S` ago; None otherwise."""
+        with self._lock:
+            hit = self._known.get(hash_secret(secret))
+        return (hit[2], hit[1]) if hit is not None and hit[0] > time.monotonic() else None
+
     def lookup(self, secret: str) -> tuple[str, tuple[str, ...]] | None:
         """(name, scopes) of the live token with this secret; None for an unknown or revoked one."""
+        found = self.cached(secret)
+        if found is not None:
+            return found
         key = hash_secret(secret)
         now = time.monotonic()
-        with self._lock:
-            hit = self._known.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[2], hit[1]
         with self.sessions.begin() as session:
             row: ApiTokenRow | None = authenticate_token(session, secret=secret)
             found = None if row is None else (row.name, tuple(row.scopes))

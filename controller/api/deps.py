@@ -1,6 +1,8 @@
 """Dependencies of the routes, as `Annotated` aliases so signatures read as prose: `ControllerDep`, `SessionDep`
 (one transaction per request, committed before the response is sent) and the token scopes `ReadToken`,
 `PlanToken`, `AdminToken`.
+
+Every sync dependency costs a trip to a worker thread; the ones that need no I/O are async.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -20,7 +23,7 @@ from db.models import TOKEN_SCOPES
 bearer = HTTPBearer(auto_error=False, description="An API token: `fleetwise token create --name N --scopes read`.")
 
 
-def get_controller(request: Request) -> Controller:
+async def get_controller(request: Request) -> Controller:
     return request.app.state.controller
 
 

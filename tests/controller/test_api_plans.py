@@ -7,7 +7,10 @@ import time
 
 import httpx
 
+from controller.api.plan_views import plan_document, summary
+from controller.api.schemas import PlanPublic
 from controller.fleet_settings import ADVISORY_LABEL
+from db.plans import get_plan
 from tests.controller.conftest import FLEET, Api, small_fleet
 from tests.controller.telemetry import batch
 
@@ -113,3 +116,14 @@ def test_predicted_versus_observed_joins_the_telemetry_that_followed(api: Api) -
     assert observed["per_class"]["batch"] == 1.0  # offline requests attain when they complete
     assert observed["gpu_hours"] > 0 and observed["cost_usd"] > 0 and body["observed_cost_usd_per_hour"] > 0
     assert body["window_end_s"] > body["window_start_s"]
+
+
+def test_the_plan_document_is_the_documented_model(api: Api) -> None:
+    c = api.client("plan")
+    pid = plan_now(c)["plan_id"]
+    served = c.get(f"/v1/plans/{pid}").json()
+    with api.ctl.sessions.begin() as s:
+        row = get_plan(s, plan_id=pid)
+        validated = summary(row, full=True).model_dump(mode="json")
+        assert plan_document(row) == validated
+    assert PlanPublic.model_validate(served).model_dump(mode="json") == validated

@@ -7,11 +7,12 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
+from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from controller.api.deps import ControllerDep, PlanToken, ReadToken, SessionDep
 from controller.api.errors import error_responses
-from controller.api.plan_views import action_public, plan_diff, plan_outcome, summary
+from controller.api.plan_views import action_public, plan_diff, plan_document, plan_outcome, summary
 from controller.api.routes.fleets import FleetName
 from controller.api.schemas import (
     ActionPublic,
@@ -96,8 +97,10 @@ def get_cycle(cycle_id: Annotated[str, Path(min_length=1, max_length=128)], sess
 
 @router.get("/v1/plans/{plan_id}", response_model=PlanPublic, responses=error_responses(404, *AUTH),
             summary="A plan: target state, actions, expected outcome, solver statistics, reasons, status")
-def get_plan_route(plan_id: PlanId, session: SessionDep, _: ReadToken) -> PlanSummary:
-    return summary(get_plan(session, plan_id=plan_id), full=True)
+def get_plan_route(plan_id: PlanId, ctl: ControllerDep, _: ReadToken) -> Response:
+    # The hot read: one worker-thread trip (no session dependency) and the stored JSON sent as it is.
+    with ctl.sessions.begin() as s:
+        return JSONResponse(plan_document(get_plan(s, plan_id=plan_id)))
 
 
 @router.get("/v1/plans/{plan_id}/diff", response_model=PlanDiff, responses=error_responses(404, *AUTH),
