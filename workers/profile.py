@@ -29,16 +29,27 @@ FEATURES = ("const", "prefill_tokens", "prefill_attn", "decode_seqs", "kv_tokens
 
 @dataclass(frozen=True)
 class ProfileGrid:
-    """The batches to measure: every (batch size, prompt length), each run to `output_tokens` tokens."""
+    """The batches to measure: every (batch size, prompt length), each run to about `output_tokens` tokens.
+
+    Within a batch, prompt and output lengths are spread evenly over ±`spread` of the point's values, as in served
+    traffic: ragged contexts and sequences finishing at different steps cost what they cost in service.
+    """
 
     batch_sizes: tuple[int, ...] = (1, 4, 16, 32)
     prompt_tokens: tuple[int, ...] = (16, 64, 256)
     output_tokens: int = 24
     repeats: int = 1
+    spread: float = 0.5
 
     @property
     def points(self) -> list[tuple[int, int]]:
         return [(b, p) for _ in range(self.repeats) for b in self.batch_sizes for p in self.prompt_tokens]
+
+    def lengths(self, batch: int, prompt: int) -> list[tuple[int, int]]:
+        """(prompt, output) tokens of each request of one grid point."""
+        factors = [1.0] if batch == 1 else [1 - self.spread + 2 * self.spread * i / (batch - 1) for i in range(batch)]
+        return [(max(1, round(prompt * f)), max(2, round(self.output_tokens * g)))
+                for f, g in zip(factors, reversed(factors), strict=True)]
 
 
 @dataclass(frozen=True)
@@ -98,8 +109,8 @@ def measure(engine: Engine, model: str, grid: ProfileGrid,
     next_id = iter(range(1 << 50, 1 << 51))
     points = grid.points
     for i, (batch, prompt) in enumerate([points[0], *points]):
-        for _ in range(batch):
-            engine.submit(Request(next(next_id), 0.0, model, _online_class(engine), prompt, grid.output_tokens))
+        for prompt_len, output_len in grid.lengths(batch, prompt):
+            engine.submit(Request(next(next_id), 0.0, model, _online_class(engine), prompt_len, output_len))
         reports = engine.run_until_idle()
         if i:  # point 0 is the warm-up
             samples += [r for r in reports if r.model == model and not r.swap_tokens]

@@ -104,7 +104,7 @@ def profile(
     from workers.profile import ProfileGrid, profile_model
 
     grid = ProfileGrid(batch_sizes, prompt_lens, output_tokens, repeats)
-    longest = max(grid.prompt_tokens) + output_tokens
+    longest = max(sum(pair) for b in grid.batch_sizes for p in grid.prompt_tokens for pair in grid.lengths(b, p))
     for name in engine.store.names:
         limit = engine.store.source(name).arch.max_context_tokens
         if longest > limit:

@@ -47,3 +47,9 @@ def test_profiling_a_real_engine_writes_a_loadable_profile(tmp_path) -> None:
     path = tmp_path / "p.yaml"
     save_profiles(path, [model])
     assert load_profiles(path)[("Tiny-Llama-2L", "CPU", 1)] == model
+
+
+def test_grid_points_spread_lengths_within_a_batch() -> None:
+    grid = ProfileGrid(output_tokens=20, spread=0.5)
+    assert grid.lengths(1, 40) == [(40, 20)]
+    assert grid.lengths(3, 40) == [(20, 30), (40, 20), (60, 10)]
