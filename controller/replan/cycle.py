@@ -24,6 +24,7 @@ from controller.fleet_settings import fleet_settings
 from controller.replan.execute import execute_plan
 from controller.replan.observe import Observed, observe
 from controller.runtime import Controller, FleetRuntime
+from core.fleet import FleetSpec
 from core.forecast import Forecast, ScenarioSet
 from core.plan import Plan
 from core.requests import RequestTable
@@ -125,7 +126,7 @@ def _stages(ctl: Controller, runtime: FleetRuntime, stages: _Stages, cycle_id: s
     if obs.workers is None:
         return CycleResult(**base, outcome=outcome, note="not executed: the fleet has no executor backend",
                            timings_s=stages.timings_s)
-    report = stages.run("execute", _execute, ctl, plan.plan_id)
+    report = stages.run("execute", _execute, ctl, plan.plan_id, obs.spec)
     if report.outcome == "failed" and report.actions:
         error = "execute: every action failed: " + "; ".join(report.replan_reasons)[:3000]
         ctl.metrics.cycle_failures.labels(reason="execute").inc()
@@ -145,7 +146,7 @@ def forecast_and_store(ctl: Controller, runtime: FleetRuntime, obs: Observed) ->
     return scenarios, ids
 
 
-def make_scenarios(ctl: Controller, runtime: FleetRuntime, spec: Any, spec_digest: str, history: RequestTable,
+def make_scenarios(ctl: Controller, runtime: FleetRuntime, spec: FleetSpec, spec_digest: str, history: RequestTable,
                    now_s: float) -> tuple[ScenarioSet, list[Forecast]]:
     """Forecast every model from `history` (the fleet's builder refits cheaply between full selections) and
     sample the scenarios."""
@@ -171,10 +172,10 @@ def _store(ctl: Controller, obs: Observed, plan: Plan, advisory: bool) -> None:
                 set_plan_status(s, plan_id=row.plan_id, status="superseded", message=f"superseded by {plan.plan_id}")
 
 
-def _execute(ctl: Controller, plan_id: str) -> ExecutionReport:
+def _execute(ctl: Controller, plan_id: str, spec: FleetSpec) -> ExecutionReport:
     with ctl.sessions.begin() as s:
         set_plan_status(s, plan_id=plan_id, status="applying")
-    return execute_plan(ctl, plan_id)
+    return execute_plan(ctl, plan_id, spec=spec)
 
 
 def _finish(ctl: Controller, result: CycleResult) -> CycleResult:

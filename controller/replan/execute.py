@@ -9,7 +9,6 @@ the database as it was.
 
 from __future__ import annotations
 
-from controller.fleet_settings import fleet_settings
 from controller.runtime import Controller
 from core.errors import InputError
 from core.fleet import FleetSpec
@@ -25,43 +24,46 @@ class Conflict(InputError):
     was made, a plan is not in a status that allows the move, a fleet has no executor backend."""
 
 
-def check_applicable(ctl: Controller, row: PlanRow, *, approved_only: bool) -> FleetSpec:
+def check_applicable(row: PlanRow, *, current_version: int, has_backend: bool, approved_only: bool) -> None:
     """Refuse (with a `Conflict`) to apply a plan made for an older fleet version, one that is not proposed or
-    approved, or — for advisory plans, or when `approved_only` — one not yet approved."""
+    approved, one of a fleet without workers, or — for advisory plans, or when `approved_only` — one not yet
+    approved."""
     fleet = str(row.payload["fleet"])
-    with ctl.sessions.begin() as s:
-        current = get_fleet(s, name=fleet).current_version
-        spec = fleet_spec(s, name=fleet)
-    if row.fleet_version != current:
-        raise Conflict("fleet_version", row.fleet_version, f"the fleet's current version ({current}); make a new "
-                       "plan", problem=f"fleet {fleet!r} changed since plan {row.plan_id!r} was made")
+    if row.fleet_version != current_version:
+        raise Conflict("fleet_version", row.fleet_version, f"the fleet's current version ({current_version}); make a "
+                       "new plan", problem=f"fleet {fleet!r} changed since plan {row.plan_id!r} was made")
     if row.status not in ("proposed", "approved"):
         raise Conflict("status", row.status, "a proposed or approved plan",
                        problem=f"plan {row.plan_id!r} is {row.status}; it cannot be applied")
     if (row.advisory or approved_only) and row.status != "approved":
         raise Conflict("status", row.status, "approve the plan first (POST /v1/plans/{plan_id}/approve)",
                        problem=f"plan {row.plan_id!r} is advisory and not approved")
-    if ctl.backends.get(fleet, spec) is None:
+    if not has_backend:
         raise Conflict("fleet", fleet, "a fleet with an executor backend (FLEETWISE_WORKERS_FILE)",
                        problem=f"fleet {fleet!r} has no workers the controller can reach")
-    return spec
 
 
-def start_apply(ctl: Controller, plan_id: str, *, approved_only: bool = False) -> PlanRow:
-    """Check and mark plan `plan_id` `applying` (committed); the caller then runs `execute_plan`."""
+def start_apply(ctl: Controller, plan_id: str, *, approved_only: bool = False) -> tuple[PlanRow, FleetSpec]:
+    """Check plan `plan_id` and mark it `applying`, in one transaction (a refusal writes nothing); returns the row
+    and the fleet's spec, for `execute_plan`."""
     with ctl.sessions.begin() as s:
         row = get_plan(s, plan_id=plan_id)
-    check_applicable(ctl, row, approved_only=approved_only)
-    with ctl.sessions.begin() as s:
-        return set_plan_status(s, plan_id=plan_id, status="applying")
+        fleet = str(row.payload["fleet"])
+        current = get_fleet(s, name=fleet).current_version
+        spec = fleet_spec(s, name=fleet)
+        check_applicable(row, current_version=current, has_backend=ctl.backends.get(fleet, spec) is not None,
+                         approved_only=approved_only)
+        return set_plan_status(s, plan_id=plan_id, status="applying"), spec
 
 
-def execute_plan(ctl: Controller, plan_id: str) -> ExecutionReport:
-    """Run an `applying` plan on its fleet's workers and record the outcome (see the module docstring)."""
+def execute_plan(ctl: Controller, plan_id: str, *, spec: FleetSpec | None = None) -> ExecutionReport:
+    """Run an `applying` plan on its fleet's workers and record the outcome (see the module docstring). `spec` (the
+    fleet's spec at the plan's version) saves reading it again."""
     with ctl.sessions.begin() as s:
         row = get_plan(s, plan_id=plan_id)
         plan = to_plan(row)
-        spec = fleet_spec(s, name=plan.fleet, version=row.fleet_version)
+        if spec is None:
+            spec = fleet_spec(s, name=plan.fleet, version=row.fleet_version)
     workers = ctl.backends.get(plan.fleet, spec)
     runtime = ctl.fleet(plan.fleet)
     try:
@@ -88,7 +90,3 @@ def _run(ctl: Controller, plan: Plan, workers: WorkerSet | None) -> ExecutionRep
         raise Conflict("fleet", plan.fleet, "a fleet with an executor backend",
                        problem=f"fleet {plan.fleet!r} has no executor backend")
     return PlanExecutor(workers, ctl.action_log).execute(plan)
-
-
-def advisory_for(ctl: Controller, spec: FleetSpec) -> bool:
-    return fleet_settings(spec, ctl.settings).advisory

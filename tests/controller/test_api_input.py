@@ -4,7 +4,9 @@ batches, bad specs — each a 4xx whose JSON body names the problem, with nothin
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
+import httpx
 import pytest
 import yaml
 from sqlalchemy import func, select
@@ -23,7 +25,7 @@ def rows_stored(api: Api) -> int:
         return s.scalar(select(func.count()).select_from(RequestTelemetryRow))
 
 
-def assert_error(res, status: int, where: str | None = None) -> dict:  # noqa: ANN001
+def assert_error(res: httpx.Response, status: int, where: str | None = None) -> dict:
     assert res.status_code == status, res.text
     body = res.json()
     assert ERROR_KEYS <= set(body) and body["message"]
@@ -95,7 +97,8 @@ def test_telemetry_is_stored_whole_and_acknowledged(api: Api) -> None:
     (lambda b: b.update(colour=["red"]), 422, "colour"),
     (lambda b: b.pop("outcome"), 400, "outcome"),
 ])
-def test_bad_telemetry_is_refused_whole(api: Api, change, status: int, where: str) -> None:  # noqa: ANN001
+def test_bad_telemetry_is_refused_whole(api: Api, change: Callable[[dict], object], status: int, where: str,
+                                        ) -> None:
     body = batch(50, start_s=0.0)
     change(body)
     assert_error(api.client("plan").post(f"/v1/fleets/{FLEET}/telemetry", json=body), status, where)

@@ -27,6 +27,7 @@ from controller.replan.cycle import CycleResult, run_cycle
 from controller.replan.execute import Conflict, execute_plan, start_apply
 from controller.runtime import Controller
 from core.errors import NotFoundError
+from core.fleet import FleetSpec
 from db.actions import list_actions
 from db.fleets import get_fleet
 from db.models import PLAN_STATUSES, FleetRow, PlanRow, ReplanRunRow
@@ -132,8 +133,8 @@ def approve(plan_id: PlanId, ctl: ControllerDep, _: PlanToken) -> PlanSummary:
              responses=error_responses(404, 409, *AUTH),
              summary="Apply a plan on the fleet's workers, in the background (poll the plan and its actions)")
 def apply(plan_id: PlanId, ctl: ControllerDep, _: PlanToken) -> PlanSummary:
-    row = start_apply(ctl, plan_id)
-    ctl.background(_execute_locked, ctl, plan_id, to_plan(row).fleet)
+    row, spec = start_apply(ctl, plan_id)
+    ctl.background(_execute_locked, ctl, plan_id, spec)
     return summary(row)
 
 
@@ -158,11 +159,11 @@ def _check_fleet_unchanged(ctl: Controller, row: PlanRow) -> None:
                        problem=f"fleet {row.payload['fleet']!r} changed since plan {row.plan_id!r} was made")
 
 
-def _execute_locked(ctl: Controller, plan_id: str, fleet: str) -> None:
-    runtime = ctl.fleet(fleet)
+def _execute_locked(ctl: Controller, plan_id: str, spec: FleetSpec) -> None:
+    runtime = ctl.fleet(spec.name)
     with runtime.lock:
         try:
-            execute_plan(ctl, plan_id)
+            execute_plan(ctl, plan_id, spec=spec)
         except Exception:
             log.exception("executing plan %s failed", plan_id)
 
