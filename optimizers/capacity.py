@@ -8,7 +8,9 @@ linear form. For a stationary arrival rate λ (requests/s) of requests with mean
   iteration time is `τ(λ) = c0 / (1 − λ·q)` (the iteration is c0 plus the work of the λ·τ requests per iteration);
 - the decode batch is `B = λ·O·τ` (Little's law over the O decode steps a request stays for);
 - TPOT ≈ τ; its target holds with a margin for batch-size fluctuations;
-- KV: the batch keeps `B·ctx` tokens resident, which must fit the KV share (with headroom for fluctuations);
+- KV: the batch keeps `B·ctx` tokens resident; the batch is Poisson around B, so `(B + z·√B)·ctx` must fit the KV
+  share (with headroom for page rounding); a replica that time-shares its GPU holds its requests for up to the TPOT
+  target per token, so its B is taken at that step time (`EngineLimits.time_shared`);
 - TTFT = one iteration + the prompt's prefill work (slowed by the decode work sharing the iterations) + the waiting
   time of an M/G/1 queue of prefills (Pollaczek–Khinchine mean; its tail taken as exponential, so the target
   quantile of TTFT, not the mean, meets the target).
@@ -65,7 +67,16 @@ class EngineLimits:
     max_batch_seqs: int = 256  # scheduler's cap on running sequences
     max_utilization: float = 0.95  # λ·q ≤ this: queues stay stable
     tpot_margin: float = 0.90  # mean TPOT ≤ margin × target (batch sizes fluctuate around their mean)
-    kv_headroom: float = 0.85  # mean resident KV ≤ headroom × share (fluctuations, page rounding)
+    kv_headroom: float = 0.85  # resident KV ≤ headroom × share (page rounding, blocks held by prefills)
+    # The decode batch is Poisson around its mean B (M/G/∞ occupancy), so the KV the batch holds exceeds its mean
+    # often when B is small: the share must hold B + z·√B sequences (z = 2.33: 99 % of the time) — without it,
+    # small replicas ran out of pages at their "capacity" and preempted thousands of requests (docs/plan_quality.md).
+    batch_z: float = 2.33
+    # A replica that may time-share its GPU decodes one step per round of every resident model's iterations, so its
+    # requests stay resident up to the TPOT target per token, not its own iteration time: its KV is sized for a batch
+    # of rate × output × the TPOT target (Little's law at the slowest step the SLO allows). Without this, four 8B
+    # replicas whose shares fitted their own iteration times on one A100 ran out of pages and thrashed.
+    time_shared: bool = False
     num_kv_points: int = 6  # samples of the table between the smallest and largest KV share
 
 
@@ -86,10 +97,12 @@ def _slack(rate: float, lat: LatencyModel, load: LoadShape, kv_tokens: float, sl
         return -rho  # past saturation: strictly negative, so the root lies below
     tau = lat.c0_s / (1 - rho)
     batch = rate * load.mean_output_tokens * tau
+    step_s = max(tau, lim.tpot_margin * slo.tpot_s) if lim.time_shared and slo is not None else tau
+    resident = rate * load.mean_output_tokens * step_s
     slacks = [
         1 - rho / lim.max_utilization,
         1 - batch / lim.max_batch_seqs,
-        1 - batch * load.mean_context_tokens / (lim.kv_headroom * kv_tokens),
+        1 - (resident + lim.batch_z * math.sqrt(resident)) * load.mean_context_tokens / (lim.kv_headroom * kv_tokens),
     ]
     if slo is not None:
         slacks.append(1 - tau / (lim.tpot_margin * slo.tpot_s))

@@ -24,7 +24,7 @@ from core.plan import Plan, SolverStats, digest
 from core.state import EventKind, FleetState
 from optimizers.offline import OfflineSettings, leaving_gpus, plan_offline
 from optimizers.outcome import expected_outcome, scenarios_from_load
-from optimizers.placement.packing import PlacedReplica, pack, replica_items
+from optimizers.placement.packing import PlacedReplica, fill_kv, pack, replica_items
 from optimizers.placement.problem import (
     PlacementProblem,
     PlacementSettings,
@@ -42,7 +42,7 @@ from optimizers.plan import (
     to_core_replicas,
 )
 from optimizers.queue_actions import plan_queues
-from optimizers.queues import QueueSettings
+from optimizers.queues import LengthModel, QueueSettings
 from optimizers.spot import SpotStep, plan_spot_pools, residual_problem
 
 REPLACE_ON = frozenset({EventKind.GPU_ADDED, EventKind.GPU_REMOVED, EventKind.PREEMPTION_NOTICE,
@@ -61,6 +61,7 @@ class FleetwisePlanner:
     horizon_intervals: int = 1
     placement_share: float = 0.6  # of the budget; packing may take `packing_share` (CP-SAT only to repair)
     packing_share: float = 0.2
+    lengths: LengthModel | None = None  # group output lengths for the queue planner (default: scenario means)
     name: str = "fleetwise"
     subscriptions: frozenset[EventKind] = REPLACE_ON | {EventKind.SLO_VIOLATION_PREDICTED, EventKind.QUEUE_BUILDUP}
     _last_placement_s: float | None = field(default=None, repr=False)
@@ -77,7 +78,7 @@ class FleetwisePlanner:
         problem = build_problem(
             fleet, scenarios, book=self.book, healthy=healthy, horizon_intervals=self.horizon_intervals,
             current=[(r.model, r.pool, r.tp, r.kv_share_gib * (1 if r.tp == 1 else 0)) for r in running],
-            host_models=_host_models(state), settings=self.settings)
+            host_models=_host_models(state), settings=self.settings, waiting_rps=_waiting_rps(state, running))
         spot = plan_spot_pools(problem, demand_by_interval(fleet, scenarios),
                                available_by_interval(problem.pools, scenarios), scenarios.interval_s,
                                _running_counts(running))
@@ -95,7 +96,7 @@ class FleetwisePlanner:
         reasons += dropped
         rate_of = {t.replica_id: problem.configs[t.config_index].online.rate_at(t.kv_share_gib) for t in targets}
         queue = plan_queues(state, fleet, targets, rate_of, scenarios, self.book, self.queue_settings,
-                            budget_s=max(0.02, budget_s - (time.perf_counter() - start)))
+                            budget_s=max(0.02, budget_s - (time.perf_counter() - start)), lengths=self.lengths)
         stages["queues"] = time.perf_counter() - start - sum(stages.values())
         routing = routing_weights(targets, rate_of)
         offline = plan_offline(state, fleet, running, targets, _expected_load(problem, targets, routing), rate_of,
@@ -181,7 +182,8 @@ def _targets(problem: PlacementProblem, placement: PlacementResult | None, spot:
     pools = [p for p in fleet.pools if placement is not None or p.name in spot_pools]
     gpu_ids = {p.name: [g for g in p.gpu_ids() if healthy is None or g in healthy] for p in pools}
     packed = pack(problem, items, gpu_ids, time_limit_s=time_limit_s)
-    return kept + list(packed.replicas), [f"not placed: {x}" for x in packed.dropped], packed.packer
+    return kept + fill_kv(problem, list(packed.replicas)), [f"not placed: {x}" for x in packed.dropped], \
+        packed.packer
 
 
 def _plannable_gpus(fleet: FleetSpec, state: FleetState) -> set[str] | None:
@@ -209,6 +211,21 @@ def _expected_load(problem: PlacementProblem, targets: list[PlacedReplica],
     index = {m.name: i for i, m in enumerate(problem.models)}
     return {t.replica_id: routing.get(t.model, {}).get(t.replica_id, 0.0) * float(mean[index[t.model]])
             for t in targets}
+
+
+def _waiting_rps(state: FleetState, running: list[RunningReplica]) -> dict[str, float]:
+    """Models with requests waiting and no replica, with the rate they need at least: the requests that wait
+    spread over the observation window, or what arrived over it."""
+    served = {r.model for r in running}
+    asked = {e.model for e in state.events if e.kind == EventKind.REQUEST_FOR_INACTIVE_MODEL and e.model}
+    out = {}
+    for model in sorted(asked | {m for m, ld in state.load.items() if ld.num_waiting}):
+        if model in served:
+            continue
+        load = state.load.get(model)
+        waiting = load.num_waiting if load else 1
+        out[model] = max(load.request_rate_per_s if load else 0.0, max(waiting, 1) / state.observation_window_s)
+    return out
 
 
 def _host_models(state: FleetState) -> frozenset[str]:

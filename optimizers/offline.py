@@ -4,8 +4,12 @@ KV checkpoints (ConServe, arXiv 2410.01228; the worker checkpoints offline KV to
 The plan pauses offline requests (`preempt_offline`: nothing is recomputed) before anything else
 1. on a replica whose GPU has a preemption notice (a spot GPU being reclaimed) — and moves them, with their KV, to a
    surviving replica of the model (`migrate_requests`), where they resume;
-2. on a replica whose expected online load needs its whole SLO capacity (online work goes first);
-and resumes paused offline requests (`resume_offline`) on replicas whose expected online load leaves spare compute.
+2. on a replica whose expected online load needs its whole SLO capacity while online requests wait there (online
+   work goes first);
+and resumes paused offline requests (`resume_offline`) on replicas whose expected online load leaves spare compute,
+or where no online request waits: paused work must always make progress once online work is served (pausing on
+the expected load alone, with resumption only below a lower threshold, left requests paused for good on replicas
+whose load sat between the two).
 Expected online load of a replica = its routing weight × its model's probability-weighted online demand.
 """
 
@@ -59,6 +63,7 @@ def plan_offline(state: FleetState, fleet: FleetSpec, running: Sequence[RunningR
         if r.slo_class in offline:
             busy.setdefault(r.replica_id, []).append(r.request_id)
     paused = {r.replica_id: r.num_offline_paused for w in state.workers for r in w.replicas}
+    waiting = {g.replica_id for g in state.groups if g.slo_class not in offline and g.replica_id}
     _reclaimed(plan, state, running, targets, busy, paused)
     kept = {r.replica_id for r in running}
     for t in targets:
@@ -66,13 +71,13 @@ def plan_offline(state: FleetState, fleet: FleetSpec, running: Sequence[RunningR
             continue
         share = load_rps.get(t.replica_id, 0.0) / max(rate_of.get(t.replica_id, 0.0), 1e-9)
         load = f"{t.replica_id}: expected online load {share:.0%} of its SLO capacity"
-        if share >= settings.busy_share and busy.get(t.replica_id):
+        if share >= settings.busy_share and busy.get(t.replica_id) and t.replica_id in waiting:
             ids = tuple(busy[t.replica_id])
             why = f"{load}; pause {len(ids)} offline request(s) (KV checkpointed, resumed later)"
             plan.after.append((t.model, t.gpu_ids[0], PreemptOffline(replica_id=t.replica_id, request_ids=ids), why))
-        elif share < settings.spare_share and paused.get(t.replica_id, 0) > 0:
-            why = (f"{load} leaves spare compute; resume {paused[t.replica_id]} paused offline request(s) from "
-                   f"their KV checkpoints")
+        elif paused.get(t.replica_id, 0) > 0 and (share < settings.spare_share or t.replica_id not in waiting):
+            spare = "leaves spare compute" if share < settings.spare_share else "has no online request waiting"
+            why = f"{load} {spare}; resume {paused[t.replica_id]} paused offline request(s) from their KV checkpoints"
             plan.after.append((t.model, t.gpu_ids[0], ResumeOffline(replica_id=t.replica_id), why))
     return plan
 
@@ -94,4 +99,4 @@ def _reclaimed(plan: OfflinePlan, state: FleetState, running: Sequence[RunningRe
                                    include_running=True)
             why = (f"{r.replica_id}: move {len(ids)} paused offline request(s) with their KV checkpoints to "
                    f"{dest.replica_id}, where they resume")
-            plan.after.append((r.model, None, move, why))
+            plan.after.append((r.model, r.gpu_ids[0], move, why))

@@ -12,6 +12,8 @@ Every action carries a reason; the plan id is deterministic in (fleet, policy, g
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -82,7 +84,7 @@ def diff_actions(b: _Builder, targets: Sequence[PlacedReplica], running: Sequenc
     shrinks = {}
     for t in targets:
         if t.replica_id in kept and t.kv_share_gib < old[t.replica_id].kv_share_gib - 0.25:
-            shrinks[t.replica_id] = b.add(t.gpu_ids[0], ResizeKV(replica_id=t.replica_id, kv_limit_gib=round(t.kv_share_gib, 3)),
+            shrinks[t.replica_id] = b.add(t.gpu_ids[0], ResizeKV(replica_id=t.replica_id, kv_limit_gib=_gib_down(t.kv_share_gib)),
                                           f"{t.model}: KV share {old[t.replica_id].kv_share_gib:.1f} → "
                                           f"{t.kv_share_gib:.1f} GiB/GPU, its demand needs less")
             for g in t.gpu_ids:
@@ -135,7 +137,7 @@ def _free_memory(running: Sequence[RunningReplica], usable_gib: dict[str, float]
 def _activate(b: _Builder, t: PlacedReplica, why: dict[str, str], activate_s: dict[str, float],
               deps: Sequence[int] = ()) -> int:
     args = ActivateModel(model=t.model, replica_id=t.replica_id, tp=t.tp, gpu_ids=t.gpu_ids,
-                         kv_limit_gib=round(t.kv_share_gib, 3))
+                         kv_limit_gib=_gib_down(t.kv_share_gib))
     return b.add(t.gpu_ids[0], args, f"{t.model}: new TP-{t.tp} replica on {', '.join(t.gpu_ids)} with "
                  f"{t.kv_share_gib:.1f} GiB KV/GPU ({_reason(why, t.model, t.pool, 'placement')})", deps,
                  activate_s.get(t.model, 0.0))
@@ -158,7 +160,7 @@ def _routing(b: _Builder, models: set[str], routing: dict[str, dict[str, float]]
 def to_core_replicas(targets: Sequence[PlacedReplica], host_models: frozenset[str], pool_of_model: dict[str, tuple[str, str]]) -> tuple[Replica, ...]:
     """Target replicas as `core.plan.Replica`, plus host-resident models as zero-GPU-share host entries."""
     out = [Replica(replica_id=t.replica_id, model=t.model, pool=t.pool, gpu_type=t.gpu_type, gpu_ids=t.gpu_ids,
-                   tp=t.tp, kv_share_gib=round(t.kv_share_gib, 3), residency=Residency.ACTIVE) for t in targets]
+                   tp=t.tp, kv_share_gib=_gib_down(t.kv_share_gib), residency=Residency.ACTIVE) for t in targets]
     active = {t.model for t in targets}
     for model in sorted(host_models - active):
         pool, gpu_type = pool_of_model.get(model, ("", ""))
@@ -189,3 +191,8 @@ def make_plan(*, fleet: str, policy: str, state: FleetState, digest: str, horizo
                 policy=policy, generation=generation, created_at_s=state.time_s, horizon_s=horizon_s,
                 input_digest=digest, replicas=replicas, routing=routing, queues=queues, actions=tuple(b.actions),
                 expected=expected, solver=solver, reasons=tuple(reasons))
+
+
+def _gib_down(gib: float) -> float:
+    """A KV share to three decimals, rounded down: rounding up could promise a GPU more memory than it has."""
+    return math.floor(gib * 1000) / 1000

@@ -37,15 +37,24 @@ class QueuePlan:
     reasons: list[str] = field(default_factory=list)
     name: str = "edf+local-search"
     model_of: dict[str, str] = field(default_factory=dict)
+    leaders: dict[str, str] = field(default_factory=dict)  # replica id → the worker that runs it (its leader GPU)
 
     def emit(self, b, route: dict[str, int]) -> None:
         """Append the actions; each waits for its model's routing change in this plan, if any."""
         for rid, groups in sorted(self.orders.items()):
+            if not groups:  # nothing waits there: the replica's own order stands
+                continue
             deps = [route[self.model_of[rid]]] if self.model_of.get(rid) in route else []
-            b.add(None if not groups else rid.split("@", 1)[-1], SetQueueOrder(replica_id=rid, group_ids=groups),
+            b.add(self.leader_of(rid), SetQueueOrder(replica_id=rid, group_ids=groups),
                   f"{rid}: pull {len(groups)} group(s) in the order that minimises expected SLO misses", deps)
-        for args, reason in self.migrations + self.evictions:
-            b.add(None, args, reason)
+        for args, reason in self.migrations:  # a migration is carried out by the replica the requests leave
+            b.add(self.leader_of(args.from_replica_id), args, reason)
+        for args, reason in self.evictions:
+            b.add(self.leader_of(args.replica_id), args, reason)
+
+    def leader_of(self, replica_id: str) -> str:
+        """The worker an action on a replica goes to; replica ids are `model@leader-gpu` where none is known."""
+        return self.leaders.get(replica_id) or replica_id.split("@", 1)[-1]
 
 
 def mean_length_model(scenarios: ScenarioSet, cv: float = 1.0) -> LengthModel:
@@ -64,7 +73,9 @@ def plan_queues(state: FleetState, fleet: FleetSpec, targets: list[PlacedReplica
                 scenarios: ScenarioSet, book: LatencyBook, settings: QueueSettings, *, budget_s: float,
                 lengths: LengthModel | None = None) -> QueuePlan:
     """Queue decisions for the waiting groups on the target replicas (empty when nothing waits)."""
-    plan = QueuePlan(model_of={t.replica_id: t.model for t in targets})
+    leaders = {r.replica_id: r.gpu_ids[0] if r.gpu_ids else w.worker_id for w in state.workers for r in w.replicas}
+    plan = QueuePlan(model_of={t.replica_id: t.model for t in targets},
+                     leaders=leaders | {t.replica_id: t.gpu_ids[0] for t in targets})
     if not state.groups or not targets:
         return plan
     lengths = lengths or mean_length_model(scenarios)

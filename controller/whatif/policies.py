@@ -61,7 +61,18 @@ POLICIES: dict[str, PolicyFactory] = {
     "muxserve": _baseline(MuxServePlanner),
     "qlm": _baseline(QLMPlanner),
     "prism": _baseline(PrismPlanner),
+    "fleetwise": lambda ctx: _predictive(ctx, oracle=False),
+    "oracle": lambda ctx: _predictive(ctx, oracle=True),
 }
+
+
+def _predictive(ctx: PolicyContext, *, oracle: bool) -> PolicySetup:
+    """`fleetwise` over forecasts of what the run has seen, or (`oracle`) over the true future: the same
+    optimizer either way (controller/whatif/predictive.py)."""
+    from controller.whatif.predictive import fleetwise_setup
+
+    return fleetwise_setup(ctx.fleet, ctx.latency, ctx.workload, mean_rate_scenarios(ctx.workload, ctx.fleet),
+                           seed=ctx.seed, oracle=oracle)
 
 
 def policy_names() -> list[str]:

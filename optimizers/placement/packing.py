@@ -238,3 +238,35 @@ def placed(problem: PlacementProblem, item: _Item, gpus: tuple[str, ...]) -> Pla
 
 def count_gpus(out: list[PlacedReplica]) -> int:
     return len({g for r in out for g in r.gpu_ids})
+
+
+KV_FILL_RESERVE = 0.02  # of a GPU's usable memory held back from the KV fill for page rounding
+
+
+def fill_kv(problem: PlacementProblem, replicas: list[PlacedReplica]) -> list[PlacedReplica]:
+    """Give the memory a shared GPU has left after packing to its TP = 1 replicas, in proportion to their KV shares.
+
+    The program buys KV only where SLO capacity needs it, so packed GPUs keep memory no replica uses; a replica
+    whose KV share is its page limit then runs out of pages on a burst while the GPU has room. The fill costs
+    nothing and only raises capacity (`CapacityTable` is non-decreasing in the share). TP groups own their GPUs and
+    already hold all the memory the weights leave.
+    """
+    usable = {p.name: p.usable_gib for p in problem.pools}
+    by_gpu: dict[str, list[int]] = {}
+    for i, r in enumerate(replicas):
+        if r.tp == 1:
+            by_gpu.setdefault(r.gpu_ids[0], []).append(i)
+    out = list(replicas)
+    for members in by_gpu.values():
+        pool = replicas[members[0]].pool
+        left = usable[pool] * (1 - KV_FILL_RESERVE) - sum(replicas[i].memory_gib for i in members)
+        total = sum(replicas[i].kv_share_gib for i in members)
+        if left <= 0 or total <= 0:
+            continue
+        for i in members:
+            r = replicas[i]
+            extra = left * r.kv_share_gib / total
+            cap = problem.configs[r.config_index].kv_max_gib
+            grown = min(cap, r.kv_share_gib + extra)
+            out[i] = replace(r, kv_share_gib=grown, memory_gib=r.memory_gib + grown - r.kv_share_gib)
+    return out

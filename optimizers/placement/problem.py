@@ -10,7 +10,7 @@ pool's memory and their load shares into its compute), TP > 1 replicas take whol
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -115,6 +115,7 @@ class PlacementProblem:
     horizon_s: float
     current: CurrentPlacement
     settings: PlacementSettings = field(default_factory=PlacementSettings)
+    waiting: frozenset[int] = frozenset()  # models with requests waiting for a replica now: placed, not on demand
 
     @property
     def num_scenarios(self) -> int:
@@ -164,7 +165,7 @@ class PlacementProblem:
         mean = self.weights @ self.online_demand()
         limit = self.settings.on_demand_max_load
         return frozenset(m for m, od in enumerate(self.on_demand)
-                         if od is not None and mean[m] <= limit * od.online_rate_max)
+                         if od is not None and mean[m] <= limit * od.online_rate_max and m not in self.waiting)
 
     def offline_demand(self) -> np.ndarray:
         mask = np.array([not c.online for c in self.classes])
@@ -219,7 +220,8 @@ def build_configs(fleet: FleetSpec, pools: tuple[PoolInfo, ...], loads: list[Loa
                 per_tok = model.arch.kv_bytes_per_token_per_gpu(tp)
                 kv_min = model.max_context_tokens * per_tok / GIB
                 kv_max = pool.usable_gib - row.weight_gib_per_gpu
-                online = capacity_table(lat, loads[m_idx], per_tok, kv_min, kv_max, slos[m_idx], settings.limits)
+                limits = replace(settings.limits, time_shared=tp == 1)  # TP = 1 replicas may share their GPU
+                online = capacity_table(lat, loads[m_idx], per_tok, kv_min, kv_max, slos[m_idx], limits)
                 offline = capacity_table(lat, loads[m_idx], per_tok, kv_min, kv_max, None, settings.limits)
                 configs.append(ReplicaConfig(
                     len(configs), model.name, m_idx, p_idx, tp, row.weight_gib_per_gpu, kv_min, kv_max, online,
@@ -307,10 +309,14 @@ def load_shapes(fleet: FleetSpec, scenarios: ScenarioSet) -> list[LoadShape]:
 def build_problem(fleet: FleetSpec, scenarios: ScenarioSet, *, book: LatencyBook | None = None,
                   healthy: set[str] | None = None, current: list[tuple[str, str, int, float]] = (),  # type: ignore[assignment]
                   host_models: frozenset[str] = frozenset(), horizon_intervals: int = 1,
-                  settings: PlacementSettings | None = None) -> PlacementProblem:
+                  settings: PlacementSettings | None = None,
+                  waiting_rps: dict[str, float] | None = None) -> PlacementProblem:
     """Turn a fleet, its scenarios and what runs now into a `PlacementProblem`.
 
     `current` lists the running replicas as (model, pool, tp, kv_share_gib); `healthy` the GPU ids the plan may use.
+    `waiting_rps` names models whose requests wait for a replica now, with the online rate they need at least: the
+    demand is there, so every scenario carries it and the program places a replica (or prices the misses) instead
+    of counting on an on-demand activation — the activation this replan was called to make.
     """
     settings = settings or PlacementSettings()
     book = book or LatencyBook()
@@ -320,13 +326,31 @@ def build_problem(fleet: FleetSpec, scenarios: ScenarioSet, *, book: LatencyBook
     slos = [model_slo(fleet, shares[m], 0.99) for m in range(len(fleet.models))]
     configs = build_configs(fleet, pools, loads, slos, book, settings)
     demand, avail = scenario_arrays(fleet, pools, scenarios, horizon_intervals)
+    waiting = {fleet.model_names.index(m): r for m, r in (waiting_rps or {}).items() if m in fleet.model_names}
+    demand = _with_floor(demand, waiting, shares, [c.online for c in fleet.slo_classes])
     return PlacementProblem(
         models=fleet.models, classes=fleet.slo_classes, pools=pools, configs=configs,
         weights=np.asarray(scenarios.weights, float), demand_rps=demand,
         survival=survival_matrix(pools, configs, avail), available=avail,
         mean_output_tokens=np.array([ld.mean_output_tokens for ld in loads]),
         horizon_s=scenarios.interval_s * max(1, min(horizon_intervals, scenarios.num_intervals)),
-        current=current_placement(configs, pools, list(current), host_models), settings=settings)
+        current=current_placement(configs, pools, list(current), host_models), settings=settings,
+        waiting=frozenset(waiting))
+
+
+def _with_floor(demand: np.ndarray, floor_rps: dict[int, float], shares: np.ndarray, online: list[bool]) -> np.ndarray:
+    """(S, M, C) demand whose online part is at least `floor_rps[m]` for the models named, split by class share."""
+    if not floor_rps:
+        return demand
+    out = demand.copy()
+    mask = np.array(online)
+    for m, rate in floor_rps.items():
+        split = shares[m] * mask
+        if split.sum() <= 0:
+            continue
+        want = rate * split / split.sum()
+        out[:, m, :] = np.maximum(out[:, m, :], want[None, :])
+    return out
 
 
 def _class_shares(fleet: FleetSpec, scenarios: ScenarioSet) -> np.ndarray:

@@ -1,5 +1,5 @@
 from core.actions import Residency
-from core.state import FleetState, RunningRequest
+from core.state import FleetState, RequestGroup, RunningRequest
 from core.status import ReplicaStatus, WorkerStatus
 from optimizers.offline import plan_offline
 from optimizers.placement.packing import PlacedReplica
@@ -20,10 +20,15 @@ def _worker(gpu: str, rid: str, paused: int) -> WorkerStatus:
                                                 gpu_ids=(gpu,), num_offline_paused=paused),))
 
 
+def _waiting(rid: str) -> RequestGroup:
+    """Interactive requests waiting on replica `rid`."""
+    return RequestGroup(f"chat|interactive|0#{rid}", "chat", "interactive", 0.0, 3, 300, 0.0, 1.0, replica_id=rid)
+
+
 def test_busy_replicas_pause_offline_work_and_idle_ones_resume_it() -> None:
     (run_a, tgt_a), (run_b, tgt_b) = _replica("a", "h100/0"), _replica("b", "h100/1")
     state = FleetState(time_s=0.0, workers=(_worker("h100/0", "a", 0), _worker("h100/1", "b", 4)),
-                       running=(RunningRequest(1, "a", "chat", "batch", 100, 5, 0.0),
+                       groups=(_waiting("a"),), running=(RunningRequest(1, "a", "chat", "batch", 100, 5, 0.0),
                                 RunningRequest(2, "a", "chat", "interactive", 100, 5, 0.0)))
     plan = plan_offline(state, FLEET, [run_a, run_b], [tgt_a, tgt_b], {"a": 9.5, "b": 2.0}, {"a": 10.0, "b": 10.0})
     assert not plan.first
@@ -34,9 +39,17 @@ def test_busy_replicas_pause_offline_work_and_idle_ones_resume_it() -> None:
     assert resume.replica_id == "b" and "4 paused" in by_kind["resume_offline"][2]
 
 
-def test_nothing_to_do_when_online_load_is_moderate() -> None:
+def test_nothing_to_do_when_online_load_is_moderate_and_online_requests_wait() -> None:
     run_a, tgt_a = _replica("a", "h100/0")
-    state = FleetState(time_s=0.0, workers=(_worker("h100/0", "a", 2),),
+    state = FleetState(time_s=0.0, workers=(_worker("h100/0", "a", 2),), groups=(_waiting("a"),),
                        running=(RunningRequest(1, "a", "chat", "batch", 100, 5, 0.0),))
     plan = plan_offline(state, FLEET, [run_a], [tgt_a], {"a": 8.0}, {"a": 10.0})  # 80 %: neither busy nor spare
     assert not plan.first and not plan.after
+
+
+def test_paused_work_resumes_once_no_online_request_waits_even_at_high_expected_load() -> None:
+    run_a, tgt_a = _replica("a", "h100/0")
+    state = FleetState(time_s=0.0, workers=(_worker("h100/0", "a", 2),),
+                       running=(RunningRequest(1, "a", "chat", "batch", 100, 5, 0.0),))
+    plan = plan_offline(state, FLEET, [run_a], [tgt_a], {"a": 9.5}, {"a": 10.0})  # busy, but nothing online waits
+    assert [args.kind for _, _, args, _ in plan.after] == ["resume_offline"]
