@@ -30,6 +30,10 @@ class ReplicaStatus(BaseModel):
     num_swapped: NonNeg = Field(default=0, description="Requests whose KV sits in host memory.")
     num_offline_paused: NonNeg = 0
     activating_until_s: float | None = Field(default=None, description="Activation in progress until this time.")
+    draining: bool = Field(
+        default=False, description="Deactivating with drain: takes no new requests, leaves once its running ones "
+        "finish. Activating it again cancels the drain."
+    )
     last_request_s: float | None = Field(default=None, description="Arrival time of the latest request.")
 
 

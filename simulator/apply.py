@@ -5,6 +5,12 @@
   order, or one request set (evict, swap, pause, resume, migrate). A lower revision than the target's last change
   is `stale`; the same revision with other arguments is a `conflict`.
 - Bad arguments (unknown replica, wrong leader, no memory) are `failed` with a message; nothing raises.
+- A deactivation with drain is `deferred` while running requests remain: the replica takes no new requests and
+  leaves when they finish, and only then does the action complete (the worker settles it through
+  `FleetHooks.drain_settled`; its `duration_s` is the weight copy that follows). With nothing running it leaves at
+  once (`applied`). Activating a draining replica on the same GPUs cancels the drain — it serves again, `applied`
+  — and the deferred deactivation ends unfinished, so nothing that depended on it starts (the engine's
+  `LocalWorkerClient` answers drains the same way).
 
 Handlers live in a registry keyed by action kind (Vidur's enum → class pattern), one function each.
 """
@@ -115,6 +121,9 @@ def activate(worker: SimulatedWorker, model_name: str, replica_id: str, tp: int,
         return failed(f"every GPU of {gpu_ids} must exist, be healthy and be a {worker.gpu.name}")
     old = worker.replicas.get(replica_id)
     if old is not None and old.residency is Residency.ACTIVE:
+        if old.gpu_ids == gpu_ids and old.draining:
+            worker.cancel_drain(old)
+            return Outcome("applied", "was draining: drain cancelled, serving again")
         if old.gpu_ids == gpu_ids:
             return Outcome("applied", "already active", (old.activating_until_s or worker.kernel.now_s)
                            - worker.kernel.now_s)
@@ -179,7 +188,12 @@ def _deactivate(worker: SimulatedWorker, action: Action) -> Outcome:
     copy_s = rep.lm.host_to_gpu_s if args.to is Residency.HOST else 0.0
     if args.drain and rep.activating_until_s is None:
         worker.begin_drain(rep, args.to)
-        return Outcome("applied", f"draining to {args.to.value}", copy_s)
+        if rep.draining:  # the worker settles the action when the drain ends (FleetHooks.drain_settled)
+            rep.drain_keys.append(action.idempotency_key)
+            running = worker.scheduler.num_running(rep.model.name)
+            return Outcome("deferred", f"draining {running} running requests, then weights to {args.to.value} "
+                                       f"({copy_s:.2f} s)", copy_s)
+        return Outcome("applied", f"nothing to drain; weights to {args.to.value}", copy_s)
     worker.stop_serving(rep, args.to)
     return Outcome("applied", f"stopped; requests re-routed; weights to {args.to.value}", copy_s)
 

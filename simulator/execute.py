@@ -1,5 +1,8 @@
 """Carrying out a plan inside the simulation: actions start when every action they depend on has succeeded, and
-succeed `ApplyResult.duration_s` after they are applied (an activation: when the weights are loaded).
+succeed `ApplyResult.duration_s` after they are applied (an activation: when the weights are loaded). A deactivation
+answered `deferred` (a drain) succeeds when its worker reports the drain done, plus its weight copy; a cancelled
+drain (the replica was activated again) ends it as failed without an ACTION_FAILED event. Other `deferred` answers
+(a KV shrink, which refuses new pages at once) let dependents start immediately.
 
 A failed, stale or conflicting action raises ACTION_FAILED and its dependents never start (counted `skipped`).
 A new plan supersedes the old one: its actions not yet started are dropped (counted `superseded`). Every outcome
@@ -47,6 +50,19 @@ class PlanRunner:
         self._status[seq] = "ok"
         self._start_ready()
 
+    def settle(self, key: str, *, ok: bool, after_s: float) -> None:
+        """A deferred deactivation ended (FleetHooks.drain_settled): succeed after its weight copy, or fail."""
+        plan_id, _, seq_text = key.rpartition(":")
+        seq = int(seq_text)
+        if self.plan is None or plan_id != self.plan.plan_id or self._status.get(seq) != "running":
+            return
+        if not ok:
+            self._status[seq] = "failed"
+            self.sim.metrics.actions[(self._actions[seq].kind, "cancelled")] += 1
+            return
+        # An event even for no copy time: the worker calling here is in the middle of its own bookkeeping.
+        self.sim.kernel.schedule(ActionDone(self.sim.kernel.now_s + after_s, self.sim, plan_id, seq))
+
     def finish(self) -> None:
         """The run ended: count actions that never started."""
         self._close("not_started")
@@ -76,6 +92,9 @@ class PlanRunner:
             self._status[action.seq] = "failed"
             self.sim.raise_event(FleetEvent(EventKind.ACTION_FAILED, self.sim.kernel.now_s, worker_id=action.worker_id,
                                             detail=f"{action.kind} {action.idempotency_key}: {result.message}"))
+            return
+        if result.status == "deferred" and action.kind == "deactivate_model":
+            self._status[action.seq] = "running"  # until the worker settles it (see settle)
             return
         if result.duration_s <= 0 or self.instant:
             self._status[action.seq] = "ok"

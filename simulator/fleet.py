@@ -221,6 +221,9 @@ class FleetSimulation:
     def worker(self, gpu_id: str) -> SimulatedWorker | None:
         return self.workers.get(gpu_id)
 
+    def drain_settled(self, key: str, *, ok: bool, after_s: float, message: str) -> None:
+        self.runner.settle(key, ok=ok, after_s=after_s)
+
     def billing_changed(self, worker: SimulatedWorker) -> None:
         self._billed += 1 if worker.billed else -1
         self.metrics.gpus_billed(self.kernel.now_s, self._billed)

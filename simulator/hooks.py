@@ -35,6 +35,10 @@ class FleetHooks(Protocol):
 
     def worker(self, gpu_id: str) -> SimulatedWorker | None: ...
 
+    def drain_settled(self, key: str, *, ok: bool, after_s: float, message: str) -> None:
+        """A deactivation answered `deferred` (a drain) ended: the replica left (`ok`; its weights finish copying
+        `after_s` later) or the drain was cancelled."""
+
     def billing_changed(self, worker: SimulatedWorker) -> None: ...
 
     @property
@@ -51,6 +55,7 @@ class LocalHooks:
     finished: list[Sequence] = field(default_factory=list)
     dropped: list[Sequence] = field(default_factory=list)
     workers: dict[str, SimulatedWorker] = field(default_factory=dict)
+    settled: dict[str, tuple[bool, float]] = field(default_factory=dict)  # drain key → (ok, after_s)
 
     def on_finished(self, seqs: list[Sequence]) -> None:
         self.finished.extend(seqs)
@@ -77,6 +82,9 @@ class LocalHooks:
 
     def worker(self, gpu_id: str) -> SimulatedWorker | None:
         return self.workers.get(gpu_id)
+
+    def drain_settled(self, key: str, *, ok: bool, after_s: float, message: str) -> None:
+        self.settled[key] = (ok, after_s)
 
     def billing_changed(self, worker: SimulatedWorker) -> None:
         pass

@@ -59,6 +59,7 @@ class SimReplica:
     member_kv_pages: int = 0  # KV pages every other member reserves (TP > 1)
     draining: bool = False  # finishing its running requests before leaving
     drain_to: Residency = Residency.HOST
+    drain_keys: list[str] = field(default_factory=list)  # deferred deactivations (idempotency keys) it settles
     last_request_s: float | None = None
     serving_since_s: float = 0.0  # when it last started serving (idle time counts from here)
     parked: list[Sequence] = field(default_factory=list)  # submitted while only on host: wait for activation
@@ -200,7 +201,7 @@ class SimulatedWorker(IterationLoop):
             num_waiting=(sched.num_queued(name) if resident else 0) + len(rep.parked),
             num_swapped=sched.num_with_status(SeqStatus.SWAPPED, name) if resident else 0,
             num_offline_paused=sched.num_with_status(SeqStatus.PAUSED_OFFLINE, name) if resident else 0,
-            activating_until_s=rep.activating_until_s, last_request_s=rep.last_request_s,
+            activating_until_s=rep.activating_until_s, draining=rep.draining, last_request_s=rep.last_request_s,
         )
 
     # -- memory ------------------------------------------------------------------------------------------------
@@ -324,6 +325,25 @@ class SimulatedWorker(IterationLoop):
         self._release_queued(rep)
         self._maybe_finish_drain(rep)
 
+    def cancel_drain(self, rep: SimReplica) -> None:
+        """Serve again (the replica was activated while draining): it takes requests again, and the deactivations
+        waiting for its drain end unfinished (their dependents never start)."""
+        name = rep.model.name
+        rep.draining = False
+        self._draining.pop(name, None)
+        self._serving[name] = rep
+        self._settle_drain(rep, ok=False, message=f"drain of {rep.replica_id} cancelled by an activation")
+        self.hooks.replica_changed(self, rep.replica_id)
+        self.kick()
+
+    def _settle_drain(self, rep: SimReplica, *, ok: bool, message: str) -> None:
+        """Tell the simulation how the deferred deactivations of this replica ended: left (`ok`, their weight copy
+        still to come), or cancelled."""
+        keys, rep.drain_keys = rep.drain_keys, []
+        after_s = rep.lm.host_to_gpu_s if ok and rep.residency is Residency.HOST else 0.0
+        for key in keys:
+            self.hooks.drain_settled(key, ok=ok, after_s=after_s, message=message)
+
     def _release_queued(self, rep: SimReplica) -> None:
         name = rep.model.name
         queued = [s.seq_id for s in self.scheduler.sequences(name) if s.status is not SeqStatus.RUNNING]
@@ -359,6 +379,7 @@ class SimulatedWorker(IterationLoop):
             del self.replicas[rep.replica_id]
         self.hooks.replica_changed(self, rep.replica_id)  # the router stops targeting it first …
         self.hooks.requeue(returned)  # … then its requests go back
+        self._settle_drain(rep, ok=True, message=f"{rep.replica_id} left; weights to {to.value}")
 
     # -- availability and cost ---------------------------------------------------------------------------------
     def fail(self) -> None:

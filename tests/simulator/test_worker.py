@@ -142,14 +142,42 @@ def test_deactivating_to_host_keeps_weights_warm_for_a_fast_reactivation() -> No
     hooks.kernel.run()
     w.submit(request(1, hooks.kernel.now_s, output=50))
     drain = act(w, DeactivateModel(model="chat", replica_id="chat@h100/0", to=Residency.HOST), seq=1, revision=2)
-    assert drain.status == "applied" and w.replicas["chat@h100/0"].draining
+    assert drain.status == "deferred" and w.status().replicas[0].draining  # completes once drained
+    assert drain.duration_s == pytest.approx(1.0)  # the weight copy that follows the drain
     hooks.kernel.run()
     assert len(hooks.finished) == 1  # the running request finished before the replica left
+    assert hooks.settled == {"p:1": (True, 1.0)} and not w.status().replicas[0].draining
     status = w.status()
     assert status.replicas[0].residency is Residency.HOST and status.memory_weights_gib == 0
     assert status.kv_pages_total > 2000
     back = activate(w, seq=2, revision=3)
     assert back.duration_s == pytest.approx(1.0)  # from host memory
+
+
+def test_a_drain_with_nothing_running_leaves_at_once() -> None:
+    (w, _), hooks = setup()
+    activate(w)
+    hooks.kernel.run()
+    result = act(w, DeactivateModel(model="chat", replica_id="chat@h100/0", to=Residency.COLD), seq=1, revision=2)
+    assert result.status == "applied" and "chat@h100/0" not in w.replicas and hooks.settled == {}
+
+
+def test_activating_a_draining_replica_cancels_the_drain() -> None:
+    (w, _), hooks = setup()
+    activate(w)
+    hooks.kernel.run()
+    now = hooks.kernel.now_s
+    w.submit(request(1, now, output=50))
+    hooks.kernel.run(until_s=now + 0.2)
+    assert act(w, DeactivateModel(model="chat", replica_id="chat@h100/0", to=Residency.HOST), seq=1,
+               revision=2).status == "deferred"
+    again = activate(w, seq=2, revision=3)
+    assert again.status == "applied" and "drain cancelled" in again.message and again.duration_s == 0
+    assert hooks.settled == {"p:1": (False, 0.0)}  # the deactivation ended unfinished
+    assert not w.status().replicas[0].draining
+    hooks.kernel.run()
+    assert len(hooks.finished) == 1 and w.replicas["chat@h100/0"].residency is Residency.ACTIVE  # it stayed
+    assert w.submit(request(2, hooks.kernel.now_s)).status == "accepted"  # and takes requests again
 
 
 def test_activation_needs_memory_for_the_weights_and_one_full_context() -> None:
