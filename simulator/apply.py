@@ -147,27 +147,21 @@ def activate(worker: SimulatedWorker, model_name: str, replica_id: str, tp: int,
 
 
 def _reserve_group(leader: SimulatedWorker, rep: SimReplica, members: list[SimulatedWorker]) -> str:
-    """Take weights (and, on members, KV) on every GPU of the group; on failure undo and say why."""
-    page = leader.config.page_bytes
+    """Take weights on every GPU of the group (their KV is taken as used, mirrored page for page: see
+    simulator.worker); on failure undo and say why."""
     weights = rep.weight_bytes_per_gpu
     min_kv = rep.model.max_context_tokens * rep.layout.bytes_per_token  # one full-context sequence (FleetSpec.fit)
     if leader.free_bytes() < weights + min_kv:
         return (f"{leader.worker_id}: {rep.model.name} needs {(weights + min_kv) / GIB:.1f} GiB (weights + one "
                 f"full context), {leader.free_bytes() / GIB:.1f} GiB free")
-    if members:
-        shares = [(m.free_bytes() - weights) / page / (1 + len(m.replicas) + len(m.memberships)) for m in members]
-        kv_pages = rep.kv_limit_pages if rep.kv_limit_pages is not None else int(min(shares))
-        if kv_pages * page < min_kv or any(m.free_bytes() < weights + kv_pages * page for m in members):
-            return f"members of {rep.gpu_ids} lack memory for {rep.model.name}'s weights and KV"
-        rep.member_kv_pages = kv_pages
-        if rep.kv_limit_pages is None:
-            rep.kv_limit_pages = kv_pages  # the leader's share mirrors what every member holds
+    short = [m.worker_id for m in members if m.free_bytes() < weights + min_kv]
+    if short:
+        return f"{', '.join(short)}: no room for {rep.model.name}'s weight shard and one full context"
     if not leader.reserve(weights):
         return f"{leader.worker_id}: KV pages in use; free them first"
     done: list[SimulatedWorker] = []
     for m in members:
-        if not m.reserve(weights, rep.member_kv_pages, Membership(rep.replica_id, leader.worker_id, weights,
-                                                                  rep.member_kv_pages)):
+        if not m.reserve(weights, Membership(rep.replica_id, leader.worker_id, weights)):
             for d in done:
                 d.release(weights, rep.replica_id)
             leader.release(weights)

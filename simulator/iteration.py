@@ -85,6 +85,12 @@ class IterationLoop:
 
     def _start_iteration(self, now: float) -> IterationDone | None:
         sched = self.scheduler
+        # Scheduling may take pages that runs in flight counted on: this GPU's, held by a group's run, and (for
+        # TP groups led here) every member's, mirrored. Those runs are cut at their step in flight first.
+        if self.busy_until_s > now and self._busy_by is not None:
+            self._busy_by.interrupt(now)
+        if self._tp_members:
+            self._cut_member_runs(now)
         batch = sched.schedule(now)
         if sched._dropped:
             self.hooks.on_dropped(sched.take_dropped())
@@ -96,14 +102,12 @@ class IterationLoop:
                                                    decode_seqs=len(batch.decodes), kv_tokens=batch.kv_tokens)
         if batch.swap_out or batch.swap_in:
             dt += self._swap_s(batch)
-        if self.busy_until_s > now and self._busy_by is not None:
-            self._busy_by.interrupt(now)  # a TP group's run holds this GPU: cut it at its step in flight
         start = max(now, self.busy_until_s)
         members = self._tp_members.get(batch.model) if self._tp_members else None
         if members:
             start = self._wait_for_members(members, start, now)
         steps = 1
-        if lm is not None and not batch.prefills and self.config.run_ahead:
+        if lm is not None and not batch.prefills and self.config.run_ahead and self._may_run(members):
             steps = sched.plan_run(batch, MAX_RUN_STEPS)
         if steps > 1:
             growth = lm.c_kv_s * len(batch.decodes)  # type: ignore[union-attr]
@@ -118,17 +122,39 @@ class IterationLoop:
         self.iterating = True
         return event
 
+    def _may_run(self, members: tuple[SimulatedWorker, ...] | None) -> bool:
+        """Runs of decodes pay off only where nothing cuts them at once: not for a member's own models (any batch of
+        its group's leader could take pages they count on), not for a group whose members have work of their own
+        (their next iteration cuts it)."""
+        return not self.memberships and not (members and any(m.scheduler.has_runnable_work for m in members))
+
     def _swap_s(self, batch: Batch) -> float:
         per_token = self._swap_s_per_token
         return (sum(per_token.get(t.model, 0.0) * t.num_tokens for t in batch.swap_out)
                 + sum(per_token.get(t.model, 0.0) * t.num_tokens for t in batch.swap_in))
 
+    def _cut_member_runs(self, now: float) -> None:
+        """Cut the runs in flight that hold the members of the TP groups led here (other groups'; members run no
+        runs of their own)."""
+        for members in self._tp_members.values():
+            for m in members:
+                if m.busy_until_s > now and m._busy_by is not None and m._busy_by is not self:
+                    m._busy_by.interrupt(now)
+
     def _wait_for_members(self, members: tuple[SimulatedWorker, ...], start: float, now: float) -> float:
-        """A TP batch starts when every member GPU is free (runs of other groups on them are cut first)."""
-        for m in members:
-            if m.busy_until_s > start and m._busy_by is not None and m._busy_by is not self:
-                m._busy_by.interrupt(now)
+        """A TP batch starts when every member GPU is free (their runs were cut before scheduling)."""
         return max(start, *(m.busy_until_s for m in members))
+
+    def _wake_partners(self) -> None:
+        """GPUs sharing a TP group with this one may wait for pages it freed (a mirror frees with its leader)."""
+        for members in self._tp_members.values():
+            for m in members:
+                if not m.iterating and m.scheduler.has_runnable_work:
+                    m.kick()
+        for membership in self.memberships.values():
+            leader = self.hooks.worker(membership.leader)
+            if leader is not None and not leader.iterating and leader.scheduler.has_runnable_work:
+                leader.kick()
 
     def _hold(self, members: tuple[SimulatedWorker, ...] | None, until_s: float) -> None:
         self.busy_until_s = until_s
@@ -179,4 +205,7 @@ class IterationLoop:
                 self._maybe_finish_drain(draining)
         if self.config.check_invariants:
             self.scheduler.check_invariants()
-        return self._start_iteration(now)
+        event = self._start_iteration(now)
+        if self._tp_members or self.memberships:
+            self._wake_partners()
+        return event

@@ -2,8 +2,7 @@
 LatencyModel in place of the GPU.
 
 Memory (per device): the fleet's usable bytes hold the weights of every replica placed on the GPU (as leader or as
-a member of a TP group), the KV reserved for TP groups led elsewhere, and the shared KV page pool, whose capacity
-is what is left (`KVPool.set_num_pages`). Host memory holds warm weights (`host_weights_gib_per_gpu`, least
+a member of a TP group) and the shared KV page pool, whose capacity is what is left (`KVPool.set_num_pages`). Host memory holds warm weights (`host_weights_gib_per_gpu`, least
 recently cached evicted first) and swapped or checkpointed KV (`host_kv_gib_per_gpu`).
 
 Residency: a replica is ACTIVE (serving; `activating_until_s` set while its weights load — from host memory when
@@ -11,9 +10,13 @@ cached there, else from disk, both timed by the LatencyModel), HOST (weights cac
 COLD (gone). Several active replicas time-share the GPU through one scheduler (one model per iteration) and share
 its pool, limited per model when a plan says so (space sharing).
 
-TP > 1: the leader (first GPU) runs the replica's scheduler and pool share. Every member reserves the weight shard
-and the replica's KV: its page limit, or with no limit an equal split of what the member has free with the models
-already there. An iteration of a TP replica keeps every member busy; members start nothing of their own meanwhile.
+TP > 1: the leader (first GPU) runs the replica's scheduler and pool share; every member reserves the weight shard,
+and its pool mirrors the replica's KV page for page as the leader's pool takes and frees it (`KVPool` mirrors): the
+replica's KV takes what it uses on every GPU of the group, under its limit if it has one, and shares each member's
+pool with the member's own models like any co-located model. An iteration of a TP replica keeps every member busy;
+members start nothing of their own meanwhile. Before a GPU schedules, runs of decodes that counted on pages it may
+take (its members' own runs and the groups holding them; the group holding it) are cut, and when a GPU of a group
+frees pages its partners that wait for pages are woken.
 
 Iterations run in `simulator.iteration` (one event per iteration or run of decodes per busy device; idle devices
 cost nothing); actions are applied by `simulator.apply`.
@@ -55,8 +58,7 @@ class SimReplica:
     layout: KVLayout
     residency: Residency = Residency.ACTIVE
     activating_until_s: float | None = None
-    kv_limit_pages: int | None = None  # the plan's per-GPU limit (None: the shared pool bounds it)
-    member_kv_pages: int = 0  # KV pages every other member reserves (TP > 1)
+    kv_limit_pages: int | None = None  # the plan's per-GPU limit (None: the shared pools bound it)
     draining: bool = False  # finishing its running requests before leaving
     drain_to: Residency = Residency.HOST
     drain_keys: list[str] = field(default_factory=list)  # deferred deactivations (idempotency keys) it settles
@@ -80,7 +82,6 @@ class Membership:
     replica_id: str
     leader: str
     weight_bytes: float
-    kv_pages: int
 
 
 class ActivationDone:
@@ -222,17 +223,18 @@ class SimulatedWorker(IterationLoop):
         self.iterating = False
 
     def _capacity_pages(self) -> int:
-        reserved = sum(m.kv_pages for m in self.memberships.values()) * self.config.page_bytes
-        return pages_for_bytes(self.usable_bytes - getattr(self, "weight_bytes", 0.0) - reserved,
-                               self.config.page_bytes)
+        return pages_for_bytes(self.usable_bytes - getattr(self, "weight_bytes", 0.0), self.config.page_bytes)
 
     def free_bytes(self) -> float:
-        """Memory neither holding weights, nor reserved for TP groups, nor holding KV pages now."""
+        """Memory neither holding weights nor KV pages now (TP groups' mirrored pages included)."""
         return (self._capacity_pages() - self.pool.num_used_pages) * self.config.page_bytes
 
-    def reserve(self, weight_bytes: float, kv_pages: int = 0, membership: Membership | None = None) -> bool:
-        """Take memory for weights (and a TP group's KV); False, changing nothing, if the pool cannot shrink."""
-        self.interrupt(self.kernel.now_s)  # a run in flight counts on the pages it checked were free
+    def reserve(self, weight_bytes: float, membership: Membership | None = None) -> bool:
+        """Take memory for weights; False, changing nothing, if the pool cannot shrink."""
+        now = self.kernel.now_s
+        self.interrupt(now)  # runs in flight count on the pages they checked were free: this one's …
+        if self._busy_by is not None:
+            self._busy_by.interrupt(now)  # … and that of the group holding it (its pages mirror here)
         self.weight_bytes += weight_bytes
         if membership is not None:
             self.memberships[membership.replica_id] = membership
@@ -286,12 +288,14 @@ class SimulatedWorker(IterationLoop):
     def start_serving(self, rep: SimReplica, revision: int, duration_s: float) -> None:
         """Register a replica whose memory is reserved: it serves after `duration_s` (its weights load)."""
         name = rep.model.name
+        members = tuple(w for g in rep.gpu_ids[1:] if (w := self.hooks.worker(g)) is not None)
         self.scheduler.add_model(name, rep.layout, limit_pages=rep.kv_limit_pages, revision=revision,
-                                 active=False, preemption_costs=preemption_costs(rep.lm))
+                                 active=False, preemption_costs=preemption_costs(rep.lm),
+                                 mirrors=tuple(m.pool for m in members))
         self._lm[name] = rep.lm
         self._swap_s_per_token[name] = rep.lm.kv_bytes_per_token / rep.tp / rep.lm.kv_swap_bytes_per_s
-        if rep.tp > 1:
-            self._tp_members[name] = tuple(w for g in rep.gpu_ids[1:] if (w := self.hooks.worker(g)) is not None)
+        if members:
+            self._tp_members[name] = members
         rep.residency = Residency.ACTIVE
         rep.draining = False
         rep.activating_until_s = self.kernel.now_s + duration_s
@@ -367,6 +371,7 @@ class SimulatedWorker(IterationLoop):
             member = self.hooks.worker(gpu_id)
             if member is not None and rep.replica_id in member.memberships:
                 member.release(rep.weight_bytes_per_gpu, rep.replica_id)
+                member.kick()  # its own work may have waited for the group's pages
         rep.draining = False
         rep.activating_until_s = None
         if to is Residency.HOST:

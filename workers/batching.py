@@ -81,7 +81,7 @@ class BatchFormation(Preemption):
             if self._exceeds_capacity(st, seq):
                 self._drop(seq, DROP_EXCEEDS_KV)
                 continue
-            if len(st.running) >= cfg.max_num_seqs and not self._make_room(st, seq, seat=True):
+            if len(st.running) >= cfg.max_num_seqs and not self._make_room(st, seq, same_model=True):
                 break
             resumed = seq.status is SeqStatus.SWAPPED or seq.status is SeqStatus.PAUSED_OFFLINE
             computed = seq.num_computed_tokens
@@ -108,10 +108,11 @@ class BatchFormation(Preemption):
         """Blocks for `num_tokens` of a queued sequence, admitted only while all `whole_tokens` would fit now (so a
         chunked prefill is not started to be preempted half way); may preempt strictly lower-priority work."""
         pool = self.pool
-        while not (pool.can_allocate(st.name, pool.num_new_blocks(st.name, seq.seq_id, whole_tokens),
+        while not (pool.can_allocate(st.name, need := pool.num_new_blocks(st.name, seq.seq_id, whole_tokens),
                                      reserve_pages=watermark)
                    and pool.allocate(st.name, seq.seq_id, num_tokens, reserve_pages=watermark)):
-            if not self._make_room(st, seq, seat=False):
+            own = self._limit_binds(st) or pool.mirrors_short(st.name, need, reserve_pages=watermark)
+            if not self._make_room(st, seq, same_model=own):
                 return False
         seq.block_table = self.pool.block_table(seq.seq_id)
         return True

@@ -15,7 +15,15 @@ another limit a `conflict`; a shrink below the pages in use is `deferred` — ne
 change completes as pages free. Allocation is page-aware: a model fills its fullest partly-used page before taking
 a new one, and an empty page goes back at once, so scattered blocks do not pin pages (the trap Prism reports).
 
-The pool also accounts host memory for KV copied out of the device (swapped-out or checkpointed sequences).
+The pool also accounts host memory for KV copied out of the device (swapped-out or checkpointed sequences;
+`workers.kv_host`).
+
+Tensor parallelism: a model sharded over several devices keeps its blocks in the pool of its group's first device
+and names the pools of the others as *mirrors* (`add_model(..., mirrors=...)`). Each rank holds its shard of every
+block, so every page the model takes here takes one page in each mirror too, and a page is taken only when every
+mirror has one free; pages freed here free there. Mirrored pages count as used in the mirror's pool (they are not
+addressed there: the simulator accounts them, it does not copy them), so the models resident on a mirror device and
+the sharded model share its memory as they use it, like any two models sharing one pool.
 
 Pure Python (no torch): the simulator and the real engine run this same code.
 """
@@ -23,73 +31,25 @@ Pure Python (no torch): the simulator and the real engine run this same code.
 from __future__ import annotations
 
 import heapq
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from core.errors import InputError
+from workers.kv_host import HostKVAccounting
+from workers.kv_layout import (
+    DEFAULT_BLOCK_SIZE_TOKENS,
+    DEFAULT_PAGE_BYTES,
+    KVLayout,
+    fit_block_size,
+    pages_for_bytes,
+)
 
-DEFAULT_PAGE_BYTES = 2 * 1024 * 1024
-DEFAULT_BLOCK_SIZE_TOKENS = 16
+__all__ = [
+    "DEFAULT_BLOCK_SIZE_TOKENS", "DEFAULT_PAGE_BYTES", "KVLayout", "KVPool", "LimitChange", "LimitStatus",
+    "fit_block_size", "pages_for_bytes",
+]
 
 LimitStatus = Literal["applied", "deferred", "stale", "conflict"]
-
-
-@dataclass(frozen=True, slots=True)
-class KVLayout:
-    """How one model stores KV on this device."""
-
-    bytes_per_token: int  # K and V of one token on this GPU, all layers (per-rank share under TP)
-    block_size_tokens: int = DEFAULT_BLOCK_SIZE_TOKENS  # tokens per block, the unit block tables address
-    num_layers: int = 1  # a page is laid out as this many per-layer segments
-
-    def __post_init__(self) -> None:
-        if self.bytes_per_token <= 0:
-            raise InputError("bytes_per_token", self.bytes_per_token, "a positive number of bytes")
-        if self.block_size_tokens <= 0:
-            raise InputError("block_size_tokens", self.block_size_tokens, "a positive number of tokens")
-        if self.num_layers <= 0 or self.bytes_per_token % self.num_layers:
-            raise InputError("num_layers", self.num_layers, f"a positive divisor of bytes_per_token "
-                             f"({self.bytes_per_token})")
-
-    @property
-    def block_bytes(self) -> int:
-        return self.bytes_per_token * self.block_size_tokens
-
-    @property
-    def layer_block_bytes(self) -> int:
-        """One block of one layer: the stride between blocks inside a layer segment."""
-        return self.block_bytes // self.num_layers
-
-    def blocks_per_page(self, page_bytes: int) -> int:
-        return page_bytes // self.block_bytes
-
-    def num_blocks(self, num_tokens: int) -> int:
-        """Blocks that hold `num_tokens` tokens."""
-        return -(-num_tokens // self.block_size_tokens)
-
-    def block_offset_bytes(self, page_bytes: int, page_id: int, slot: int, layer: int) -> int:
-        """Byte offset of (block slot, layer) in a pool buffer of pages laid out back to back."""
-        segment_bytes = self.blocks_per_page(page_bytes) * self.layer_block_bytes
-        return page_id * page_bytes + layer * segment_bytes + slot * self.layer_block_bytes
-
-
-def fit_block_size(bytes_per_token: int, page_bytes: int = DEFAULT_PAGE_BYTES,
-                   max_block_tokens: int = DEFAULT_BLOCK_SIZE_TOKENS) -> int:
-    """The largest power-of-two block size (≤ `max_block_tokens`) that uses at least 90 % of what the best one
-    uses of a page.
-
-    Llama-3.1-8B (128 KiB/token) in 2 MiB pages gets 16 tokens per block, one block per page. Llama-3.1-70B at
-    TP 4 (80 KiB/token) gets 8 (three blocks, 24 of the 25 tokens a page could hold) rather than 16 (one block, 16
-    tokens) or 1 (25 tokens, but block tables 8× longer).
-    """
-    if bytes_per_token > page_bytes:
-        raise InputError("page_bytes", page_bytes, f"at least one token of KV ({bytes_per_token} bytes); "
-                         f"use larger pages or a higher TP degree")
-    sizes = [1 << k for k in range(max(1, max_block_tokens).bit_length()) if 1 << k <= max_block_tokens]
-    used = {size: (page_bytes // (bytes_per_token * size)) * size for size in sizes}
-    best = max(used.values())
-    return max(size for size in sizes if used[size] >= 0.9 * best)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +75,8 @@ class _ModelPages:
     partial: list[dict[int, None]] = field(default_factory=list)
     num_blocks_used: int = 0
     num_free_slots: int = 0  # free slots over the owned pages (kept in step with `pages`)
+    mirrors: tuple[KVPool, ...] = ()  # pools of the other ranks of a TP group: one page there per page here
+    mirror_key: tuple[int, str] = (0, "")  # how the mirrors know this model
 
     @property
     def num_pages(self) -> int:
@@ -126,7 +88,7 @@ class _ModelPages:
 
 
 
-class KVPool:
+class KVPool(HostKVAccounting):
     """The KV pages of one device, shared by its resident models; block tables per sequence; host KV accounting.
 
     Invariants (checked by tests): pages in use never exceed `num_pages`; a page belongs to at most one model; a
@@ -149,9 +111,9 @@ class KVPool:
         self._models: dict[str, _ModelPages] = {}
         self._tables: dict[int, list[int]] = {}  # seq id → block ids, in token order
         self._table_model: dict[int, str] = {}
-        self.host_capacity_bytes = host_capacity_bytes
-        self._host: dict[int, tuple[str, int]] = {}  # seq id → (model, KV tokens held in host memory)
-        self._host_bytes_used = 0
+        self._init_host(host_capacity_bytes)
+        self._mirrored: dict[tuple[int, str], int] = {}  # (leader pool id, model) → pages held for it here
+        self._num_mirrored = 0
 
     # -- capacity ----------------------------------------------------------------------------------------------
     @property
@@ -170,6 +132,11 @@ class KVPool:
     def used_bytes(self) -> int:
         return self._num_used * self.page_bytes
 
+    @property
+    def num_mirrored_pages(self) -> int:
+        """Pages used here by TP models whose blocks live in another device's pool (see the module docstring)."""
+        return self._num_mirrored
+
     def set_num_pages(self, num_pages: int) -> bool:
         """Change how many pages the device may hold (weights loaded or unloaded next to the pool).
 
@@ -185,8 +152,10 @@ class KVPool:
         return True
 
     # -- models ------------------------------------------------------------------------------------------------
-    def add_model(self, model: str, layout: KVLayout, *, limit_pages: int | None = None, revision: int = 0) -> None:
-        """Make `model` resident in the pool. Its blocks must fit a page (see `fit_block_size`)."""
+    def add_model(self, model: str, layout: KVLayout, *, limit_pages: int | None = None, revision: int = 0,
+                  mirrors: tuple[KVPool, ...] = ()) -> None:
+        """Make `model` resident in the pool. Its blocks must fit a page (see `fit_block_size`). `mirrors`: the
+        pools of the other devices of its TP group (see the module docstring), with pages of the same size."""
         if model in self._models:
             raise InputError("model", model, "a model not yet in this pool")
         bpp = layout.blocks_per_page(self.page_bytes)
@@ -195,13 +164,23 @@ class KVPool:
                              f"at most {self.page_bytes // layout.bytes_per_token} tokens, so that a block fits a "
                              f"{self.page_bytes}-byte page")
         _check_limit(limit_pages)
-        self._models[model] = _ModelPages(layout, bpp, limit_pages, revision, partial=[{} for _ in range(bpp)])
+        for mirror in mirrors:
+            if mirror is self or mirror.page_bytes != self.page_bytes:
+                raise InputError("mirrors", mirror.page_bytes, f"pools of other devices with {self.page_bytes}-byte "
+                                 "pages")
+        key = (id(self), model)
+        for mirror in mirrors:
+            mirror._mirrored[key] = 0
+        self._models[model] = _ModelPages(layout, bpp, limit_pages, revision, partial=[{} for _ in range(bpp)],
+                                          mirrors=tuple(mirrors), mirror_key=key)
 
     def remove_model(self, model: str) -> None:
         """Forget a model that holds no blocks (its sequences must be freed first)."""
         pages = self._state(model)
         if pages.num_blocks_used:
             raise RuntimeError(f"model {model!r} still holds {pages.num_blocks_used} KV blocks")
+        for mirror in pages.mirrors:
+            del mirror._mirrored[pages.mirror_key]
         del self._models[model]
 
     def has_model(self, model: str) -> bool:
@@ -265,16 +244,34 @@ class KVPool:
         return max(0, pages.layout.num_blocks(num_tokens) - len(self._tables.get(seq_id, _EMPTY)))
 
     def can_allocate(self, model: str, num_blocks: int, *, reserve_pages: int = 0) -> bool:
-        """Could the model take `num_blocks` more blocks now, leaving `reserve_pages` pages free in the pool?"""
+        """Could the model take `num_blocks` more blocks now, leaving `reserve_pages` pages free in the pool (and in
+        each of its mirrors)?"""
         if num_blocks <= 0:
             return True
         pages = self._state(model)
-        new_pages = -(-max(0, num_blocks - pages.num_free_slots) // pages.blocks_per_page)
+        new_pages = _new_pages(pages, num_blocks)
         if new_pages == 0:
             return True
         if pages.limit_pages is not None and pages.num_pages + new_pages > pages.limit_pages:
             return False
-        return new_pages + reserve_pages <= self.num_free_pages
+        if new_pages + reserve_pages > self.num_free_pages:
+            return False
+        return all(new_pages + reserve_pages <= m.num_free_pages for m in pages.mirrors)
+
+    def max_pages(self, model: str) -> int:
+        """The most pages the model could ever hold: the pool's (and its mirrors') capacity, under its limit."""
+        pages = self._state(model)
+        most = min([self._num_pages, *(m.num_pages for m in pages.mirrors)])
+        return most if pages.limit_pages is None else min(most, pages.limit_pages)
+
+    def mirrors_short(self, model: str, num_blocks: int = 1, *, reserve_pages: int = 0) -> bool:
+        """Some mirror of the model lacks the pages `num_blocks` more blocks would take: only the model's own
+        blocks can free pages there (a preemption victim must be of this model)."""
+        pages = self._state(model)
+        if not pages.mirrors:
+            return False
+        new_pages = _new_pages(pages, num_blocks)
+        return any(new_pages + reserve_pages > m.num_free_pages for m in pages.mirrors)
 
     def allocate(self, model: str, seq_id: int, num_tokens: int, *, reserve_pages: int = 0) -> bool:
         """Grow the sequence's block table to cover `num_tokens` tokens. All or nothing: False changes nothing."""
@@ -339,6 +336,8 @@ class KVPool:
                 return page_id * bpp + pages.pages[page_id].pop()
         page_id = heapq.heappop(self._free_ids)
         self._num_used += 1
+        for mirror in pages.mirrors:
+            mirror._hold_mirror(pages.mirror_key, 1)
         slots = list(range(bpp - 1, -1, -1))  # pop() hands out slot 0 first
         slot = slots.pop()
         pages.pages[page_id] = slots
@@ -359,57 +358,17 @@ class KVPool:
             del pages.pages[page_id]
             heapq.heappush(self._free_ids, page_id)
             self._num_used -= 1
+            for mirror in pages.mirrors:
+                mirror._hold_mirror(pages.mirror_key, -1)
             pages.num_free_slots -= k
         else:
             pages.partial[k + 1][page_id] = None
             pages.num_free_slots += 1
 
-    # -- host memory -------------------------------------------------------------------------------------------
-    @property
-    def host_bytes_used(self) -> int:
-        return self._host_bytes_used
-
-    @property
-    def host_pages_used(self) -> int:
-        """Host KV in units of device pages (what WorkerStatus reports)."""
-        return -(-self._host_bytes_used // self.page_bytes)
-
-    def host_tokens(self, seq_id: int) -> int:
-        """KV tokens of the sequence held in host memory (swapped out or checkpointed)."""
-        entry = self._host.get(seq_id)
-        return entry[1] if entry else 0
-
-    def can_store_host(self, model: str, seq_id: int, num_tokens: int) -> bool:
-        """Could the sequence's host copy grow (or shrink) to `num_tokens` tokens?"""
-        return self._host_bytes_used + self._host_delta(model, seq_id, num_tokens) <= self.host_capacity_bytes
-
-    def store_host(self, model: str, seq_id: int, num_tokens: int) -> bool:
-        """Set the sequence's host copy to `num_tokens` tokens. False (nothing changed) when host memory is full."""
-        delta = self._host_delta(model, seq_id, num_tokens)
-        if delta > 0 and self._host_bytes_used + delta > self.host_capacity_bytes:
-            return False
-        self._host_bytes_used += delta
-        self._host[seq_id] = (model, num_tokens)
-        return True
-
-    def _host_delta(self, model: str, seq_id: int, num_tokens: int) -> int:
-        """Bytes the host copy grows by (host copies are held in whole blocks)."""
-        layout = self._state(model).layout
-        bs = layout.block_size_tokens
-        old = self._host.get(seq_id)
-        old_blocks = -(-old[1] // bs) if old else 0
-        new_blocks = -(-num_tokens // bs)
-        return (new_blocks - old_blocks) * layout.block_bytes if new_blocks != old_blocks else 0
-
-    def drop_host(self, seq_id: int) -> None:
-        """Forget the sequence's host copy."""
-        entry = self._host.pop(seq_id, None)
-        if entry:
-            self._host_bytes_used -= self._host_bytes(*entry)
-
-    def _host_bytes(self, model: str, num_tokens: int) -> int:
-        layout = self._state(model).layout
-        return layout.num_blocks(num_tokens) * layout.block_bytes
+    def _hold_mirror(self, key: tuple[int, str], delta: int) -> None:
+        self._mirrored[key] += delta
+        self._num_mirrored += delta
+        self._num_used += delta
 
     # -- checks ------------------------------------------------------------------------------------------------
     def check_invariants(self) -> None:
@@ -425,7 +384,11 @@ class KVPool:
             free_slots = sum(len(slots) for slots in pages.pages.values())
             assert free_slots == pages.num_free_slots, f"{name}: {free_slots} free slots, counted {pages.num_free_slots}"
             assert pages.num_blocks_used == pages.num_pages * pages.blocks_per_page - free_slots
-        assert len(owners) == self._num_used <= self._num_pages, f"{self._num_used} pages used of {self._num_pages}"
+            for mirror in pages.mirrors:
+                assert mirror._mirrored[pages.mirror_key] == pages.num_pages, f"{name}: mirror out of step"
+        assert self._num_mirrored == sum(self._mirrored.values()) >= 0
+        assert len(owners) + self._num_mirrored == self._num_used <= self._num_pages, (
+            f"{self._num_used} pages used of {self._num_pages}")
         assert not owners.keys() & set(self._free_ids), "a page is both free and owned"
         assert 0 <= self._host_bytes_used <= self.host_capacity_bytes
 
@@ -439,11 +402,11 @@ class KVPool:
 _EMPTY: list[int] = []
 
 
+def _new_pages(pages: _ModelPages, num_blocks: int) -> int:
+    """Pages a model must take for `num_blocks` more blocks (its partly used pages fill first)."""
+    return -(-max(0, num_blocks - pages.num_free_slots) // pages.blocks_per_page)
+
+
 def _check_limit(limit_pages: int | None) -> None:
     if limit_pages is not None and limit_pages < 0:
         raise InputError("limit_pages", limit_pages, "a number of pages ≥ 0, or None for no limit")
-
-
-def pages_for_bytes(num_bytes: float, page_bytes: int = DEFAULT_PAGE_BYTES) -> int:
-    """Whole pages that fit in `num_bytes` (a KV limit in bytes → pages)."""
-    return max(0, math.floor(num_bytes / page_bytes))

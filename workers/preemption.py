@@ -1,7 +1,9 @@
 """Preemption: who gives up KV when a sequence cannot grow or a queued one cannot be seated, and how.
 
 When a running sequence cannot grow, the lowest-priority, latest-arrived running sequence (of the same model if its
-page limit binds, of any model on the device if the pool is full) is preempted — possibly the sequence itself. A
+page limit binds or a mirror of a TP model is full — only its own blocks free pages there —, of any model on the
+device if the pool is full) is preempted — possibly the sequence itself, which is dropped only when nothing else
+could ever make room (alone under its limit, or alone on a device holding no other device's TP pages). A
 queued sequence may displace running work only of strictly lower priority: under the `priority` queue policy any
 such sequence (vLLM's priority scheduling), under the others only offline work when it is online (ConServe).
 
@@ -22,10 +24,11 @@ from workers.sequence import SeqStatus, Sequence
 class Preemption(SchedulerBase):
     """Mixin of `Scheduler`: making room for a sequence and taking sequences off the device."""
 
-    def _make_room(self, st: ModelState, seq: Sequence, *, seat: bool) -> bool:
-        """For queued `seq`, preempt the worst running sequence if it has strictly lower priority and the queue
-        policy is `priority` or it is offline work yielding to online (a seat: same model only)."""
-        candidates = st.running if seat or self._limit_binds(st) else self._all_running()
+    def _make_room(self, st: ModelState, seq: Sequence, *, same_model: bool) -> bool:
+        """For queued `seq`, preempt the worst running sequence (of its model only when `same_model`: a seat, or
+        pages only its model can free) if it has strictly lower priority and the queue policy is `priority` or it is
+        offline work yielding to online."""
+        candidates = st.running if same_model else self._all_running()
         victim = max(candidates, key=Sequence.victim_key, default=None)
         if victim is None or victim.priority <= seq.priority:
             return False
@@ -38,11 +41,12 @@ class Preemption(SchedulerBase):
         """Blocks for a running sequence; preempt the worst running sequence (maybe `seq`) until they fit."""
         pool = self.pool
         while not pool.allocate(st.name, seq.seq_id, num_tokens):
-            same_model = self._limit_binds(st)
-            candidates = st.running if same_model else self._all_running()
+            limited = self._limit_binds(st)
+            mirrors_short = not limited and pool.mirrors_short(st.name)
+            candidates = st.running if limited or mirrors_short else self._all_running()
             victim = max(candidates, key=Sequence.victim_key)
             if victim is seq:
-                if len(candidates) == 1:
+                if len(candidates) == 1 and (limited or not (mirrors_short or pool.num_mirrored_pages)):
                     self._drop(seq, DROP_EXCEEDS_KV)  # alone and still too large: it can never fit
                 else:
                     self._preempt(seq)
@@ -52,11 +56,8 @@ class Preemption(SchedulerBase):
         return True
 
     def _exceeds_capacity(self, st: ModelState, seq: Sequence) -> bool:
-        """Even alone, the sequence's tokens could not fit the model's share of the pool."""
-        pages = self.pool.num_pages
-        limit = self.pool.limit_pages(st.name)
-        if limit is not None:
-            pages = min(pages, limit)
+        """Even alone, the sequence's tokens could not fit the model's share of the pool (and of its mirrors)."""
+        pages = self.pool.max_pages(st.name)
         per_page = self.pool.blocks_per_page(st.name) * st.layout.block_size_tokens
         return seq.num_tokens > pages * per_page
 

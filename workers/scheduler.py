@@ -34,7 +34,7 @@ from collections.abc import Collection, Iterator, Mapping
 from core.errors import InputError
 from workers.batching import BatchFormation
 from workers.decode_runs import DecodeRuns
-from workers.kv_pool import KVLayout
+from workers.kv_pool import KVLayout, KVPool
 from workers.model_choice import ModelChoice
 from workers.queue_actions import QueueActions
 from workers.scheduler_base import RUNNING, ModelState
@@ -64,12 +64,13 @@ class Scheduler(QueueActions, BatchFormation, ModelChoice, DecodeRuns):
     # -- models ------------------------------------------------------------------------------------------------
     def add_model(self, model: str, layout: KVLayout, *, limit_pages: int | None = None, revision: int = 0,
                   active: bool = True, policy: QueuePolicy = "fcfs",
-                  preemption_costs: PreemptionCosts | None = None) -> None:
+                  preemption_costs: PreemptionCosts | None = None, mirrors: tuple[KVPool, ...] = ()) -> None:
         """Make a model resident: its KV joins the pool, its sequences may be queued. `active=False` queues them
-        without running them (weights still loading)."""
+        without running them (weights still loading). `mirrors`: the pools of the other devices of a TP group
+        (see workers.kv_pool)."""
         if model in self._models:
             raise InputError("model", model, "a model not yet resident on this device")
-        self.pool.add_model(model, layout, limit_pages=limit_pages, revision=revision)
+        self.pool.add_model(model, layout, limit_pages=limit_pages, revision=revision, mirrors=mirrors)
         self._models[model] = ModelState(model, layout, WaitQueue(policy), preemption_costs, active)
 
     def set_active(self, model: str, active: bool) -> None:

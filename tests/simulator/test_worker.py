@@ -36,8 +36,10 @@ SIMPLE = {"arch": "Llama-3.1-8B", "gpu_type": "H100-SXM", "c0_s": 0.01, "c_prefi
           "kv_swap_bytes_per_s": 131072e4, "kv_bytes_per_token": 131072, "source": "profile:simple"}
 
 
-def setup(num: int = 2, **config) -> tuple[list[SimulatedWorker], LocalHooks]:
-    fleet = small_fleet(pools=[{"name": "h100", "gpu": "H100-SXM", "count": num, "gpus_per_node": num}])
+def setup(num: int = 2, models=None, **config) -> tuple[list[SimulatedWorker], LocalHooks]:
+    extra = {} if models is None else {"models": [{"name": m, "arch": "Llama-3.1-8B", "tp_options": [1, 2],
+                                                   "max_context_tokens": 8192} for m in models]}
+    fleet = small_fleet(pools=[{"name": "h100", "gpu": "H100-SXM", "count": num, "gpus_per_node": num}], **extra)
     book = LatencyBook(profiles={("Llama-3.1-8B", "H100-SXM", tp): LatencyModel(tp=tp, **SIMPLE) for tp in (1, 2)})
     hooks = LocalHooks()
     workers = [SimulatedWorker(g, fleet, book, SimConfig(check_invariants=True, **config), hooks)
@@ -51,9 +53,9 @@ def act(worker: SimulatedWorker, args, *, seq: int = 0, revision: int = 1, plan:
                                reason="test"))
 
 
-def activate(worker: SimulatedWorker, gpu_ids=None, **kw):
+def activate(worker: SimulatedWorker, gpu_ids=None, model: str = "chat", **kw):
     ids = gpu_ids or (worker.worker_id,)
-    return act(worker, ActivateModel(model="chat", replica_id=f"chat@{ids[0]}", tp=len(ids), gpu_ids=ids), **kw)
+    return act(worker, ActivateModel(model=model, replica_id=f"{model}@{ids[0]}", tp=len(ids), gpu_ids=ids), **kw)
 
 
 def serving() -> tuple[SimulatedWorker, LocalHooks, float]:
@@ -189,20 +191,41 @@ def test_activation_needs_memory_for_the_weights_and_one_full_context() -> None:
     assert w.status().memory_weights_gib == 0
 
 
-def test_tensor_parallel_replicas_reserve_memory_on_every_member() -> None:
-    (w0, w1), hooks = setup()
-    result = activate(w0, gpu_ids=("h100/0", "h100/1"))
-    assert result.status == "applied"
+def test_tensor_parallel_replicas_take_kv_on_every_member_as_they_use_it() -> None:
+    (w0, w1), hooks = setup(models=("chat", "code"))
+    assert activate(w0, gpu_ids=("h100/0", "h100/1")).status == "applied"
     assert w1.status().member_of == ("chat@h100/0",) and w1.status().memory_weights_gib == pytest.approx(
         w0.status().memory_weights_gib)
-    assert w1.status().kv_pages_total < 5  # the member's KV is reserved for the group
-    assert activate(w1, seq=1).status == "failed"  # no room left on the member
+    assert w1.status().kv_pages_used == 0 and w1.status().kv_pages_total > 2000  # nothing grabbed up front
+    assert w0.status().replicas[0].kv_limit_pages is None
+    # A second model co-located on the member (once, the group took every free page there and this failed).
+    assert activate(w1, model="code", seq=1).status == "applied"
     hooks.kernel.run()
-    w0.submit(request(1, hooks.kernel.now_s))
+    w0.submit(request(1, hooks.kernel.now_s, prompt=1000, output=400))
+    w1.submit(Request(2, hooks.kernel.now_s, "code", "interactive", 100, 50))
+    hooks.kernel.run(until_s=hooks.kernel.now_s + 1.0)
+    used = w0.pool.pages_used("chat")
+    assert used == 2 and w1.pool.num_mirrored_pages == used  # 1000 tokens × 64 KiB per rank in 32 MiB pages
+    assert w1.status().kv_pages_used == used + w1.pool.pages_used("code")
     hooks.kernel.run()
-    assert len(hooks.finished) == 1
+    assert len(hooks.finished) == 2 and w1.pool.num_mirrored_pages == 0
     w1.fail()  # losing a member takes the group down
     assert "chat@h100/0" not in w0.replicas and w0.status().memory_weights_gib == 0
+
+
+def test_two_tensor_parallel_replicas_share_one_mesh() -> None:
+    (w0, w1), hooks = setup(models=("chat", "code"))
+    assert activate(w0, gpu_ids=("h100/0", "h100/1")).status == "applied"
+    assert act(w0, ActivateModel(model="code", replica_id="code@h100/0", tp=2, gpu_ids=("h100/0", "h100/1")),
+               seq=1).status == "applied"
+    hooks.kernel.run()
+    now = hooks.kernel.now_s
+    for i in range(4):
+        w0.submit(request(i, now, prompt=500, output=100))
+        w0.submit(Request(10 + i, now, "code", "interactive", 500, 100))
+    hooks.kernel.run()
+    assert len(hooks.finished) == 8 and not hooks.dropped
+    assert w1.pool.num_mirrored_pages == 0 and w1.status().member_of == ("chat@h100/0", "code@h100/0")
 
 
 def test_offline_work_pauses_and_resumes_without_recompute() -> None:

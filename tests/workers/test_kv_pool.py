@@ -185,3 +185,28 @@ def test_random_operations_keep_every_invariant(operations: list[tuple[str, str,
     for seq_id in list(owner):
         p.free(seq_id)
     assert p.num_used_pages == 0 and p.num_free_pages == 6
+
+
+def test_a_tensor_parallel_model_takes_a_page_in_each_mirror_per_page() -> None:
+    leader, member = KVPool(4, page_bytes=PAGE), KVPool(3, page_bytes=PAGE)
+    member.add_model("own", BIG)
+    leader.add_model("tp", SMALL, mirrors=(member,))
+    assert leader.allocate("tp", 1, 40)  # 3 blocks: one page here, one mirrored there
+    assert member.num_used_pages == member.num_mirrored_pages == 1 and member.num_free_pages == 2
+    assert member.allocate("own", 7, 32)  # the member's own model shares what is left
+    assert leader.max_pages("tp") == 3  # bounded by the smaller pool
+    assert not leader.can_allocate("tp", 4 * 2 + 1) and leader.mirrors_short("tp", 4 * 2 + 1)
+    assert not leader.allocate("tp", 2, 16 * 6)  # a second page here, but none left there
+    assert leader.num_used_pages == 1
+    member.free(7)
+    assert leader.allocate("tp", 2, 16 * 6) and member.num_mirrored_pages == 3
+    leader.check_invariants()
+    member.check_invariants()
+    assert not member.set_num_pages(2)  # mirrored pages count as used
+    leader.free(1)
+    leader.free(2)
+    assert member.num_used_pages == 0
+    leader.remove_model("tp")
+    member.check_invariants()
+    with pytest.raises(InputError, match="mirrors"):
+        leader.add_model("tp", SMALL, mirrors=(KVPool(4, page_bytes=2 * PAGE),))

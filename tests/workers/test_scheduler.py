@@ -354,3 +354,19 @@ def test_any_workload_drains_with_every_request_finished_or_dropped(work, mode, 
         assert s.status is (SeqStatus.DROPPED if s.seq_id in dropped else SeqStatus.FINISHED)
         assert s.status is SeqStatus.DROPPED or s.num_generated == s.max_output_tokens
     assert sched.pool.num_used_pages == 0 and sched.pool.host_bytes_used == 0
+
+
+def test_a_tensor_parallel_sequence_blocked_by_its_members_memory_waits_instead_of_being_dropped() -> None:
+    member = KVPool(2, page_bytes=PAGE)  # 128 tokens
+    member.add_model("own", LAYOUT)
+    sched = Scheduler(KVPool(8, page_bytes=PAGE), SchedulerConfig(watermark_fraction=0.0))
+    sched.add_model("tp", LAYOUT, mirrors=(member,))
+    assert member.allocate("own", 99, 64)  # the member's own model holds one of its two pages
+    tp = seq(1, prompt=60, out=20, model="tp")  # grows past 64 tokens: needs a second page on the member too
+    sched.add(tp)
+    now, _ = run(sched)
+    assert tp.status is SeqStatus.PREEMPTED and not sched.take_dropped()  # waits: the member's page may free
+    assert tp.num_generated == 64 - 60 + 1 and member.num_mirrored_pages == 0
+    member.free(99)
+    run(sched, now)
+    assert tp.status is SeqStatus.FINISHED and member.num_mirrored_pages == 0
