@@ -62,7 +62,7 @@ class EngineConfig:
     host_kv_gib: float = 0.25  # host memory for swapped-out and checkpointed KV
     max_num_batched_tokens: int = 1024
     max_num_seqs: int = 64
-    group_window_s: float = 60.0  # arrival window of request groups (core.state.group_id)
+    group_window_s: float = 10.0  # arrival window of request groups (core.state.group_id), as the simulator
     attention: str = "auto"  # "auto" (Triton on CUDA, torch elsewhere), "torch" or "triton"
 
     def __post_init__(self) -> None:
