@@ -3,7 +3,7 @@
 A replica of (model, GPU type, TP) runs a continuous-batching engine whose iteration time is the LatencyModel's
 linear form. For a stationary arrival rate λ (requests/s) of requests with mean prompt P and output O tokens:
 
-- every request costs the engine `q = O·(c_decode + c_kv·ctx) + P·c_prefill + c_attn·P(P+1)/2` seconds of iteration
+- every request costs the engine `q = O·(c_decode + c_kv·ctx) + P·c_prefill + c_attn·(E[P²] + P)/2` seconds of iteration
   time beyond the fixed per-iteration cost c0 (ctx = P + O/2, the mean context a decode step reads), so the mean
   iteration time is `τ(λ) = c0 / (1 − λ·q)` (the iteration is c0 plus the work of the λ·τ requests per iteration);
 - the decode batch is `B = λ·O·τ` (Little's law over the O decode steps a request stays for);
@@ -65,7 +65,11 @@ class EngineLimits:
     """Serving-engine limits and safety margins the estimate respects."""
 
     max_batch_seqs: int = 256  # scheduler's cap on running sequences
-    max_utilization: float = 0.95  # λ·q ≤ this: queues stay stable
+    # λ·q ≤ this: queues stay stable. The simulated engine saturates at λ·q ≈ 0.88 (its iterations carry costs the
+    # per-request work q leaves out), so 0.95 sat past the cliff: a TP-2 8B replica on H100s with Azure lengths,
+    # rated 29.5 req/s, served 100 % of requests within SLO at 28 req/s, 94 % at 29 and 29 % at 30. 0.8 leaves
+    # ~10 % for bursts (docs/plan_quality.md).
+    max_utilization: float = 0.80
     tpot_margin: float = 0.90  # mean TPOT ≤ margin × target (batch sizes fluctuate around their mean)
     kv_headroom: float = 0.85  # resident KV ≤ headroom × share (page rounding, blocks held by prefills)
     # The decode batch is Poisson around its mean B (M/G/∞ occupancy), so the KV the batch holds exceeds its mean
@@ -84,8 +88,15 @@ def work_per_request_s(lat: LatencyModel, load: LoadShape) -> float:
     """Iteration seconds one request adds beyond the per-iteration constant c0 (`q` in the module docstring)."""
     p, o = load.mean_prompt_tokens, load.mean_output_tokens
     decode = o * (lat.c_decode_s + lat.c_kv_s * load.mean_context_tokens)
-    prefill = p * lat.c_prefill_s + lat.c_attn_s * p * (p + 1) / 2
-    return decode + prefill
+    return decode + prefill_work_s(lat, load)
+
+
+def prefill_work_s(lat: LatencyModel, load: LoadShape) -> float:
+    """Mean iteration seconds of one prompt's prefill. Attention over the prompt is quadratic in its length, so its
+    mean takes E[P²] = P̄²(1 + cv²), not P̄²: with the Azure prompts (cv ≈ 1) the mean-length shortcut halved the
+    attention term (a small part of q for chat prompts, a large one for long ones)."""
+    p = load.mean_prompt_tokens
+    return p * lat.c_prefill_s + lat.c_attn_s * (p * p * (1 + load.prompt_cv**2) + p) / 2
 
 
 def _slack(rate: float, lat: LatencyModel, load: LoadShape, kv_tokens: float, slo: SLOTarget | None,
@@ -119,7 +130,7 @@ def ttft_quantile_s(rate: float, lat: LatencyModel, load: LoadShape, quantile: f
         return math.inf
     tau = lat.c0_s / (1 - rho)
     decode_share = rate * o * (lat.c_decode_s + lat.c_kv_s * load.mean_context_tokens)
-    prefill_s = (p * lat.c_prefill_s + lat.c_attn_s * p * (p + 1) / 2) / max(1 - decode_share, 1e-6)
+    prefill_s = prefill_work_s(lat, load) / max(1 - decode_share, 1e-6)
     rho_pf = rate * prefill_s
     if rho_pf >= 1:
         return math.inf

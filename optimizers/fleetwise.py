@@ -23,6 +23,7 @@ from core.latency import LatencyBook
 from core.plan import Plan, SolverStats, digest
 from core.state import EventKind, FleetState
 from optimizers.offline import OfflineSettings, leaving_gpus, plan_offline
+from optimizers.on_demand import activate_on_demand
 from optimizers.outcome import expected_outcome, scenarios_from_load
 from optimizers.placement.packing import PlacedReplica, fill_kv, pack, replica_items
 from optimizers.placement.problem import (
@@ -37,6 +38,7 @@ from optimizers.plan import (
     RunningReplica,
     diff_actions,
     make_plan,
+    planned_replicas,
     routing_weights,
     running_replicas,
     to_core_replicas,
@@ -46,7 +48,7 @@ from optimizers.queues import LengthModel, QueueSettings
 from optimizers.spot import SpotStep, plan_spot_pools, residual_problem
 
 REPLACE_ON = frozenset({EventKind.GPU_ADDED, EventKind.GPU_REMOVED, EventKind.PREEMPTION_NOTICE,
-                        EventKind.REQUEST_FOR_INACTIVE_MODEL, EventKind.ACTION_FAILED})
+                        EventKind.ACTION_FAILED})
 
 
 @dataclass
@@ -63,8 +65,10 @@ class FleetwisePlanner:
     packing_share: float = 0.2
     lengths: LengthModel | None = None  # group output lengths for the queue planner (default: scenario means)
     name: str = "fleetwise"
-    subscriptions: frozenset[EventKind] = REPLACE_ON | {EventKind.SLO_VIOLATION_PREDICTED, EventKind.QUEUE_BUILDUP}
+    subscriptions: frozenset[EventKind] = REPLACE_ON | {EventKind.SLO_VIOLATION_PREDICTED, EventKind.QUEUE_BUILDUP,
+                                                       EventKind.REQUEST_FOR_INACTIVE_MODEL}
     _last_placement_s: float | None = field(default=None, repr=False)
+    _placed: dict[str, PlacedReplica] = field(default_factory=dict, repr=False)  # last placement, before the KV fill
 
     def plan(self, fleet: FleetSpec, state: FleetState, scenarios: ScenarioSet | None, budget_s: float) -> Plan:
         """A plan within about `budget_s` seconds; never raises for infeasible demand (see Planner)."""
@@ -74,7 +78,8 @@ class FleetwisePlanner:
             scenarios = scenarios_from_load(fleet, state)
             reasons.append("no forecast given: scenarios at 0.7×, 1× and 1.4× the observed rates")
         healthy = _plannable_gpus(fleet, state)
-        running = running_replicas(state, {m.name: m.weight_gib for m in fleet.models})
+        weights = {m.name: m.weight_gib for m in fleet.models}
+        running = running_replicas(state, weights)
         problem = build_problem(
             fleet, scenarios, book=self.book, healthy=healthy, horizon_intervals=self.horizon_intervals,
             current=[(r.model, r.pool, r.tp, r.kv_share_gib * (1 if r.tp == 1 else 0)) for r in running],
@@ -90,8 +95,15 @@ class FleetwisePlanner:
                                         time_limit_s=max(0.2, self.placement_share * budget_s))
             stages["placement"] = time.perf_counter() - start - sum(stages.values())
             self._last_placement_s = state.time_s
-        targets, dropped, packer = _targets(problem, placement, spot, running, fleet, healthy,
+        planned = planned_replicas(state, weights) if state.current_plan is not None else running
+        targets, dropped, packer = _targets(problem, placement, spot, running, planned or running, fleet, healthy,
                                             max(0.0, self.packing_share * budget_s))
+        if placement is not None:
+            self._placed = {t.replica_id: t for t in targets}
+        else:
+            targets, dropped, packer = self._on_demand(problem, state, running, targets, dropped, packer, fleet,
+                                                       healthy, budget_s, reasons)
+        targets = fill_kv(problem, targets)
         stages["packing"] = time.perf_counter() - start - sum(stages.values())
         reasons += dropped
         rate_of = {t.replica_id: problem.configs[t.config_index].online.rate_at(t.kv_share_gib) for t in targets}
@@ -103,6 +115,19 @@ class FleetwisePlanner:
                                self.offline_settings)
         parts = _Parts(problem, placement, spot, targets, running, rate_of, routing, packer)
         return self._assemble(fleet, state, scenarios, parts, queue, offline, reasons, stages, start)
+
+    def _on_demand(self, problem, state, running, targets, dropped, packer, fleet, healthy, budget_s, reasons):
+        """Between placements: a replica for each model whose requests wait with none (`optimizers.on_demand`)."""
+        waiting = _waiting_rps(state, running)
+        if not waiting:
+            return targets, dropped, packer
+        gpu_ids = {p.name: [g for g in p.gpu_ids() if healthy is None or g in healthy] for p in fleet.pools}
+        added, packed = activate_on_demand(problem, targets, self._placed, waiting, gpu_ids,
+                                           max(0.0, self.packing_share * budget_s))
+        if packed is None:
+            return targets, dropped, packer
+        reasons.append(f"activation on demand for {', '.join(sorted(waiting))}: requests wait with no replica")
+        return added, dropped + [f"not placed: {x}" for x in packed.dropped], packed.packer
 
     def _must_place(self, state: FleetState) -> bool:
         if self._last_placement_s is None or state.current_plan is None:
@@ -155,10 +180,11 @@ class _Parts:
 
 
 def _targets(problem: PlacementProblem, placement: PlacementResult | None, spot: list[SpotStep],
-             running: list[RunningReplica], fleet: FleetSpec, healthy: set[str] | None,
-             time_limit_s: float) -> tuple[list[PlacedReplica], list[str], str]:
-    """Pack the placement and the spot steps onto GPUs; without a new placement, keep the running on-demand
-    replicas and pack only the spot steps."""
+             running: list[RunningReplica], planned: list[RunningReplica], fleet: FleetSpec,
+             healthy: set[str] | None, time_limit_s: float) -> tuple[list[PlacedReplica], list[str], str]:
+    """Pack the placement and the spot steps onto GPUs; without a new placement, keep the on-demand replicas of the
+    current plan (`planned`: the placement being carried out — its activations may still be waiting for drains,
+    and keeping only what already runs would abandon them) and pack only the spot steps."""
     index = {(c.model, problem.pools[c.pool_index].name, c.tp): c.index for c in problem.configs}
     spot_pools = {problem.pools[s.pool_index].name for s in spot}
     current: dict[int, list[tuple[str, tuple[str, ...]]]] = {}
@@ -172,7 +198,7 @@ def _targets(problem: PlacementProblem, placement: PlacementResult | None, spot:
     kept: list[PlacedReplica] = []
     if placement is None:
         kept = [PlacedReplica(r.replica_id, r.model, r.pool, r.gpu_type, r.tp, r.gpu_ids, r.kv_share_gib,
-                              r.memory_gib, 0.0, index[(r.model, r.pool, r.tp)]) for r in running
+                              r.memory_gib, 0.0, index[(r.model, r.pool, r.tp)]) for r in planned
                 if (r.model, r.pool, r.tp) in index and r.pool not in spot_pools]
         if not items:
             return kept, [], "kept"
@@ -182,8 +208,7 @@ def _targets(problem: PlacementProblem, placement: PlacementResult | None, spot:
     pools = [p for p in fleet.pools if placement is not None or p.name in spot_pools]
     gpu_ids = {p.name: [g for g in p.gpu_ids() if healthy is None or g in healthy] for p in pools}
     packed = pack(problem, items, gpu_ids, time_limit_s=time_limit_s)
-    return kept + fill_kv(problem, list(packed.replicas)), [f"not placed: {x}" for x in packed.dropped], \
-        packed.packer
+    return kept + list(packed.replicas), [f"not placed: {x}" for x in packed.dropped], packed.packer
 
 
 def _plannable_gpus(fleet: FleetSpec, state: FleetState) -> set[str] | None:

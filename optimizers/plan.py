@@ -65,6 +65,14 @@ def running_replicas(state: FleetState, weight_gib_of: dict[str, float]) -> list
                                       kv, weight_gib_of.get(r.model, 0.0) / max(r.tp, 1) + kv))
     if out or state.current_plan is None:
         return out
+    return planned_replicas(state, weight_gib_of)
+
+
+def planned_replicas(state: FleetState, weight_gib_of: dict[str, float]) -> list[RunningReplica]:
+    """The active replicas of the current plan on healthy GPUs — what the fleet is being moved to, whether or not
+    every activation has happened yet."""
+    if state.current_plan is None:
+        return []
     healthy = set(state.healthy_gpu_ids) if state.workers else None
     return [RunningReplica(r.replica_id, r.model, r.pool, r.gpu_type, r.tp, r.gpu_ids, r.kv_share_gib,
                            weight_gib_of.get(r.model, 0.0) / r.tp + r.kv_share_gib)

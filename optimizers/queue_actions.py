@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.actions import EvictRequests, MigrateRequests, PreemptMode, SetQueueOrder
+from core.actions import EvictRequests, MigrateRequests, PreemptMode, Residency, SetQueueOrder
 from core.fleet import FleetSpec
 from core.forecast import ScenarioSet
 from core.latency import LatencyBook
@@ -76,6 +76,7 @@ def plan_queues(state: FleetState, fleet: FleetSpec, targets: list[PlacedReplica
     leaders = {r.replica_id: r.gpu_ids[0] if r.gpu_ids else w.worker_id for w in state.workers for r in w.replicas}
     plan = QueuePlan(model_of={t.replica_id: t.model for t in targets},
                      leaders=leaders | {t.replica_id: t.gpu_ids[0] for t in targets})
+    targets = serving_targets(state, targets)
     if not state.groups or not targets:
         return plan
     lengths = lengths or mean_length_model(scenarios)
@@ -99,6 +100,18 @@ def plan_queues(state: FleetState, fleet: FleetSpec, targets: list[PlacedReplica
     plan.reasons.append(f"queues: {len(jobs)} group(s) on {len(servers)} replica(s), expected misses "
                         f"{best.cost:.2f} (priority-weighted), {best.evaluations} evaluations, steps {best.steps}")
     return plan
+
+
+def serving_targets(state: FleetState, targets: list[PlacedReplica]) -> list[PlacedReplica]:
+    """The targets that serve requests now: reported active, loaded and not draining (all of them when no worker
+    reports). Groups are ordered on these only: a replica still loading cannot take a migration (the simulator
+    refused 80 such moves in a ten-minute run), and its model's requests wait at the router until it serves."""
+    if not state.workers:
+        return targets
+    serving = {r.replica_id for w in state.workers if w.healthy for r in w.replicas
+               if r.residency == Residency.ACTIVE and not r.draining
+               and (r.activating_until_s is None or r.activating_until_s <= state.time_s)}
+    return [t for t in targets if t.replica_id in serving]
 
 
 def _servers(state, fleet, targets, rate_of, lengths, book, settings) -> tuple[list[Server], int]:

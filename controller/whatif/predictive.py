@@ -116,13 +116,20 @@ class ForecastScenarios:
 
 def _with_lengths_of(seen: RequestTable, completed: RequestTable, prior: ScenarioSet) -> RequestTable:
     """`seen` (arrivals before the interval end, their prompt lengths) with the output lengths of requests not yet
-    completed replaced by the mean of completed ones (the prior's mean before any completed) — so neither the
-    scenarios' mean lengths nor anything else reads an output that has not been produced yet."""
-    output = seen.output_tokens.copy()
+    completed replaced by their model's mean over the completed ones (the prior's per-model mean where none has
+    completed) — so neither the scenarios' mean lengths nor anything else reads an output not yet produced."""
     n = len(completed)
-    if n < len(seen):
-        fill = float(completed.output_tokens.mean()) if n else float(np.mean(prior.mean_output_tokens))
-        output[n:] = max(1, round(fill))
+    if n == len(seen):
+        return seen
+    fill = np.zeros(len(seen.model_names))
+    for i, name in enumerate(seen.model_names):
+        done = completed.output_tokens[completed.model_idx == i]
+        j = prior.models.index(name) if name in prior.models else -1
+        fill[i] = done.mean() if len(done) else prior.mean_output_tokens[j] if j >= 0 else 0.0
+    known = prior.mean_output_tokens[prior.mean_output_tokens > 0]
+    fill[fill <= 0] = known.mean() if len(known) else 256.0
+    output = seen.output_tokens.copy()
+    output[n:] = np.maximum(1, np.round(fill[seen.model_idx[n:]])).astype(output.dtype)
     return replace(seen, output_tokens=output)
 
 

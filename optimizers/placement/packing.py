@@ -75,8 +75,16 @@ def replica_items(problem: PlacementProblem, counts, kv_gib, cap_rps, current: d
         running = current.get(c.index, [])
         for i in range(n):
             rid, gpus = running[i] if i < len(running) else ("", ())
-            items.append(_Item(c, c.weight_gib_per_gpu + share, load, share, gpus, rid))
+            items.append(item_for(c, share, load, gpus, rid))
     return items
+
+
+def item_for(config: ReplicaConfig, kv_share_gib: float, load_share: float, current: tuple[str, ...] = (),
+             replica_id: str = "") -> _Item:
+    """One replica of `config` to pack (TP groups hold all the memory the weights leave); `current` are the GPUs it
+    runs on now, if any, and `replica_id` its id there."""
+    share = kv_share_gib if config.shares_gpus else config.kv_max_gib
+    return _Item(config, config.weight_gib_per_gpu + share, load_share, share, current, replica_id)
 
 
 class _Pool:

@@ -23,6 +23,12 @@ from core.latency import LatencyBook
 from optimizers.capacity import CapacityTable, EngineLimits, LoadShape, SLOTarget, capacity_table
 
 
+# Lengths assumed for a model before any request has told otherwise: a chat-like request (the Azure conversation
+# trace averages ~1,150 prompt and ~210 output tokens).
+DEFAULT_PROMPT_TOKENS = 1024.0
+DEFAULT_OUTPUT_TOKENS = 256.0
+
+
 @dataclass(frozen=True)
 class PlacementSettings:
     """Prices and limits of the program. Money is USD; penalties are per request left unserved within SLO."""
@@ -294,15 +300,16 @@ def available_by_interval(pools: tuple[PoolInfo, ...], scenarios: ScenarioSet) -
 
 
 def load_shapes(fleet: FleetSpec, scenarios: ScenarioSet) -> list[LoadShape]:
-    """Per fleet model: the scenario set's mean lengths (a model it does not name gets the set's average)."""
-    default = LoadShape(float(np.mean(scenarios.mean_prompt_tokens)), float(np.mean(scenarios.mean_output_tokens)))
+    """Per fleet model: the scenario set's mean lengths (a model it does not name, or names with no length — one
+    that has served nothing — gets the set's average over the models that have lengths)."""
+    prompt, output = scenarios.mean_prompt_tokens, scenarios.mean_output_tokens
+    known = (prompt > 0) & (output > 0)
+    default = LoadShape(float(np.mean(prompt[known])), float(np.mean(output[known]))) if known.any() \
+        else LoadShape(DEFAULT_PROMPT_TOKENS, DEFAULT_OUTPUT_TOKENS)
     out = []
     for model in fleet.models:
-        if model.name in scenarios.models:
-            j = scenarios.model_index(model.name)
-            out.append(LoadShape(float(scenarios.mean_prompt_tokens[j]), float(scenarios.mean_output_tokens[j])))
-        else:
-            out.append(default)
+        j = scenarios.model_index(model.name) if model.name in scenarios.models else -1
+        out.append(LoadShape(float(prompt[j]), float(output[j])) if j >= 0 and known[j] else default)
     return out
 
 

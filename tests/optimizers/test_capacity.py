@@ -3,6 +3,7 @@ import pytest
 from core.catalog import GPU_CATALOG, MODEL_CATALOG
 from core.latency import roofline
 from optimizers.capacity import (
+    EngineLimits,
     LoadShape,
     SLOTarget,
     capacity_table,
@@ -22,15 +23,30 @@ def test_rate_is_the_edge_of_feasibility() -> None:
     kv_tokens = 40 * 2**30 / PER_TOKEN
     rate = max_rate_per_s(LAT, LOAD, kv_tokens, SLO)
     assert 1 < rate < 50
-    # At the rate every constraint holds; 1 % above, one is violated (the TPOT target, KV or TTFT).
+    # At the rate every constraint holds; 1 % above, one is violated (utilisation, the TPOT target, KV or TTFT).
     tau = LAT.c0_s / (1 - rate * work_per_request_s(LAT, LOAD))
     assert tau <= 0.9 * SLO.tpot_s + 1e-6
     assert ttft_quantile_s(rate, LAT, LOAD, 0.99) <= SLO.ttft_s + 1e-6
     over = rate * 1.01
     tau_over = LAT.c0_s / (1 - over * work_per_request_s(LAT, LOAD))
     batch = over * LOAD.mean_output_tokens * tau_over
-    assert (tau_over > 0.9 * SLO.tpot_s or ttft_quantile_s(over, LAT, LOAD, 0.99) > SLO.ttft_s
-            or batch * LOAD.mean_context_tokens > 0.85 * kv_tokens or batch > 256)
+    limits = EngineLimits()
+    assert rate * work_per_request_s(LAT, LOAD) <= limits.max_utilization + 1e-6
+    assert (over * work_per_request_s(LAT, LOAD) > limits.max_utilization
+            or tau_over > 0.9 * SLO.tpot_s or ttft_quantile_s(over, LAT, LOAD, 0.99) > SLO.ttft_s
+            or (batch + limits.batch_z * batch**0.5) * LOAD.mean_context_tokens > 0.85 * kv_tokens or batch > 256)
+
+
+def test_time_shared_replicas_hold_kv_for_the_tpot_target_and_so_serve_less_per_gib() -> None:
+    from dataclasses import replace
+
+    small_kv = 4 * 2**30 / PER_TOKEN
+    alone = max_rate_per_s(LAT, LOAD, small_kv, SLO)
+    shared = max_rate_per_s(LAT, LOAD, small_kv, SLO, replace(EngineLimits(), time_shared=True))
+    assert 0 < shared < alone
+    # Little's law at the TPOT target: the resident batch (with its Poisson margin) fills the KV share.
+    resident = shared * LOAD.mean_output_tokens * 0.9 * SLO.tpot_s
+    assert (resident + 2.33 * resident**0.5) * LOAD.mean_context_tokens == pytest.approx(0.85 * small_kv, rel=1e-3)
 
 
 def test_capacity_grows_with_kv_and_shrinks_with_tighter_slos() -> None:

@@ -1,0 +1,44 @@
+"""Activation on demand between placements: a request for a model with no replica gets one at once, next to what
+runs, without re-solving the placement program.
+
+Re-placing the whole fleet on every such request (the long-tail fleet raised one a second) cost a full solve each
+time and moved replicas and KV shares back and forth. Prism activates the model on the least-pressured GPU instead;
+here the replicas of the last placement keep their GPUs at the KV shares the program gave them, every waiting
+model gets one replica of its on-demand configuration (`PlacementProblem.on_demand`: fewest GPUs, then the highest
+capacity) sized for the rate it needs, packed first-fit into the room those shares leave (a free GPU only when no
+used one has room), and the memory left over is filled into KV shares again. The next periodic placement decides
+whether the model keeps its replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from optimizers.placement.packing import PackingResult, PlacedReplica, fill_kv, item_for, pack
+from optimizers.placement.problem import PlacementProblem
+
+
+def activate_on_demand(problem: PlacementProblem, kept: list[PlacedReplica], base: Mapping[str, PlacedReplica],
+                       waiting_rps: Mapping[str, float], gpu_ids: dict[str, list[str]],
+                       time_limit_s: float) -> tuple[list[PlacedReplica], PackingResult | None]:
+    """`kept` plus a replica for each model of `waiting_rps` that has none (unchanged when there is none to add).
+    `base` maps a kept replica id to its replica as the last placement packed it (before the KV fill)."""
+    have = {r.model for r in kept}
+    index = {m.name: i for i, m in enumerate(problem.models)}
+    new = [(name, rate) for name, rate in sorted(waiting_rps.items())
+           if name not in have and name in index and problem.on_demand[index[name]] is not None]
+    if not new:
+        return kept, None
+    items = []
+    for r in kept:
+        c = problem.configs[r.config_index]
+        r0 = base.get(r.replica_id, r)
+        load = r0.load_share or (c.online.rate_at(r0.kv_share_gib) / c.online_rate_max if c.online_rate_max else 0.0)
+        items.append(item_for(c, min(r.kv_share_gib, r0.kv_share_gib), load, r.gpu_ids, r.replica_id))
+    for name, rate in new:
+        c = problem.on_demand[index[name]]
+        assert c is not None
+        share = max(c.kv_min_gib, c.online.kv_needed_gib(rate))
+        items.append(item_for(c, share, min(1.0, rate / c.online_rate_max) if c.online_rate_max else 0.0))
+    packed = pack(problem, items, gpu_ids, time_limit_s=time_limit_s)
+    return fill_kv(problem, list(packed.replicas)), packed
