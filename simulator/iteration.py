@@ -3,10 +3,12 @@
 `IterationLoop` is the part of `SimulatedWorker` that runs batches: it asks the scheduler for a batch, times it with
 the replica's LatencyModel (plus KV copies at the host link's bandwidth), and schedules its end. When the scheduler
 says the batch may repeat unchanged (`Scheduler.plan_run`: decode-only, nothing else waiting on the device), one
-event stands for the whole run; anything that could change the next iteration (an arrival, an action, a status
-read, a TP group needing the GPU) first `interrupt`s the run, committing the steps done and leaving the step in
-flight as a single iteration — so results are exactly those of scheduling every iteration (tested), at a fraction
-of the events. A TP replica's iteration keeps every member GPU busy; their own iterations wait for it.
+event stands for the whole run; when several models take turns on the GPU and all of them only decode, one event
+stands for the whole rotation (`Scheduler.plan_rotation`: the model-choice rule played ahead with these step
+times). Anything that could change the next iteration (an arrival, an action, a status read, an activation, a TP
+group needing the GPU) first `interrupt`s the run, committing the steps done and leaving the step in flight as a
+single iteration — so results are exactly those of scheduling every iteration (tested), at a fraction of the events.
+A TP replica's iteration keeps every member GPU busy; their own iterations wait for it.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from simulator.kernel import Priority
-from workers.scheduler import Batch
+from workers.rotations import Rotation
+from workers.scheduler import Batch, Scheduler, Sequence
 
 if TYPE_CHECKING:
     from simulator.worker import SimulatedWorker
 
-MAX_RUN_STEPS = 4096  # longest run of repeated decode iterations one event stands for
+MAX_RUN_STEPS = 4096  # longest run of decode iterations one event stands for
 
 
 class IterationDone:
-    """A device finished a batch (or a run of repeated decode batches): record it, start the next one."""
+    """A device finished a batch (or a run of decode batches): record it, start the next one."""
 
     __slots__ = ("batch", "cancelled", "epoch", "time_s", "worker")
     priority = Priority.ITERATION
@@ -54,6 +57,10 @@ class DecodeRun:
     growth_s: float
     steps: int
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (self.event.batch.model,)
+
     def end_of(self, j: int) -> float:
         """When step j (1-based) ends."""
         return self.start_s + j * self.first_step_s + self.growth_s * j * (j - 1) / 2
@@ -71,6 +78,45 @@ class DecodeRun:
         while j > 0 and self.end_of(j) > t:
             j -= 1
         return j
+
+    def cut(self, sched: Scheduler, now: float) -> tuple[Batch, float | None, float]:
+        """Commit the steps done by `now`; the batch of the step in flight, when it was chosen, when it ends."""
+        done = self.steps_done_by(now)
+        batch = self.event.batch
+        if done:
+            finished = sched.on_batch_done(batch, self.end_of(done), steps=done)
+            assert not finished, "a run ends at the first step that finishes a sequence"
+        sched.prepare_step(batch)
+        return batch, self.end_of(done), self.end_of(done + 1)
+
+    def complete(self, sched: Scheduler, now: float) -> list[Sequence]:
+        done = sched.on_batch_done(self.event.batch, now)
+        sched.mark_ran(self.event.batch.model, self.end_of(self.steps - 1))
+        return done
+
+
+@dataclass(slots=True, eq=False)
+class RotationRun:
+    """Several models' decode batches taking turns, as `Scheduler.plan_rotation` played them ahead."""
+
+    event: IterationDone
+    rotation: Rotation
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(b.model for b in self.rotation.batches)
+
+    def cut(self, sched: Scheduler, now: float) -> tuple[Batch, float | None, float]:
+        rot = self.rotation
+        k = rot.steps_done_by(now)
+        finished = sched.commit_rotation(rot, k, now)
+        assert not finished, "a rotation ends at the first step that finishes a sequence"
+        batch = rot.batches[rot.order[k]]
+        sched.prepare_step(batch)
+        return batch, (rot.turn_s(k) if k else None), rot.ends_s[k]
+
+    def complete(self, sched: Scheduler, now: float) -> list[Sequence]:
+        return sched.commit_rotation(self.rotation, self.rotation.num_steps, now)
 
 
 class IterationLoop:
@@ -106,10 +152,17 @@ class IterationLoop:
         members = self._tp_members.get(batch.model) if self._tp_members else None
         if members:
             start = self._wait_for_members(members, start, now)
-        steps = 1
-        if lm is not None and not batch.prefills and self.config.run_ahead and self._may_run(members):
+        steps, rotation = 1, None
+        if lm is not None and not batch.prefills and self.config.run_ahead and self._may_run():
             steps = sched.plan_run(batch, MAX_RUN_STEPS)
-        if steps > 1:
+            if steps == 1 and all(m.busy_until_s <= start for m in self._all_members()):
+                rotation = sched.plan_rotation(batch, start, self._step_timing, MAX_RUN_STEPS)
+        if rotation is not None:
+            end = rotation.end_s
+            event = IterationDone(end, self, batch, self.epoch)
+            self._run = RotationRun(event, rotation)
+            members = self._all_members()
+        elif steps > 1:
             growth = lm.c_kv_s * len(batch.decodes)  # type: ignore[union-attr]
             end = start + steps * dt + growth * steps * (steps - 1) / 2
             event = IterationDone(end, self, batch, self.epoch)
@@ -122,11 +175,24 @@ class IterationLoop:
         self.iterating = True
         return event
 
-    def _may_run(self, members: tuple[SimulatedWorker, ...] | None) -> bool:
-        """Runs of decodes pay off only where nothing cuts them at once: not for a member's own models (any batch of
-        its group's leader could take pages they count on), not for a group whose members have work of their own
-        (their next iteration cuts it)."""
-        return not self.memberships and not (members and any(m.scheduler.has_runnable_work for m in members))
+    def _may_run(self) -> bool:
+        """Runs pay off only where nothing cuts them at once: not for a member's own models (any batch of its
+        group's leader could take pages they count on), not while members of groups led here have work of their
+        own (their next iteration cuts the run)."""
+        return not self.memberships and not (self._tp_members and any(
+            m.scheduler.has_runnable_work for m in self._all_members()))
+
+    def _all_members(self) -> tuple[SimulatedWorker, ...]:
+        """Members of the TP groups led here (a rotation holds them all); cached until the groups change."""
+        if self._members is None:
+            self._members = tuple(dict.fromkeys(m for members in self._tp_members.values() for m in members))
+        return self._members
+
+    def _step_timing(self, model: str, decode_seqs: int, kv_tokens: int) -> tuple[float, float]:
+        """A decode batch's first step and growth per step (Scheduler.plan_rotation's timing)."""
+        lm = self._lm[model]
+        return (lm.iteration_s(prefill_tokens=0, prefill_attn=0.0, decode_seqs=decode_seqs, kv_tokens=kv_tokens),
+                lm.c_kv_s * decode_seqs)
 
     def _swap_s(self, batch: Batch) -> float:
         per_token = self._swap_s_per_token
@@ -164,45 +230,45 @@ class IterationLoop:
             m._busy_by = self
 
     def interrupt(self, now: float) -> None:
-        """Something may change the next iteration: cut a run of repeated decodes at the step in flight (the steps
-        already done are committed; the step in flight ends as a single iteration), exactly as if every step had
-        been scheduled on its own."""
+        """Something may change the next iteration: cut a run of decodes at the step in flight (the steps already
+        done are committed; the step in flight ends as a single iteration), exactly as if every step had been
+        scheduled on its own."""
         run = self._run
         if run is None:
             return
         self._run = None
         if now >= run.event.time_s:
             return  # the run ends now anyway
-        if not self.scheduler.has_model(run.event.batch.model):
-            run.event.cancelled = True  # its model is gone: nothing to commit
-            self.iterating = False
+        run.event.cancelled = True
+        sched = self.scheduler
+        if not all(sched.has_model(m) for m in run.models):
+            self.iterating = False  # a model is gone: nothing to commit
             self.kick()
             return
-        done = run.steps_done_by(now)
-        batch, sched = run.event.batch, self.scheduler
-        run.event.cancelled = True
-        if done:
-            finished = sched.on_batch_done(batch, run.end_of(done), steps=done)
-            assert not finished, "a run ends at the first step that finishes a sequence"
-        sched.prepare_step(batch)
-        sched.mark_ran(batch.model, run.end_of(done))
+        batch, turn_s, end_s = run.cut(sched, now)
+        if turn_s is not None:
+            sched.mark_ran(batch.model, turn_s)
         batch.num_steps = 1
-        event = IterationDone(run.end_of(done + 1), self, batch, self.epoch)
+        event = IterationDone(end_s, self, batch, self.epoch)
+        if isinstance(run, RotationRun):
+            for m in self._all_members():  # free from now unless the step in flight needs them
+                m.busy_until_s = min(m.busy_until_s, now)
         self._hold(self._tp_members.get(batch.model), event.time_s)
         self.kernel.schedule(event)
 
     def _finish_iteration(self, event: IterationDone) -> IterationDone | None:
         now = event.time_s
-        batch = event.batch
         run, self._run = self._run, None
-        done = self.scheduler.on_batch_done(batch, now)
         if run is not None and run.event is event:
-            self.scheduler.mark_ran(batch.model, run.end_of(run.steps - 1))
+            done = run.complete(self.scheduler, now)
+        else:
+            done = self.scheduler.on_batch_done(event.batch, now)
         if done:
             self.hooks.on_finished(done)
-            draining = self._draining.get(batch.model)
-            if draining is not None:
-                self._maybe_finish_drain(draining)
+            for model in dict.fromkeys(s.model for s in done):
+                draining = self._draining.get(model)
+                if draining is not None:
+                    self._maybe_finish_drain(draining)
         if self.config.check_invariants:
             self.scheduler.check_invariants()
         event = self._start_iteration(now)

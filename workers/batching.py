@@ -26,6 +26,7 @@ class BatchFormation(Preemption):
         self._schedule_running(st, batch, self.config.max_num_batched_tokens)
         self._admit(st, batch)
         self._building = None
+        st.prefilled = bool(batch.prefills)
         if not batch.has_compute:  # copies ordered while trying still have to happen
             self._pending_out.extend(batch.swap_out)
             batch.swap_out.clear()

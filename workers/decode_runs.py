@@ -3,7 +3,8 @@
 An executor that has nothing else to do between iterations (the simulator) may repeat a decode-only batch without
 asking the scheduler again, with exactly the result of scheduling every iteration (vLLM's multi-step scheduling
 does the same on a GPU). `plan_run` says how many times; whoever cuts a run short commits the steps done
-(`on_batch_done(steps=…)`) and calls `prepare_step` for the step in flight.
+(`on_batch_done(steps=…)`) and calls `prepare_step` for the step in flight. When several models take turns on the
+device, the runs are rotations (workers.rotations).
 
 Pure Python (no torch): the simulator and the real engine share it.
 """
@@ -64,10 +65,19 @@ class DecodeRuns(SchedulerBase):
         self._grow_decodes(batch, 1)
 
     def _grow_decodes(self, batch: Batch, ahead: int) -> None:
+        """KV blocks for `ahead` decode steps of the batch's sequences, taken in the order single iterations would
+        take them (step by step, sequences in batch order): blocks of one model share pages, and which blocks
+        share a page decides when pages free again."""
         pool, bs, step = self.pool, self._models[batch.model].layout.block_size_tokens, batch.step
-        for seq in batch.decodes:
-            need = seq.num_computed_tokens + ahead
-            if seq.status is RUNNING and seq.scheduled_step == step and need > len(seq.block_table) * bs:
-                if not pool.allocate(seq.model, seq.seq_id, need):
-                    raise RuntimeError("KV checked by plan_run was taken during the run")
-                seq.block_table = pool.block_table(seq.seq_id)
+        needs: list[tuple[int, int, Sequence]] = []  # (step that needs the block, position, sequence)
+        for pos, seq in enumerate(batch.decodes):
+            held = len(seq.block_table) * bs
+            computed = seq.num_computed_tokens
+            if seq.status is RUNNING and seq.scheduled_step == step and computed + ahead > held:
+                needs.extend((s, pos, seq) for s in range(held - computed, ahead, bs))
+        if len(needs) > 1:
+            needs.sort(key=lambda need: need[:2])
+        for s, _, seq in needs:
+            if not pool.allocate(seq.model, seq.seq_id, seq.num_computed_tokens + s + 1):
+                raise RuntimeError("KV checked by plan_run was taken during the run")
+            seq.block_table = pool.block_table(seq.seq_id)

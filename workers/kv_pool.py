@@ -31,8 +31,7 @@ Pure Python (no torch): the simulator and the real engine run this same code.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Mapping
 
 from core.errors import InputError
 from workers.kv_host import HostKVAccounting
@@ -43,50 +42,12 @@ from workers.kv_layout import (
     fit_block_size,
     pages_for_bytes,
 )
+from workers.kv_pages import LimitChange, LimitStatus, ModelPages, check_limit, pages_needed
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE_TOKENS", "DEFAULT_PAGE_BYTES", "KVLayout", "KVPool", "LimitChange", "LimitStatus",
     "fit_block_size", "pages_for_bytes",
 ]
-
-LimitStatus = Literal["applied", "deferred", "stale", "conflict"]
-
-
-@dataclass(frozen=True, slots=True)
-class LimitChange:
-    """The pool's answer to `set_limit` (mirrors core.actions.ApplyResult's statuses)."""
-
-    status: LimitStatus
-    limit_pages: int | None  # the model's limit after the call (None: only the pool bounds it)
-    revision: int  # the revision of the model's limit after the call
-    message: str = ""
-
-
-@dataclass(slots=True, eq=False)
-class _ModelPages:
-    """One model's pages in the pool. `partial[k]` holds the owned pages with exactly k free slots (insertion
-    ordered, so allocation is deterministic); full pages are in no bucket."""
-
-    layout: KVLayout
-    blocks_per_page: int
-    limit_pages: int | None
-    revision: int
-    pages: dict[int, list[int]] = field(default_factory=dict)  # page id → free slots of the page (a stack)
-    partial: list[dict[int, None]] = field(default_factory=list)
-    num_blocks_used: int = 0
-    num_free_slots: int = 0  # free slots over the owned pages (kept in step with `pages`)
-    mirrors: tuple[KVPool, ...] = ()  # pools of the other ranks of a TP group: one page there per page here
-    mirror_key: tuple[int, str] = (0, "")  # how the mirrors know this model
-
-    @property
-    def num_pages(self) -> int:
-        return len(self.pages)
-
-    @property
-    def limit_pending(self) -> bool:
-        return self.limit_pages is not None and len(self.pages) > self.limit_pages
-
-
 
 class KVPool(HostKVAccounting):
     """The KV pages of one device, shared by its resident models; block tables per sequence; host KV accounting.
@@ -108,7 +69,7 @@ class KVPool(HostKVAccounting):
         self._num_ids = num_pages  # page ids handed out so far lie in [0, _num_ids)
         self._free_ids: list[int] = list(range(num_pages))  # a heap: low ids first, so the tail stays free
         self._num_used = 0
-        self._models: dict[str, _ModelPages] = {}
+        self._models: dict[str, ModelPages] = {}
         self._tables: dict[int, list[int]] = {}  # seq id → block ids, in token order
         self._table_model: dict[int, str] = {}
         self._init_host(host_capacity_bytes)
@@ -163,7 +124,7 @@ class KVPool(HostKVAccounting):
             raise InputError("block_size_tokens", layout.block_size_tokens,
                              f"at most {self.page_bytes // layout.bytes_per_token} tokens, so that a block fits a "
                              f"{self.page_bytes}-byte page")
-        _check_limit(limit_pages)
+        check_limit(limit_pages)
         for mirror in mirrors:
             if mirror is self or mirror.page_bytes != self.page_bytes:
                 raise InputError("mirrors", mirror.page_bytes, f"pools of other devices with {self.page_bytes}-byte "
@@ -171,7 +132,7 @@ class KVPool(HostKVAccounting):
         key = (id(self), model)
         for mirror in mirrors:
             mirror._mirrored[key] = 0
-        self._models[model] = _ModelPages(layout, bpp, limit_pages, revision, partial=[{} for _ in range(bpp)],
+        self._models[model] = ModelPages(layout, bpp, limit_pages, revision, partial=[{} for _ in range(bpp)],
                                           mirrors=tuple(mirrors), mirror_key=key)
 
     def remove_model(self, model: str) -> None:
@@ -219,7 +180,7 @@ class KVPool(HostKVAccounting):
 
     def set_limit(self, model: str, limit_pages: int | None, revision: int) -> LimitChange:
         """Set a model's page limit under the revision contract of core.actions (see the module docstring)."""
-        _check_limit(limit_pages)
+        check_limit(limit_pages)
         pages = self._state(model)
         if revision < pages.revision:
             return LimitChange("stale", pages.limit_pages, pages.revision,
@@ -249,7 +210,7 @@ class KVPool(HostKVAccounting):
         if num_blocks <= 0:
             return True
         pages = self._state(model)
-        new_pages = _new_pages(pages, num_blocks)
+        new_pages = pages_needed(pages, num_blocks)
         if new_pages == 0:
             return True
         if pages.limit_pages is not None and pages.num_pages + new_pages > pages.limit_pages:
@@ -257,6 +218,20 @@ class KVPool(HostKVAccounting):
         if new_pages + reserve_pages > self.num_free_pages:
             return False
         return all(new_pages + reserve_pages <= m.num_free_pages for m in pages.mirrors)
+
+    def can_allocate_all(self, blocks: Mapping[str, int]) -> bool:
+        """Could each model take its `blocks[model]` more blocks at the same time (limits, pool and mirrors)?"""
+        total = 0
+        mirrored: dict[int, tuple[KVPool, int]] = {}
+        for model, num_blocks in blocks.items():
+            pages = self._state(model)
+            new_pages = pages_needed(pages, num_blocks)
+            if pages.limit_pages is not None and pages.num_pages + new_pages > pages.limit_pages:
+                return False
+            total += new_pages
+            for m in pages.mirrors:
+                mirrored[id(m)] = (m, mirrored.get(id(m), (m, 0))[1] + new_pages)
+        return total <= self.num_free_pages and all(n <= m.num_free_pages for m, n in mirrored.values())
 
     def max_pages(self, model: str) -> int:
         """The most pages the model could ever hold: the pool's (and its mirrors') capacity, under its limit."""
@@ -270,7 +245,7 @@ class KVPool(HostKVAccounting):
         pages = self._state(model)
         if not pages.mirrors:
             return False
-        new_pages = _new_pages(pages, num_blocks)
+        new_pages = pages_needed(pages, num_blocks)
         return any(new_pages + reserve_pages > m.num_free_pages for m in pages.mirrors)
 
     def allocate(self, model: str, seq_id: int, num_tokens: int, *, reserve_pages: int = 0) -> bool:
@@ -323,7 +298,7 @@ class KVPool(HostKVAccounting):
         """Block id → (page id, slot in page)."""
         return divmod(block_id, self._state(model).blocks_per_page)
 
-    def _take_block(self, pages: _ModelPages) -> int:
+    def _take_block(self, pages: ModelPages) -> int:
         bpp = pages.blocks_per_page
         for k in range(1, bpp):  # fullest partly-used page first (fewest free slots)
             bucket = pages.partial[k]
@@ -346,7 +321,7 @@ class KVPool(HostKVAccounting):
             pages.partial[bpp - 1][page_id] = None
         return page_id * bpp + slot
 
-    def _release_block(self, pages: _ModelPages, block: int) -> None:
+    def _release_block(self, pages: ModelPages, block: int) -> None:
         bpp = pages.blocks_per_page
         page_id, slot = divmod(block, bpp)
         slots = pages.pages[page_id]
@@ -392,7 +367,7 @@ class KVPool(HostKVAccounting):
         assert not owners.keys() & set(self._free_ids), "a page is both free and owned"
         assert 0 <= self._host_bytes_used <= self.host_capacity_bytes
 
-    def _state(self, model: str) -> _ModelPages:
+    def _state(self, model: str) -> ModelPages:
         try:
             return self._models[model]
         except KeyError:
@@ -400,13 +375,3 @@ class KVPool(HostKVAccounting):
 
 
 _EMPTY: list[int] = []
-
-
-def _new_pages(pages: _ModelPages, num_blocks: int) -> int:
-    """Pages a model must take for `num_blocks` more blocks (its partly used pages fill first)."""
-    return -(-max(0, num_blocks - pages.num_free_slots) // pages.blocks_per_page)
-
-
-def _check_limit(limit_pages: int | None) -> None:
-    if limit_pages is not None and limit_pages < 0:
-        raise InputError("limit_pages", limit_pages, "a number of pages ≥ 0, or None for no limit")

@@ -32,6 +32,11 @@ class ModelChoice(SchedulerBase):
     def _urgency(self, st: ModelState, now_s: float) -> tuple[int, float]:
         """Sort key of the model-choice rule (module docstring): overdue, then online, then offline work; turns
         within each class."""
+        due, online = self._due(st)
+        return (0 if due <= now_s else 1 if online else 2, st.last_run_s)
+
+    def _due(self, st: ModelState) -> tuple[float, bool]:
+        """When the model's work is due, and whether it is online work."""
         cfg = self.config
         due, online = math.inf, False
         head = st.queue.peek()
@@ -51,7 +56,7 @@ class ModelChoice(SchedulerBase):
             else:
                 running_due = st.last_run_s + cfg.offline_period_s
             due = min(due, running_due)
-        return (0 if due <= now_s else 1 if online else 2, st.last_run_s)
+        return due, online
 
     def mark_ran(self, model: str, start_s: float) -> None:
         """The start of a model's latest iteration, when a run of repeated batches ends (the model-choice rule)."""

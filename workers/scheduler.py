@@ -13,13 +13,14 @@ The contract between the scheduler and whatever executes its batches (the torch 
 4. Between batches, actions (`preempt`, `swap_out`, `swap_in`, `pause_offline`, `resume_offline`,
    `set_queue_order`, `remove`, `drop`) change the queues; copies they need ride on the next batch.
 5. Optionally, `plan_run(batch, max_steps)` lets an executor repeat a decode-only batch while nothing else can
-   change the next iteration (the simulator's one event per run of decodes; see workers.decode_runs).
+   change the next iteration, and `plan_rotation(batch, start_s, timing, max_steps)` plays several models' decode
+   turns ahead (the simulator's one event per run; see workers.decode_runs and workers.rotations).
 
 One object, one concept; its parts live in modules of their own, each documenting its rule:
 - `workers.model_choice` — which model runs next (due times, overdue first, turns);
 - `workers.batching` — one model's batch (running first, then admission in queue-policy order);
 - `workers.preemption` — victims and how they give up KV (pause, swap, recompute);
-- `workers.decode_runs` — runs of repeated decode batches;
+- `workers.decode_runs`, `workers.rotations` — runs of decode batches (one model repeating; models taking turns);
 - `workers.queue_actions` — the actions above;
 - `workers.scheduler_base` — the state they share.
 The messages and settings live in `workers.sequence` (re-exported here).
@@ -33,10 +34,10 @@ from collections.abc import Collection, Iterator, Mapping
 
 from core.errors import InputError
 from workers.batching import BatchFormation
-from workers.decode_runs import DecodeRuns
 from workers.kv_pool import KVLayout, KVPool
 from workers.model_choice import ModelChoice
 from workers.queue_actions import QueueActions
+from workers.rotations import Rotations
 from workers.scheduler_base import RUNNING, ModelState
 from workers.sequence import (
     PENDING_STATUSES,
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 
-class Scheduler(QueueActions, BatchFormation, ModelChoice, DecodeRuns):
+class Scheduler(QueueActions, BatchFormation, ModelChoice, Rotations):
     """Schedules the resident models of one device over one shared `KVPool` (see the module docstring)."""
 
     # -- models ------------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class ModelState:
     held: dict[int, Sequence] = field(default_factory=dict)  # paused / swapped out by actions
     last_run_s: float = -math.inf
     min_tpot_s: float | None = None  # cache over running online sequences; None: recompute
+    prefilled: bool = False  # its last batch had prefill chunks (running sequences may still be prefilling)
 
     @property
     def has_work(self) -> bool:

@@ -23,9 +23,10 @@ class OnDemand:
     name = "on-demand"
     subscriptions = frozenset({EventKind.REQUEST_FOR_INACTIVE_MODEL})
 
-    def __init__(self, *, route_early: bool = False) -> None:
+    def __init__(self, *, route_early: bool = False, one_gpu: bool = False) -> None:
         self.calls = []
         self.route_early = route_early  # no SetRouting after activation: the plan's routing applies at once
+        self.one_gpu = one_gpu  # every model on the first GPU (they time-share it)
 
     def plan(self, fleet, state, scenarios, budget_s):
         self.calls.append((state.time_s, tuple(e.kind for e in state.events)))
@@ -37,7 +38,7 @@ class OnDemand:
         for model in sorted({e.model for e in state.events if e.kind == EventKind.REQUEST_FOR_INACTIVE_MODEL}):
             if any(r.model == model for r in replicas):
                 continue
-            gpu = next(g for g in state.healthy_gpu_ids if g not in used)
+            gpu = state.healthy_gpu_ids[0] if self.one_gpu else next(g for g in state.healthy_gpu_ids if g not in used)
             used.add(gpu)
             rep = Replica(replica_id=f"{model}@{gpu}", model=model, pool="h100", gpu_type="H100-SXM", gpu_ids=(gpu,),
                           kv_share_gib=10)
@@ -132,6 +133,19 @@ def test_runs_of_decodes_give_exactly_what_single_iterations_give(scenario) -> N
     assert fast.figures()["requests"]["completed"] == len(t)
     # Fewer events, except where the GPUs of a TP group have work of their own at once: no runs form there.
     assert fast.figures()["events"] <= slow.figures()["events"] - (planner is StaticPlanner)
+
+
+def test_a_model_activated_while_another_decodes_joins_the_turns_exactly() -> None:
+    """The second model's weights finish loading in the middle of the first one's run of decodes: the run is cut
+    there, as single iterations would have let the new model in."""
+    fleet = small_fleet(models=[{"name": m, "arch": "Llama-3.2-1B", "tp_options": [1]} for m in ("a", "b")])
+    t = table([0.0, 0.2, 5.0, 5.05, 30.0], models=("a", "b"), model_idx=np.array([0, 0, 1, 1, 0]), prompt=200,
+              output=np.array([3000, 3000, 50, 50, 400]))
+    _, fast = run(fleet, t, OnDemand(route_early=True, one_gpu=True), run_ahead=True, check_invariants=True)
+    _, slow = run(fleet, t, OnDemand(route_early=True, one_gpu=True), run_ahead=False)
+    np.testing.assert_allclose(fast.first_token_s, slow.first_token_s, rtol=1e-9)
+    np.testing.assert_allclose(fast.finish_s, slow.finish_s, rtol=1e-9)
+    assert fast.figures()["requests"]["completed"] == 5 and fast.figures()["events"] < slow.figures()["events"]
 
 
 def test_a_tp_group_and_a_model_on_its_member_share_the_members_memory() -> None:
