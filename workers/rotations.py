@@ -241,11 +241,10 @@ class _TurnPlan:
         last = list(self.last)
         slot, gaps, online, timing, finish = self.slot, self.gaps, self.online, self.timing, self.finish
         due = [last[k] + gaps[k] if slot[k] >= 0 else self.dues[k] for k in range(len(last))]
-        # The models by last turn (ties in resident order): the chosen one goes to the back. While no model is
-        # overdue, the rule picks the least recently run online model — the front one, when it is online.
-        queue = deque(sorted(range(len(last)), key=lambda k: (last[k], k)))
-        queue.remove(self.first)
-        queue.append(self.first)
+        # Online and offline models, each by last turn (ties in resident order); the chosen one goes to the back.
+        # With none overdue, the front online one wins (else the front offline one); the least recently run of
+        # all wins when it is overdue; otherwise the rule decides.
+        queues = self._queues(last)
         min_due = min(due)
         done = [0] * len(self.batches)
         order: list[int] = []
@@ -267,18 +266,21 @@ class _TurnPlan:
                     break
                 t = ends[-1]  # past the horizon now: the rule chooses
                 due = [last[k] + gaps[k] if slot[k] >= 0 else due[k] for k in range(len(last))]
-                queue = deque(sorted(range(len(last)), key=lambda k: (last[k], k)))
+                queues = self._queues(last)
                 min_due = min(due)
+            qon, qoff = queues
             if t < horizon_s:  # plain turns (see _cycle)
                 j = cycle[pos]
                 pos = pos + 1 if pos + 1 < len(cycle) else 0
-            elif t < min_due and online[queue[0]]:
-                j = queue[0]
+            elif t < min_due:
+                j = qon[0] if qon else qoff[0]
             else:
-                j = self._rule(t, last, due)
+                front = qon[0] if not qoff or (qon and (last[qon[0]], qon[0]) < (last[qoff[0]], qoff[0])) else qoff[0]
+                j = front if due[front] <= t else self._rule(t, last, due)
             i = slot[j]
             if i < 0 or done[i] >= room[i]:
                 break
+            queue = queues[0] if online[j] else queues[1]
             if queue[0] == j:
                 queue.rotate(-1)
             else:
@@ -290,6 +292,11 @@ class _TurnPlan:
                 min_due = min(due)
         return Rotation(self.batches, order, ends, self.start_s, self.last[self.first], done,
                         {slot[k]: last[k] for k in range(len(last)) if slot[k] >= 0 and done[slot[k]]})
+
+    def _queues(self, last: list[float]) -> tuple[deque[int], deque[int]]:
+        """Online and offline models, each by last turn (ties in resident order)."""
+        by_last = sorted(range(len(last)), key=lambda k: (last[k], k))
+        return (deque(k for k in by_last if self.online[k]), deque(k for k in by_last if not self.online[k]))
 
     def _rule(self, t: float, last: list[float], due: list[float]) -> int:
         """The model the rule picks at `t`: overdue first, then online, then offline; the least recently run;
