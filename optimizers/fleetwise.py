@@ -2,13 +2,15 @@
 
 Each call: (1) liveput plans every spot pool over the scenario horizon and the plan takes its first step (receding
 horizon: every call re-solves from what runs; `optimizers.spot`); (2) re-place the on-demand pools when the
-placement is older than `placement_interval_s` or an event invalidates it (GPUs added or removed, a preemption
-notice, a request for an inactive model, a failed action) — the program covers, per scenario, what the spot tier is
-not expected to serve — else keep the running on-demand replicas; (3) pack both onto GPUs; (4) order the waiting
-request groups on the replicas (queue planner) with the time left; (5) pause and resume offline work
-(`optimizers.offline`); (6) assemble the plan: actions make-before-break with reasons, expected outcome per
-scenario, solver statistics. The planner keeps the time of its last placement between calls (its only state).
-"""
+placement is older than `placement_interval_s`, an event invalidates it (GPUs added or removed, a preemption
+notice, a failed action) or a model's observed rate outgrows its placed capacity — the program covers, per
+scenario, what the spot tier is not expected to serve — else keep the current plan's on-demand replicas and give a
+replica to each model whose requests wait with none (`optimizers.on_demand`); (3) pack both onto GPUs and fill the
+memory left into KV shares; (4) order the waiting request groups on the serving replicas (queue planner) with the
+time left; (5) pause and resume offline work (`optimizers.offline`); (6) assemble the plan: actions
+make-before-break with reasons, expected outcome per scenario, solver statistics. Between calls the planner keeps
+the time of its last placement and that placement's replicas before the KV fill (what on-demand activations pack
+around)."""
 
 from __future__ import annotations
 
@@ -64,6 +66,9 @@ class FleetwisePlanner:
     placement_share: float = 0.6  # of the budget; packing may take `packing_share` (CP-SAT only to repair)
     packing_share: float = 0.2
     lengths: LengthModel | None = None  # group output lengths for the queue planner (default: scenario means)
+    spot_policy: str = "liveput"  # or "reactive": SpotServe's controller on spot pools (optimizers.spot)
+    surge_factor: float = 1.1  # observed rate over placed SLO capacity that re-places before the interval ends
+    min_surge_gap_s: float = 30.0
     name: str = "fleetwise"
     subscriptions: frozenset[EventKind] = REPLACE_ON | {EventKind.SLO_VIOLATION_PREDICTED, EventKind.QUEUE_BUILDUP,
                                                        EventKind.REQUEST_FOR_INACTIVE_MODEL}
@@ -86,16 +91,16 @@ class FleetwisePlanner:
             host_models=_host_models(state), settings=self.settings, waiting_rps=_waiting_rps(state, running))
         spot = plan_spot_pools(problem, demand_by_interval(fleet, scenarios),
                                available_by_interval(problem.pools, scenarios), scenarios.interval_s,
-                               _running_counts(running))
+                               _running_counts(running), self.spot_policy)
         stages = {"liveput": time.perf_counter() - start} if spot else {}
         reasons += [s.reason for s in spot]
         placement = None
-        if self._must_place(state):
+        planned = planned_replicas(state, weights) if state.current_plan is not None else running
+        if self._must_place(state) or self._outgrown(problem, state, planned):
             placement = solve_placement(residual_problem(problem, spot),
                                         time_limit_s=max(0.2, self.placement_share * budget_s))
             stages["placement"] = time.perf_counter() - start - sum(stages.values())
             self._last_placement_s = state.time_s
-        planned = planned_replicas(state, weights) if state.current_plan is not None else running
         targets, dropped, packer = _targets(problem, placement, spot, running, planned or running, fleet, healthy,
                                             max(0.0, self.packing_share * budget_s))
         if placement is not None:
@@ -128,6 +133,20 @@ class FleetwisePlanner:
             return targets, dropped, packer
         reasons.append(f"activation on demand for {', '.join(sorted(waiting))}: requests wait with no replica")
         return added, dropped + [f"not placed: {x}" for x in packed.dropped], packed.packer
+
+    def _outgrown(self, problem: PlacementProblem, state: FleetState, planned: list[RunningReplica]) -> bool:
+        """Re-place early when a model's observed rate exceeds its placed SLO capacity by `surge_factor` (a surge
+        the forecast missed), at most once per `min_surge_gap_s`."""
+        if self._last_placement_s is None or state.time_s - self._last_placement_s < self.min_surge_gap_s:
+            return False
+        index = {(c.model, problem.pools[c.pool_index].name, c.tp): c for c in problem.configs}
+        capacity: dict[str, float] = {}
+        for r in planned:
+            c = index.get((r.model, r.pool, r.tp))
+            if c is not None:
+                capacity[r.model] = capacity.get(r.model, 0.0) + c.online.rate_at(r.kv_share_gib)
+        return any(load.request_rate_per_s > self.surge_factor * capacity.get(model, 0.0) > 0
+                   for model, load in state.load.items())
 
     def _must_place(self, state: FleetState) -> bool:
         if self._last_placement_s is None or state.current_plan is None:

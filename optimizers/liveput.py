@@ -218,7 +218,10 @@ def reactive_config(inp: LiveputInput, t: int = 0) -> Config:
         rate = float(inp.weights @ inp.online_rps[:, m, t])
         o = int(np.argmax(model.tp_options))
         tp = model.tp_options[o]
-        n = int(np.ceil(rate / max(model.online_rate_per_s[o], 1e-9))) if rate > 0 else 0
+        if model.online_rate_per_s[o] <= 0:  # the model cannot serve within SLO on this pool (or does not fit)
+            out.append((tp, 0))
+            continue
+        n = int(np.ceil(rate / model.online_rate_per_s[o])) if rate > 0 else 0
         n = min(n, gpus // tp)
         gpus -= n * tp
         out.append((tp, n))

@@ -41,7 +41,7 @@ def expected_outcome(problem: PlacementProblem, decision: PlacementDecision, unm
             slo_attainment=float(np.clip(1 - unmet_rps[s].sum() / total, 0, 1)) if total > 0 else 1.0,
             per_class={k: float(np.clip(v, 0, 1)) for k, v in per_class.items()},
             goodput_tokens_per_s=float(served @ problem.mean_output_tokens), gpu_hours=gpu_hours, cost_usd=cost,
-            unmet_requests_per_s=float(unmet_rps[s].sum())))
+            unmet_requests_per_s=max(0.0, float(unmet_rps[s].sum()))))  # solver round-off can dip below 0
     w = problem.weights
     overall = Outcome(
         slo_attainment=float(sum(x.slo_attainment * wi for x, wi in zip(scenarios, w))),
@@ -49,7 +49,7 @@ def expected_outcome(problem: PlacementProblem, decision: PlacementDecision, unm
                    for c in problem.classes},
         goodput_tokens_per_s=float(sum(x.goodput_tokens_per_s * wi for x, wi in zip(scenarios, w))),
         gpu_hours=gpu_hours, cost_usd=cost,
-        unmet_requests_per_s=float(sum(x.unmet_requests_per_s * wi for x, wi in zip(scenarios, w))))
+        unmet_requests_per_s=max(0.0, float(sum(x.unmet_requests_per_s * wi for x, wi in zip(scenarios, w)))))
     return Expected(overall=overall, scenarios=tuple(scenarios))
 
 

@@ -305,6 +305,8 @@ def residual_tokens(mean: float, var: float, generated: int, p99_z: float) -> tu
     sigma2 = math.log(1 + var / max(mean, 1e-9) ** 2)
     mu = math.log(max(mean, 1e-9)) - sigma2 / 2
     sigma = math.sqrt(sigma2)
+    if sigma < 1e-9:  # a point mass (one sample, or identical ones): nothing to condition on
+        return max(mean - generated, 1.0), generated > mean
     p99 = math.exp(mu + p99_z * sigma)
     if generated <= p99:
         return max(mean - generated, 1.0), False

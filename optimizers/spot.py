@@ -20,7 +20,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from optimizers.liveput import Config, LiveputInput, LiveputPlan, SpotModel, plan_liveput, survivor_pmf
+from optimizers.liveput import (
+    Config,
+    LiveputInput,
+    LiveputPlan,
+    SpotModel,
+    config_value,
+    migration_usd,
+    plan_liveput,
+    reactive_config,
+    replica_value,
+    survivor_pmf,
+)
 from optimizers.placement.problem import PlacementProblem, ReplicaConfig
 
 
@@ -41,27 +52,50 @@ def spot_pool_indices(problem: PlacementProblem) -> list[int]:
     return [p for p, pool in enumerate(problem.pools) if pool.spot and pool.num_gpus and problem.configs_of_pool(p)]
 
 
+SPOT_POLICIES = ("liveput", "reactive")
+
+
 def plan_spot_pools(problem: PlacementProblem, demand: np.ndarray, available: np.ndarray, interval_s: float,
-                    running: dict[tuple[str, str], tuple[int, int]]) -> list[SpotStep]:
+                    running: dict[tuple[str, str], tuple[int, int]], policy: str = "liveput") -> list[SpotStep]:
     """Liveput per spot pool. `demand` is (S, M, C, T) req/s, `available` (S, P, T) GPUs; `running` maps
-    (model, pool) to the (tp, count) that runs there now (the DP's starting point and migration reference)."""
-    return [_plan_pool(problem, p, demand, available, interval_s, running) for p in spot_pool_indices(problem)]
+    (model, pool) to the (tp, count) that runs there now (the DP's starting point and migration reference).
+    `policy="reactive"` replaces liveput by SpotServe's controller (`liveput.reactive_config`: per model the fewest
+    replicas at the lowest-latency TP degree that meet the current mean rate on the GPUs up now, blind to the
+    preemption risk and to migration costs) — the comparison of bench/plan_quality.py."""
+    if policy not in SPOT_POLICIES:
+        raise ValueError(f"spot policy {policy!r}: one of {', '.join(SPOT_POLICIES)}")
+    return [_plan_pool(problem, p, demand, available, interval_s, running, policy)
+            for p in spot_pool_indices(problem)]
 
 
 def _plan_pool(problem: PlacementProblem, p: int, demand: np.ndarray, available: np.ndarray, interval_s: float,
-               running: dict[tuple[str, str], tuple[int, int]]) -> SpotStep:
+               running: dict[tuple[str, str], tuple[int, int]], policy: str) -> SpotStep:
     inp, options = liveput_input(problem, p, demand, available, interval_s, running)
-    plan = plan_liveput(inp)
+    plan = plan_liveput(inp) if policy == "liveput" else _reactive_plan(inp)
     counts = np.zeros(len(problem.configs), dtype=int)
     for m, (tp, n) in enumerate(plan.path[0]):
         if n:
             counts[options[m][tp].index] = n
     online, offline = expected_service(problem, inp, options, plan.path[0])
     used = sum(tp * n for tp, n in plan.path[0])
-    reason = (f"liveput on {problem.pools[p].name}: {used} of {inp.num_gpus} GPUs, first step of a "
-              f"{inp.available.shape[1]}-interval plan worth {plan.liveput_usd:.2f} USD expected (migrations "
-              f"deducted), P[no replica lost in interval 1] = {plan.survival_first:.2f}")
+    if policy == "liveput":
+        reason = (f"liveput on {problem.pools[p].name}: {used} of {inp.num_gpus} GPUs, first step of a "
+                  f"{inp.available.shape[1]}-interval plan worth {plan.liveput_usd:.2f} USD expected (migrations "
+                  f"deducted), P[no replica lost in interval 1] = {plan.survival_first:.2f}")
+    else:
+        reason = (f"reactive (SpotServe) on {problem.pools[p].name}: {used} of {inp.num_gpus} GPUs, the fewest "
+                  f"replicas that meet the current rate on the GPUs up now")
     return SpotStep(p, counts, online, offline, plan, reason)
+
+
+def _reactive_plan(inp: LiveputInput) -> LiveputPlan:
+    """SpotServe's choice as a one-step plan (valued like liveput's first interval, for the plan's reasons)."""
+    config = reactive_config(inp, 0)
+    one = replace(inp, available=inp.available[:, :1], online_rps=inp.online_rps[:, :, :1],
+                  offline_rps=inp.offline_rps[:, :, :1])
+    values = [[replica_value(one, m, o, 0) for o in range(len(model.tp_options))] for m, model in enumerate(one.models)]
+    value = config_value(values, one, config) - migration_usd(one, inp.current or config, config, 0)
+    return LiveputPlan((config,), value, (value,), 1.0, 1)
 
 
 def liveput_input(problem: PlacementProblem, p: int, demand: np.ndarray, available: np.ndarray, interval_s: float,

@@ -66,7 +66,9 @@ def pack_cpsat(problem: PlacementProblem, items: list[_Item], gpu_ids: dict[str,
     num_shrunk = 0
     for p, chunk, hint, gpus in work:
         placed_here, lost = solve_pool(chunk, _bins(pools[p], gpus, chunk, hint), hint, time_limit_s / len(work))
-        out += [placed(problem, item, (g,)) for item, g, _ in placed_here]
+        wanted = {(i.config.index, i.replica_id): i.kv_share_gib for i in chunk}  # a config's new replicas share alike
+        out += [placed(problem, item, (g,), wanted_kv_gib=wanted[(item.config.index, item.replica_id)])
+                for item, g, _ in placed_here]
         num_shrunk += sum(shrunk for _, _, shrunk in placed_here)
         dropped += [f"{i.config.model}: no GPU of {problem.pools[p].name} has room (CP-SAT)" for i in lost]
     return PackingResult(tuple(out), tuple(dropped), "cp-sat", count_gpus(out), num_shrunk)
@@ -106,7 +108,7 @@ def _bins(pool: _Pool, gpus: list[str], items: list[_Item], hint: dict[int, tupl
 
 def _ffd_hint(items: list[_Item], pool: _Pool) -> dict[int, tuple[str, bool]]:
     """Item index → (GPU, shrunk) in the first-fit decreasing packing of the same items on a copy of the pool."""
-    return {index: (gpu, shrunk) for index, gpu, shrunk in pack_shared_ffd(items, pool.copy())}
+    return {index: (gpu, item is not items[index]) for index, gpu, item in pack_shared_ffd(items, pool.copy())}
 
 
 def solve_pool(items: list[_Item], bins: _Bins, hint: dict[int, tuple[str, bool]],

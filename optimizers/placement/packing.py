@@ -41,6 +41,7 @@ class PlacedReplica:
     memory_gib: float  # per GPU: weights + KV share
     load_share: float  # compute share of one GPU (TP = 1) the replica's SLO capacity takes
     config_index: int
+    wanted_kv_gib: float = 0.0  # the share the placement asked for (more than `kv_share_gib` if packing shrank it)
 
 
 @dataclass(frozen=True)
@@ -194,8 +195,9 @@ def pack_ffd(problem: PlacementProblem, items: list[_Item], gpu_ids: dict[str, l
     num_shrunk = 0
     for p, pool in pools.items():
         mine = [i for i in shared if i.config.pool_index == p]
-        for index, gpu, shrunk in pack_shared_ffd(mine, pool):
-            out.append(placed(problem, shrink(mine[index]) if shrunk else mine[index], (gpu,)))
+        for index, gpu, item in pack_shared_ffd(mine, pool):
+            shrunk = item is not mine[index]
+            out.append(placed(problem, item, (gpu,), wanted_kv_gib=mine[index].kv_share_gib))
             done.add(id(mine[index]))
             num_shrunk += shrunk
     dropped += [f"{i.config.model}: no GPU of {problem.pools[i.config.pool_index].name} has "
@@ -204,19 +206,19 @@ def pack_ffd(problem: PlacementProblem, items: list[_Item], gpu_ids: dict[str, l
     return PackingResult(tuple(out), tuple(dropped), "ffd", count_gpus(out), num_shrunk)
 
 
-def pack_shared_ffd(items: list[_Item], pool: _Pool) -> Iterator[tuple[int, str, bool]]:
+def pack_shared_ffd(items: list[_Item], pool: _Pool) -> Iterator[tuple[int, str, _Item]]:
     """First-fit decreasing of one pool's shared items (running ones first); takes their room on `pool` and yields
-    (item index, GPU, shrunk to the minimum KV) for each item placed."""
+    (item index, GPU, the item as placed — shrunk to the room of the roomiest GPU when it fits nowhere whole)."""
     order = sorted(range(len(items)), key=lambda i: (not items[i].current, -items[i].memory_gib))
     for index in order:
         item = items[index]
         gpu, shrunk = _first_fit(pool, item), False
         if gpu is None:
-            item, shrunk = shrink(item), True
+            item, shrunk = _shrink_to_fit(pool, item), True
             gpu = _first_fit(pool, item)
         if gpu is not None:
             pool.take(gpu, item)
-            yield index, gpu, shrunk
+            yield index, gpu, item
 
 
 def _first_fit(pool: _Pool, item: _Item) -> str | None:
@@ -228,6 +230,21 @@ def _first_fit(pool: _Pool, item: _Item) -> str | None:
     return next((g for g in pool.gpu_ids if pool.is_free(g) and pool.fits(g, item)), None)
 
 
+def _shrink_to_fit(pool: _Pool, item: _Item) -> _Item:
+    """The item with its KV share cut to the most memory a GPU it may join has free (at least the minimum share):
+    cutting straight to the minimum threw away SLO capacity the GPU had room for."""
+    c = item.config
+    room = [pool.memory[g] - c.weight_gib_per_gpu for g in pool.gpu_ids
+            if g not in pool.whole and c.model not in pool.models[g]
+            and (not pool.models[g] or pool.load[g] >= shrink(item).load_share - 1e-6)]
+    share = min(item.kv_share_gib, max(room, default=0.0))
+    if share <= c.kv_min_gib:
+        return shrink(item)
+    rate = c.online.rate_at(share)
+    load = min(item.load_share, rate / c.online_rate_max if c.online_rate_max > 0 else 0.0)
+    return replace(item, memory_gib=c.weight_gib_per_gpu + share, kv_share_gib=share, load_share=load)
+
+
 def shrink(item: _Item) -> _Item:
     """The item with its KV share cut to the minimum (one max-context sequence) and its load scaled to match."""
     c = item.config
@@ -236,12 +253,14 @@ def shrink(item: _Item) -> _Item:
     return replace(item, memory_gib=c.weight_gib_per_gpu + c.kv_min_gib, kv_share_gib=c.kv_min_gib, load_share=load)
 
 
-def placed(problem: PlacementProblem, item: _Item, gpus: tuple[str, ...]) -> PlacedReplica:
+def placed(problem: PlacementProblem, item: _Item, gpus: tuple[str, ...], wanted_kv_gib: float | None = None
+           ) -> PlacedReplica:
     pool = problem.pools[item.config.pool_index]
     # A running replica keeps its id only where it stays; moved, it is a new replica (activated, the old one removed).
     rid = item.replica_id if item.replica_id and gpus == item.current else f"{item.config.model}@{gpus[0]}"
     return PlacedReplica(rid, item.config.model, pool.name, pool.gpu_type, item.config.tp, gpus, item.kv_share_gib,
-                         item.memory_gib, item.load_share, item.config.index)
+                         item.memory_gib, item.load_share, item.config.index,
+                         item.kv_share_gib if wanted_kv_gib is None else wanted_kv_gib)
 
 
 def count_gpus(out: list[PlacedReplica]) -> int:
@@ -268,13 +287,17 @@ def fill_kv(problem: PlacementProblem, replicas: list[PlacedReplica]) -> list[Pl
     for members in by_gpu.values():
         pool = replicas[members[0]].pool
         left = usable[pool] * (1 - KV_FILL_RESERVE) - sum(replicas[i].memory_gib for i in members)
-        total = sum(replicas[i].kv_share_gib for i in members)
-        if left <= 0 or total <= 0:
+        if left <= 0:
             continue
+        # Replicas packing had to shrink get back what they lost first; the rest goes in proportion to the shares.
+        deficit = {i: max(0.0, replicas[i].wanted_kv_gib - replicas[i].kv_share_gib) for i in members}
+        back = min(1.0, left / sum(deficit.values())) if sum(deficit.values()) > 0 else 0.0
+        grown = {i: replicas[i].kv_share_gib + back * deficit[i] for i in members}
+        left -= sum(back * d for d in deficit.values())
+        total = sum(grown.values())
         for i in members:
             r = replicas[i]
-            extra = left * r.kv_share_gib / total
-            cap = problem.configs[r.config_index].kv_max_gib
-            grown = min(cap, r.kv_share_gib + extra)
-            out[i] = replace(r, kv_share_gib=grown, memory_gib=r.memory_gib + grown - r.kv_share_gib)
+            share = min(problem.configs[r.config_index].kv_max_gib,
+                        grown[i] + (left * grown[i] / total if left > 0 and total > 0 else 0.0))
+            out[i] = replace(r, kv_share_gib=share, memory_gib=r.memory_gib + share - r.kv_share_gib)
     return out
