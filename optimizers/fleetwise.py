@@ -85,18 +85,24 @@ class FleetwisePlanner:
         healthy = _plannable_gpus(fleet, state)
         weights = {m.name: m.weight_gib for m in fleet.models}
         running = running_replicas(state, weights)
-        problem = build_problem(
+        planned = planned_replicas(state, weights) if state.current_plan is not None else running
+        build = lambda floor: build_problem(  # noqa: E731
             fleet, scenarios, book=self.book, healthy=healthy, horizon_intervals=self.horizon_intervals,
             current=[(r.model, r.pool, r.tp, r.kv_share_gib * (1 if r.tp == 1 else 0)) for r in running],
-            host_models=_host_models(state), settings=self.settings, waiting_rps=_waiting_rps(state, running))
+            host_models=_host_models(state), settings=self.settings, waiting_rps=_waiting_rps(state, running) | floor)
+        problem = build({})
+        surge = self._outgrown(problem, state, planned)
+        if surge:  # what is arriving now outweighs the forecast: every scenario carries at least the observed rate
+            problem = build(surge)
+            reasons.append("re-placed early: observed rate above placed SLO capacity for "
+                           + ", ".join(f"{m} ({r:.2f} req/s)" for m, r in sorted(surge.items())))
         spot = plan_spot_pools(problem, demand_by_interval(fleet, scenarios),
                                available_by_interval(problem.pools, scenarios), scenarios.interval_s,
                                _running_counts(running), self.spot_policy)
         stages = {"liveput": time.perf_counter() - start} if spot else {}
         reasons += [s.reason for s in spot]
         placement = None
-        planned = planned_replicas(state, weights) if state.current_plan is not None else running
-        if self._must_place(state) or self._outgrown(problem, state, planned):
+        if self._must_place(state) or surge:
             placement = solve_placement(residual_problem(problem, spot),
                                         time_limit_s=max(0.2, self.placement_share * budget_s))
             stages["placement"] = time.perf_counter() - start - sum(stages.values())
@@ -134,19 +140,20 @@ class FleetwisePlanner:
         reasons.append(f"activation on demand for {', '.join(sorted(waiting))}: requests wait with no replica")
         return added, dropped + [f"not placed: {x}" for x in packed.dropped], packed.packer
 
-    def _outgrown(self, problem: PlacementProblem, state: FleetState, planned: list[RunningReplica]) -> bool:
-        """Re-place early when a model's observed rate exceeds its placed SLO capacity by `surge_factor` (a surge
-        the forecast missed), at most once per `min_surge_gap_s`."""
+    def _outgrown(self, problem: PlacementProblem, state: FleetState, planned: list[RunningReplica]
+                  ) -> dict[str, float]:
+        """Models whose observed rate exceeds their placed SLO capacity by `surge_factor` (a surge the forecast
+        missed), with that rate: they re-place early, at most once per `min_surge_gap_s`."""
         if self._last_placement_s is None or state.time_s - self._last_placement_s < self.min_surge_gap_s:
-            return False
+            return {}
         index = {(c.model, problem.pools[c.pool_index].name, c.tp): c for c in problem.configs}
         capacity: dict[str, float] = {}
         for r in planned:
             c = index.get((r.model, r.pool, r.tp))
             if c is not None:
                 capacity[r.model] = capacity.get(r.model, 0.0) + c.online.rate_at(r.kv_share_gib)
-        return any(load.request_rate_per_s > self.surge_factor * capacity.get(model, 0.0) > 0
-                   for model, load in state.load.items())
+        return {model: load.request_rate_per_s for model, load in state.load.items()
+                if load.request_rate_per_s > self.surge_factor * capacity.get(model, 0.0) > 0}
 
     def _must_place(self, state: FleetState) -> bool:
         if self._last_placement_s is None or state.current_plan is None:
