@@ -86,8 +86,7 @@ class EngineLimits:
 
 def work_per_request_s(lat: LatencyModel, load: LoadShape) -> float:
     """Iteration seconds one request adds beyond the per-iteration constant c0 (`q` in the module docstring)."""
-    p, o = load.mean_prompt_tokens, load.mean_output_tokens
-    decode = o * (lat.c_decode_s + lat.c_kv_s * load.mean_context_tokens)
+    decode = load.mean_output_tokens * (lat.c_decode_s + lat.c_kv_s * load.mean_context_tokens)
     return decode + prefill_work_s(lat, load)
 
 
@@ -123,7 +122,7 @@ def _slack(rate: float, lat: LatencyModel, load: LoadShape, kv_tokens: float, sl
 
 def ttft_quantile_s(rate: float, lat: LatencyModel, load: LoadShape, quantile: float) -> float:
     """The `quantile` of TTFT at `rate` req/s (module docstring): iteration + prefill + M/G/1 waiting tail."""
-    p, o = load.mean_prompt_tokens, load.mean_output_tokens
+    o = load.mean_output_tokens
     q = work_per_request_s(lat, load)
     rho = rate * q
     if rho >= 1:

@@ -86,7 +86,7 @@ class FleetwisePlanner:
         weights = {m.name: m.weight_gib for m in fleet.models}
         running = running_replicas(state, weights)
         planned = planned_replicas(state, weights) if state.current_plan is not None else running
-        build = lambda floor: build_problem(  # noqa: E731
+        build = lambda floor: build_problem(
             fleet, scenarios, book=self.book, healthy=healthy, horizon_intervals=self.horizon_intervals,
             current=[(r.model, r.pool, r.tp, r.kv_share_gib * (1 if r.tp == 1 else 0)) for r in running],
             host_models=_host_models(state), settings=self.settings, waiting_rps=_waiting_rps(state, running) | floor)

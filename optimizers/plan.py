@@ -13,7 +13,6 @@ Every action carries a reason; the plan id is deterministic in (fleet, policy, g
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 

@@ -196,10 +196,9 @@ def pack_ffd(problem: PlacementProblem, items: list[_Item], gpu_ids: dict[str, l
     for p, pool in pools.items():
         mine = [i for i in shared if i.config.pool_index == p]
         for index, gpu, item in pack_shared_ffd(mine, pool):
-            shrunk = item is not mine[index]
             out.append(placed(problem, item, (gpu,), wanted_kv_gib=mine[index].kv_share_gib))
             done.add(id(mine[index]))
-            num_shrunk += shrunk
+            num_shrunk += item is not mine[index]
     dropped += [f"{i.config.model}: no GPU of {problem.pools[i.config.pool_index].name} has "
                 f"{shrink(i).memory_gib:.1f} GiB and {shrink(i).load_share:.2f} compute free"
                 for i in shared if id(i) not in done]
@@ -212,9 +211,9 @@ def pack_shared_ffd(items: list[_Item], pool: _Pool) -> Iterator[tuple[int, str,
     order = sorted(range(len(items)), key=lambda i: (not items[i].current, -items[i].memory_gib))
     for index in order:
         item = items[index]
-        gpu, shrunk = _first_fit(pool, item), False
+        gpu = _first_fit(pool, item)
         if gpu is None:
-            item, shrunk = _shrink_to_fit(pool, item), True
+            item = _shrink_to_fit(pool, item)
             gpu = _first_fit(pool, item)
         if gpu is not None:
             pool.take(gpu, item)

@@ -22,7 +22,6 @@ from core.forecast import ScenarioSet
 from core.latency import LatencyBook
 from optimizers.capacity import CapacityTable, EngineLimits, LoadShape, SLOTarget, capacity_table
 
-
 # Lengths assumed for a model before any request has told otherwise: a chat-like request (the Azure conversation
 # trace averages ~1,150 prompt and ~210 output tokens).
 DEFAULT_PROMPT_TOKENS = 1024.0
