@@ -1,6 +1,7 @@
 """Simulator speed: simulated requests per second of one core, and peak memory on a million-request trace.
 
-    python bench/simulator_speed.py               # moderate + overloaded runs, each against its baseline, + 1M
+    python bench/simulator_speed.py               # moderate, overloaded and time-shared runs, each against its
+                                                  # baseline, + 1M
     python bench/simulator_speed.py --no-million  # skip the million-request memory run (~3 minutes)
 
 Setup: a 16 × H100 fleet (two nodes of 8) serving 8 Llama-3.1-8B-sized models; the Azure LLM conversation trace
@@ -9,7 +10,10 @@ Setup: a 16 × H100 fleet (two nodes of 8) serving 8 Llama-3.1-8B-sized models; 
 the static planner (`simulator.planners.StaticPlanner`), shares from the trace. Load levels:
 
 - moderate: the trace's rate × 16 (~90 requests/s; every SLO met, decode batches of ~30);
-- overloaded: × 80 (~440 requests/s; queues grow, TTFT in seconds, attainment about half).
+- overloaded: × 80 (~440 requests/s; queues grow, TTFT in seconds, attainment about half);
+- time-shared: 48 models, three on every GPU (they take turns, one model's batch per iteration: MuxServe-style
+  co-location), at × 8 (~38 requests/s; every SLO met — at × 16 the most popular model's GPU, which it shares
+  with two others, is overloaded).
 
 Each load is simulated twice in the same process, pinned to one core: `fleetwise` (one event per uninterrupted run
 of decodes, `SimConfig.run_ahead`) and the baseline, the same simulator with one event per engine iteration (the
@@ -51,7 +55,8 @@ from simulator.planners import StaticPlanner
 
 RESULTS = ROOT / "bench" / "results" / "simulator_speed.json"
 TRACE = ROOT.parent / "shared" / "data" / "traces" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
-TARGETS = {"moderate": 5000.0, "overloaded": 1000.0}
+TARGETS = {"moderate": 5000.0, "overloaded": 1000.0, "time-shared": 5000.0}
+MODELS = {"moderate": 8, "overloaded": 8, "time-shared": 48}  # Llama-3.1-8B-sized models in the fleet
 SPLITWISE_SIM = {"moderate": 560.0, "overloaded": 56.0}  # requests/s on two cores, as published (REFERENCES.md)
 MAX_RSS_GIB = 2.0
 console = Console(width=max(Console().width, 150))  # the table needs ~140 columns; never wrap it
@@ -61,7 +66,7 @@ FLEET = {
     "spec": {
         "pools": [{"name": "h100", "gpu": "H100-SXM", "count": 16, "gpus_per_node": 8}],
         "models": [{"name": "m{i}", "arch": "Llama-3.1-8B", "tp_options": [1], "max_context_tokens": 16384,
-                    "copies": 8}],
+                    "copies": 8}],  # MODELS[load] copies
         "slo_classes": [{"name": "interactive", "ttft_s": 1.0, "tpot_s": 0.1, "priority": 0},
                         {"name": "batch", "online": False, "priority": 9}],
     },
@@ -86,11 +91,12 @@ class Run:
         return self.requests / self.cpu_s
 
 
-def fleet() -> FleetSpec:
-    return FleetSpec.model_validate(FLEET)
+def fleet(num_models: int = 8) -> FleetSpec:
+    spec = {**FLEET["spec"], "models": [{**FLEET["spec"]["models"][0], "copies": num_models}]}
+    return FleetSpec.model_validate({**FLEET, "spec": spec})
 
 
-def workload(rate_factor: float, span_s: float, *, min_requests: int = 0) -> RequestTable:
+def workload(rate_factor: float, span_s: float, *, min_requests: int = 0, num_models: int = 8) -> RequestTable:
     """The conversation trace's first `span_s` seconds at `rate_factor` × its rate, repeated in time until it
     holds `min_requests`."""
     from workloads.azure import read_azure
@@ -106,24 +112,24 @@ def workload(rate_factor: float, span_s: float, *, min_requests: int = 0) -> Req
             arrival_s=arrivals, model_idx=np.tile(base.model_idx, tiles), slo_idx=np.tile(base.slo_idx, tiles),
             prompt_tokens=np.tile(base.prompt_tokens, tiles), output_tokens=np.tile(base.output_tokens, tiles),
             model_names=base.model_names, slo_names=base.slo_names, sort=False)
-    names = fleet().model_names
+    names = fleet(num_models).model_names
     split = split_models(base, names, zipf_exponent=1.0, seed=0)
     return assign_slo_mix(split, {"interactive": 0.8, "batch": 0.2}, seed=0)
 
 
-def simulate(table: RequestTable, *, run_ahead: bool) -> tuple[float, float, dict]:
+def simulate(table: RequestTable, *, run_ahead: bool, num_models: int = 8) -> tuple[float, float, dict]:
     shares = {m: float(np.mean(table.model_idx == i)) for i, m in enumerate(table.model_names)}
-    sim = FleetSimulation(fleet(), table, StaticPlanner(shares), config=SimConfig(run_ahead=run_ahead))
+    sim = FleetSimulation(fleet(num_models), table, StaticPlanner(shares), config=SimConfig(run_ahead=run_ahead))
     cpu, wall = time.process_time(), time.perf_counter()
     figures = sim.run().figures()
     return time.process_time() - cpu, time.perf_counter() - wall, figures
 
 
 def measure(load: str, rate_factor: float, span_s: float) -> list[Run]:
-    table = workload(rate_factor, span_s)
+    table = workload(rate_factor, span_s, num_models=MODELS[load])
     runs = []
     for engine, run_ahead in (("fleetwise", True), ("per-iteration", False)):
-        cpu, wall, f = simulate(table, run_ahead=run_ahead)
+        cpu, wall, f = simulate(table, run_ahead=run_ahead, num_models=MODELS[load])
         runs.append(Run(load, engine, len(table), len(table) / table.duration_s, cpu, wall, f["events"],
                         f["slo_attainment"], f["ttft_s"]["p50"], f["ttft_s"]["p99"]))
         console.print(f"  {load:10} {engine:13} {len(table):>8,} requests  {runs[-1].requests_per_cpu_s:>8,.0f} req/s "
@@ -155,8 +161,8 @@ def main(million_run: Annotated[bool, typer.Option("--million/--no-million")] = 
     if child:
         million_child()
         return
-    console.print("[bold]Simulator speed[/] (16 × H100, 8 models, Azure conversation trace; one core)")
-    runs = measure("moderate", 16.0, 600.0) + measure("overloaded", 80.0, 120.0)
+    console.print("[bold]Simulator speed[/] (16 × H100, 8 or 48 models, Azure conversation trace; one core)")
+    runs = measure("moderate", 16.0, 600.0) + measure("overloaded", 80.0, 120.0) + measure("time-shared", 8.0, 600.0)
     big = million() if million_run else None
     report = {
         "command": "python bench/simulator_speed.py" + ("" if million_run else " --no-million"),

@@ -69,6 +69,10 @@ class PoolSpec(BaseModel):
     availability_trace: str | None = Field(
         default=None, description="Spot pools: add/remove event trace (path relative to the fleet file)."
     )
+    host_memory_gib: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="Host (CPU) memory of one node, for weights kept warm and KV copied out of its "
+        "GPUs; default: twice the GPU memory of the node's GPUs."
+    )
 
     @field_validator("gpu", mode="before")
     @classmethod
@@ -82,6 +86,13 @@ class PoolSpec(BaseModel):
     @property
     def hourly_price(self) -> float:
         return self.gpu.price_per_hour if self.price_per_hour is None else self.price_per_hour
+
+    @property
+    def host_memory_gib_per_gpu(self) -> float:
+        """Each GPU's share of its node's host memory (`host_memory_gib`, default 2× its own memory)."""
+        if self.host_memory_gib is None:
+            return 2.0 * self.gpu.memory_gib
+        return self.host_memory_gib / self.gpus_per_node
 
     @property
     def num_nodes(self) -> int:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from core.errors import InputError
 
 SIM_PAGE_BYTES = 32 * 1024 * 1024
+HOST_KV_MAX_GIB = 32.0  # default cap of the host memory per GPU for KV copied out of it
 from workers.scheduler import SchedulerConfig
 
 
@@ -24,14 +25,18 @@ class SimConfig:
     group_window_s: float = 10.0  # arrival window of a request group (core.state.group_id)
     observation_window_s: float = 60.0  # per-model load in FleetState is observed over this window
     drain_timeout_s: float = 3600.0  # requests unfinished this long after the last arrival are dropped
-    preemption_notice_s: float = 0.0  # spot GPUs announce their removal this much earlier (0: no notice)
+    # GPUs of spot pools announce their removal this much earlier (PREEMPTION_NOTICE; SpotServe's 30 s grace;
+    # 0: no notice). GPUs of on-demand pools that leave (failures) give none.
+    preemption_notice_s: float = 30.0
     # KV pages and blocks. Coarser than the engine's defaults (2 MiB pages, 16-token blocks) for speed: kvcached maps
     # 2 MiB per layer and per K/V tensor, i.e. 128 MiB across a 32-layer model, so 32 MiB pages are not coarser
     # than what it allocates; blocks of up to 256 tokens fill such pages to ≥ 90 % (docs/simulator.md).
     page_bytes: int = SIM_PAGE_BYTES  # KV page size of every device's pool
     max_block_tokens: int = 256  # largest block size tried when fitting blocks to pages
-    host_kv_gib_per_gpu: float = 32.0  # host memory per GPU for swapped-out and checkpointed KV
-    host_weights_gib_per_gpu: float = 160.0  # host memory per GPU for weights cached warm (residency host)
+    # Host memory per GPU, by default its share of the node's (core.fleet.PoolSpec.host_memory_gib): KV copied out
+    # (swapped or checkpointed) gets a quarter of it, at most HOST_KV_MAX_GIB; weights kept warm the rest.
+    host_kv_gib_per_gpu: float | None = None  # host memory per GPU for swapped-out and checkpointed KV
+    host_weights_gib_per_gpu: float | None = None  # host memory per GPU for weights cached warm (residency host)
     metrics_window_s: float = 60.0  # window of the attainment-over-time series
     check_invariants: bool = False  # verify pools and schedulers after every iteration (tests; slow)
     run_ahead: bool = True  # one event per uninterrupted run of decodes (exact; off: one event per iteration)
@@ -45,12 +50,22 @@ class SimConfig:
             if not getattr(self, name) > 0:
                 raise InputError(name, getattr(self, name), "seconds > 0")
         for name in ("preemption_notice_s", "host_kv_gib_per_gpu", "host_weights_gib_per_gpu"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0.0) < 0:
                 raise InputError(name, getattr(self, name), "a value ≥ 0")
         if self.page_bytes < 4096:
             raise InputError("page_bytes", self.page_bytes, "at least 4096 bytes")
         if self.max_block_tokens < 1:
             raise InputError("max_block_tokens", self.max_block_tokens, "an integer ≥ 1")
+
+    def host_gib_per_gpu(self, pool_host_gib_per_gpu: float) -> tuple[float, float]:
+        """(KV, weights) host memory per GPU, given the GPU's share of its node's host memory."""
+        kv = self.host_kv_gib_per_gpu
+        if kv is None:
+            kv = min(HOST_KV_MAX_GIB, pool_host_gib_per_gpu / 4)
+        weights = self.host_weights_gib_per_gpu
+        if weights is None:
+            weights = max(0.0, pool_host_gib_per_gpu - kv)
+        return kv, weights
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)

@@ -124,7 +124,8 @@ class FleetSimulation:
         return self._finished or m.num_completed + m.num_dropped == len(self.table)
 
     def _schedule_availability(self, change: AvailabilityChange) -> None:
-        notice = self.config.preemption_notice_s
+        """A spot GPU's removal is announced `preemption_notice_s` before (if the run has started by then)."""
+        notice = self.config.preemption_notice_s if self.fleet.pool_of_gpu(change.gpu_id).spot else 0.0
         if not change.up and notice > 0 and change.time_s - notice >= self.kernel.now_s:
             self.kernel.schedule(Availability(change.time_s - notice, self, change.gpu_id, False, notice=True))
         self.kernel.schedule(Availability(max(change.time_s, self.kernel.now_s), self, change.gpu_id, change.up))

@@ -3,8 +3,8 @@ LatencyModel in place of the GPU.
 
 Memory (per device): the fleet's usable bytes hold the weights of every replica placed on the GPU (as leader or as
 a member of a TP group) and the shared KV page pool, whose capacity is what is left (`KVPool.set_num_pages`). Host
-memory holds warm weights (`host_weights_gib_per_gpu`, least recently cached evicted first) and swapped or
-checkpointed KV (`host_kv_gib_per_gpu`).
+memory (the GPU's share of its node's, `PoolSpec.host_memory_gib`, split by `SimConfig.host_gib_per_gpu`) holds
+warm weights (least recently cached evicted first) and swapped or checkpointed KV.
 
 Residency: a replica is ACTIVE (serving; `activating_until_s` set while its weights load — from host memory when
 cached there, else from disk, both timed by the LatencyModel), HOST (weights cached warm on this GPU's host), or
@@ -62,6 +62,7 @@ class SimulatedWorker(ReplicaLifecycle, IterationLoop):
         self.hooks = hooks
         self.kernel = hooks.kernel
         self.usable_bytes = fleet.usable_bytes_per_gpu(self.gpu)
+        self.host_kv_gib, self.host_weights_gib = config.host_gib_per_gpu(pool_spec.host_memory_gib_per_gpu)
         self.healthy = True
         self.replicas: dict[str, SimReplica] = {}  # led here, any residency
         self.memberships: dict[str, Membership] = {}  # TP groups led elsewhere that this GPU serves in
@@ -159,7 +160,7 @@ class SimulatedWorker(ReplicaLifecycle, IterationLoop):
         cfg = self.config
         self.weight_bytes = 0.0
         self.pool = KVPool(self._capacity_pages(), page_bytes=cfg.page_bytes,
-                           host_capacity_bytes=int(cfg.host_kv_gib_per_gpu * GIB))
+                           host_capacity_bytes=int(self.host_kv_gib * GIB))
         self.scheduler = Scheduler(self.pool, cfg.scheduler)
         self._serving: dict[str, SimReplica] = {}  # model → its serving replica led here (the hot lookup)
         self._draining: dict[str, SimReplica] = {}  # model → its replica finishing its running requests
@@ -207,7 +208,7 @@ class SimulatedWorker(ReplicaLifecycle, IterationLoop):
         """Keep a replica's weights warm in host memory, evicting the least recently cached beyond capacity."""
         self.host_weights[(model, tp)] = weight_bytes
         self.host_weights.move_to_end((model, tp))
-        limit = self.config.host_weights_gib_per_gpu * GIB
+        limit = self.host_weights_gib * GIB
         while sum(self.host_weights.values()) > limit and self.host_weights:
             old, old_tp = next(iter(self.host_weights))
             for rep in [r for r in self.replicas.values() if r.model.name == old and r.tp == old_tp

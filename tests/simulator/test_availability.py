@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from core.state import EventKind
 from simulator.availability import availability_changes, fleet_availability
 from simulator.fleet import AvailabilityChange, FleetSimulation
 from simulator.planners import StaticPlanner
@@ -33,3 +35,28 @@ def test_a_fleet_reads_its_pools_traces_and_the_simulation_replays_them(tmp_path
     assert changes == [AvailabilityChange(5.0, "h100/1", False)]
     res = FleetSimulation(fleet, make_table(100, rate_per_s=10.0, seed=1), StaticPlanner(), availability=changes).run()
     assert res.figures()["requests"]["completed"] == 100
+
+
+class Recorder(StaticPlanner):
+    """The static placement, called on GPU events; records what it was told and when."""
+
+    subscriptions = frozenset({EventKind.PREEMPTION_NOTICE, EventKind.GPU_REMOVED})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[float, str, str]] = []
+
+    def plan(self, fleet, state, scenarios, budget_s):
+        self.seen += [(e.time_s, e.kind.value, e.worker_id) for e in state.events]
+        return super().plan(fleet, state, scenarios, budget_s)
+
+
+@pytest.mark.parametrize("spot", [True, False])
+def test_spot_gpus_announce_their_removal_30_s_ahead_by_default(spot: bool) -> None:
+    fleet = small_fleet(pools=[{"name": "h100", "gpu": "H100-SXM", "count": 2, "gpus_per_node": 1, "spot": spot}])
+    planner = Recorder()
+    FleetSimulation(fleet, make_table(600, rate_per_s=10.0, seed=1), planner,
+                    availability=[AvailabilityChange(50.0, "h100/1", False)]).run()
+    notices = [(t, g) for t, kind, g in planner.seen if kind == "preemption_notice"]
+    assert notices == ([(20.0, "h100/1")] if spot else [])  # an on-demand GPU that leaves fails without notice
+    assert (50.0, "gpu_removed", "h100/1") in planner.seen

@@ -49,3 +49,19 @@ def test_kv_layout_fits_blocks_to_pages() -> None:
     layout = kv_layout(MODEL_CATALOG["Llama-3.1-8B"], 1, page_bytes=32 << 20, max_block_tokens=256)
     assert layout.bytes_per_token == 131072 and layout.block_size_tokens == 256 and layout.num_layers == 32
     assert kv_layout(MODEL_CATALOG["Llama-3.1-70B"], 4).block_size_tokens == 8
+
+
+def test_offline_checkpoint_copies_hide_under_compute_for_every_preset() -> None:
+    """The simulator charges no time for offline KV checkpoints: as in ConServe, each iteration's new KV is copied
+    to host while the GPU computes, so an iteration lasts max(compute, copy) — and for every catalog preset the copy
+    of a whole batch's new KV (256 decodes at the smallest context, or an 8192-token prefill chunk) takes under a
+    third of the compute. If a preset ever broke this, checkpoints would have to be charged (docs/simulator.md)."""
+    book = LatencyBook()
+    for gpu in GPU_CATALOG.values():
+        for arch in MODEL_CATALOG.values():
+            for tp in (t for t in (1, 2, 4, 8) if arch.tp_allowed(t)):
+                lm = book.get(arch, gpu, tp)
+                per_token_s = lm.kv_bytes_per_token / tp / lm.kv_swap_bytes_per_s
+                decode = lm.iteration_s(decode_seqs=256, kv_tokens=256)
+                prefill = lm.iteration_s(prefill_tokens=8192, prefill_attn=8192 * 8193 / 2)
+                assert 256 * per_token_s < decode / 3 and 8192 * per_token_s < prefill / 3, (arch.name, gpu.name, tp)

@@ -310,3 +310,20 @@ def test_a_failed_gpu_loses_its_work_and_comes_back_empty() -> None:
     hooks.kernel.run()  # the iteration in flight when it failed is ignored
     w.recover()
     assert w.status().healthy and activate(w, seq=6, revision=2).status == "applied"
+
+
+def test_host_memory_comes_from_the_pool_and_evicts_the_least_recently_cached_weights() -> None:
+    # 80 GiB per node of two GPUs: 40 GiB each, 10 for KV copies and 30 for weights — two 8B models, not three.
+    models = [{"name": m, "arch": "Llama-3.1-8B", "tp_options": [1], "max_context_tokens": 8192} for m in "abc"]
+    fleet = small_fleet(pools=[{"name": "h100", "gpu": "H100-SXM", "count": 2, "gpus_per_node": 2,
+                                "host_memory_gib": 80}], models=models)
+    hooks = LocalHooks()
+    w = SimulatedWorker("h100/0", fleet, LatencyBook(), SimConfig(), hooks)
+    assert w.pool.host_capacity_bytes == 10 * 2**30 and w.host_weights_gib == 30
+    for n, m in enumerate("abc"):
+        act(w, ActivateModel(model=m, replica_id=f"{m}@h100/0", gpu_ids=("h100/0",)), seq=2 * n)
+        hooks.kernel.run()
+        act(w, DeactivateModel(model=m, replica_id=f"{m}@h100/0", to=Residency.HOST), seq=2 * n + 1, revision=2)
+    assert [r.model for r in w.status().replicas] == ["b", "c"]  # a's weights were evicted to make room for c's
+    default = SimulatedWorker("h100/0", small_fleet(), LatencyBook(), SimConfig(), LocalHooks())
+    assert default.host_weights_gib == 2 * 80 - 32  # twice the GPU's memory; KV copies get 32 GiB of it
