@@ -57,9 +57,9 @@ class DecodeRun:
     growth_s: float
     steps: int
 
-    @property
-    def models(self) -> tuple[str, ...]:
-        return (self.event.batch.model,)
+    def alive(self, sched: Scheduler) -> bool:
+        """Its model is still on the device (else there is nothing to commit)."""
+        return sched.has_model(self.event.batch.model)
 
     def end_of(self, j: int) -> float:
         """When step j (1-based) ends."""
@@ -102,9 +102,8 @@ class RotationRun:
     event: IterationDone
     rotation: Rotation
 
-    @property
-    def models(self) -> tuple[str, ...]:
-        return tuple(b.model for b in self.rotation.batches)
+    def alive(self, sched: Scheduler) -> bool:
+        return all(sched.has_model(b.model) for b in self.rotation.batches)
 
     def cut(self, sched: Scheduler, now: float) -> tuple[Batch, float | None, float]:
         rot = self.rotation
@@ -241,7 +240,7 @@ class IterationLoop:
             return  # the run ends now anyway
         run.event.cancelled = True
         sched = self.scheduler
-        if not all(sched.has_model(m) for m in run.models):
+        if not run.alive(sched):
             self.iterating = False  # a model is gone: nothing to commit
             self.kick()
             return

@@ -69,12 +69,23 @@ class DecodeRuns(SchedulerBase):
         take them (step by step, sequences in batch order): blocks of one model share pages, and which blocks
         share a page decides when pages free again."""
         pool, bs, step = self.pool, self._models[batch.model].layout.block_size_tokens, batch.step
+        if ahead == 1:  # one step: batch order is that order
+            for seq in batch.decodes:
+                need = seq.num_computed_tokens + 1
+                if seq.status is RUNNING and seq.scheduled_step == step and need > len(seq.block_table) * bs:
+                    if not pool.allocate(seq.model, seq.seq_id, need):
+                        raise RuntimeError("KV checked by plan_run was taken during the run")
+                    seq.block_table = pool.block_table(seq.seq_id)
+            return
         needs: list[tuple[int, int, Sequence]] = []  # (step that needs the block, position, sequence)
         for pos, seq in enumerate(batch.decodes):
             held = len(seq.block_table) * bs
             computed = seq.num_computed_tokens
             if seq.status is RUNNING and seq.scheduled_step == step and computed + ahead > held:
-                needs.extend((s, pos, seq) for s in range(held - computed, ahead, bs))
+                if ahead <= bs:  # one block at most
+                    needs.append((held - computed, pos, seq))
+                else:
+                    needs.extend((s, pos, seq) for s in range(held - computed, ahead, bs))
         if len(needs) > 1:
             needs.sort(key=lambda need: need[:2])
         for s, _, seq in needs:

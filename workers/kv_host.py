@@ -6,7 +6,7 @@ Pure Python (no torch): the simulator and the real engine share it.
 
 from __future__ import annotations
 
-from workers.kv_layout import KVLayout
+from workers.kv_pages import ModelPages
 
 
 class HostKVAccounting:
@@ -19,7 +19,7 @@ class HostKVAccounting:
         self._host: dict[int, tuple[str, int]] = {}  # seq id → (model, KV tokens held in host memory)
         self._host_bytes_used = 0
 
-    def layout(self, model: str) -> KVLayout:
+    def _state(self, model: str) -> ModelPages:
         raise NotImplementedError
 
     @property
@@ -51,7 +51,7 @@ class HostKVAccounting:
 
     def _host_delta(self, model: str, seq_id: int, num_tokens: int) -> int:
         """Bytes the host copy grows by (host copies are held in whole blocks)."""
-        layout = self.layout(model)
+        layout = self._state(model).layout
         bs = layout.block_size_tokens
         old = self._host.get(seq_id)
         old_blocks = -(-old[1] // bs) if old else 0
@@ -65,5 +65,5 @@ class HostKVAccounting:
             self._host_bytes_used -= self._host_bytes(*entry)
 
     def _host_bytes(self, model: str, num_tokens: int) -> int:
-        layout = self.layout(model)
+        layout = self._state(model).layout
         return layout.num_blocks(num_tokens) * layout.block_bytes

@@ -217,7 +217,7 @@ class KVPool(HostKVAccounting):
             return False
         if new_pages + reserve_pages > self.num_free_pages:
             return False
-        return all(new_pages + reserve_pages <= m.num_free_pages for m in pages.mirrors)
+        return not pages.mirrors or all(new_pages + reserve_pages <= m.num_free_pages for m in pages.mirrors)
 
     def can_allocate_all(self, blocks: Mapping[str, int]) -> bool:
         """Could each model take its `blocks[model]` more blocks at the same time (limits, pool and mirrors)?"""
@@ -236,7 +236,7 @@ class KVPool(HostKVAccounting):
     def max_pages(self, model: str) -> int:
         """The most pages the model could ever hold: the pool's (and its mirrors') capacity, under its limit."""
         pages = self._state(model)
-        most = min([self._num_pages, *(m.num_pages for m in pages.mirrors)])
+        most = min([self._num_pages, *(m.num_pages for m in pages.mirrors)]) if pages.mirrors else self._num_pages
         return most if pages.limit_pages is None else min(most, pages.limit_pages)
 
     def mirrors_short(self, model: str, num_blocks: int = 1, *, reserve_pages: int = 0) -> bool:

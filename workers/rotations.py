@@ -100,8 +100,10 @@ class Rotations(DecodeRuns):
         take part in the choice, and the rotation ends before one of them would run. Reserves nothing: the
         executor commits (`commit_rotation`) before anything else touches the device."""
         first = self._models[batch.model]
-        if (max_steps < 2 or batch.prefills or not batch.decodes or batch.swap_in or batch.swap_out
-                or self._pending_out or len(first.queue) or len(batch.decodes) != len(first.running)):
+        # A model alone on the device is plan_run's case; prefills, copies or queued work make no rotation.
+        if (max_steps < 2 or self._num_ready < 2 or batch.prefills or not batch.decodes or batch.swap_in
+                or batch.swap_out or self._pending_out or len(first.queue)
+                or len(batch.decodes) != len(first.running)):
             return None
         ready = [st for st in self._models.values() if st.active and (st.running or len(st.queue))]
         limit = min(self.config.max_num_seqs, self.config.max_num_batched_tokens)
