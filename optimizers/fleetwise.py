@@ -67,8 +67,11 @@ class FleetwisePlanner:
     packing_share: float = 0.2
     lengths: LengthModel | None = None  # group output lengths for the queue planner (default: scenario means)
     spot_policy: str = "liveput"  # or "reactive": SpotServe's controller on spot pools (optimizers.spot)
-    surge_factor: float = 1.1  # observed rate over placed SLO capacity that re-places before the interval ends
+    surge_factor: float = 1.1  # observed rate over placed SLO capacity that re-places before the interval ends ...
     min_surge_gap_s: float = 30.0
+    # ... and by this many req/s: a bursty tail model a few requests over its capacity is the queues' business (on
+    # the long tail, re-placing for such bursts reshuffled the tail every 30 s)
+    surge_min_rps: float = 1.0
     name: str = "fleetwise"
     subscriptions: frozenset[EventKind] = REPLACE_ON | {EventKind.SLO_VIOLATION_PREDICTED, EventKind.QUEUE_BUILDUP,
                                                        EventKind.REQUEST_FOR_INACTIVE_MODEL}
@@ -138,6 +141,9 @@ class FleetwisePlanner:
         if packed is None:
             return targets, dropped, packer
         reasons.append(f"activation on demand for {', '.join(sorted(waiting))}: requests wait with no replica")
+        # Its packing (before the KV fill) is what the next activation packs around: without it, the new replicas'
+        # filled shares left no room, and every later activation opened a GPU of its own.
+        self._placed |= {r.replica_id: r for r in packed.replicas}
         return added, dropped + [f"not placed: {x}" for x in packed.dropped], packed.packer
 
     def _outgrown(self, problem: PlacementProblem, state: FleetState, planned: list[RunningReplica]
@@ -153,7 +159,8 @@ class FleetwisePlanner:
             if c is not None:
                 capacity[r.model] = capacity.get(r.model, 0.0) + c.online.rate_at(r.kv_share_gib)
         return {model: load.request_rate_per_s for model, load in state.load.items()
-                if load.request_rate_per_s > self.surge_factor * capacity.get(model, 0.0) > 0}
+                if load.request_rate_per_s > self.surge_factor * capacity.get(model, 0.0) > 0
+                and load.request_rate_per_s - capacity[model] >= self.surge_min_rps}
 
     def _must_place(self, state: FleetState) -> bool:
         if self._last_placement_s is None or state.current_plan is None:
