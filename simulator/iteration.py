@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from simulator.kernel import Priority
-from workers.rotations import Rotation
-from workers.scheduler import Batch, Scheduler, Sequence
+from workers.scheduler import Batch, Rotation, Scheduler, Sequence
 
 if TYPE_CHECKING:
     from simulator.worker import SimulatedWorker

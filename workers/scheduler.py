@@ -37,7 +37,7 @@ from workers.batching import BatchFormation
 from workers.kv_pool import KVLayout, KVPool
 from workers.model_choice import ModelChoice
 from workers.queue_actions import QueueActions
-from workers.rotations import Rotations
+from workers.rotations import Rotation, Rotations
 from workers.scheduler_base import RUNNING, ModelState
 from workers.sequence import (
     PENDING_STATUSES,
@@ -54,8 +54,8 @@ from workers.sequence import (
 )
 
 __all__ = [
-    "QUEUE_POLICIES", "Batch", "KVTransfer", "PreemptionCosts", "PrefillChunk", "QueuePolicy", "Scheduler",
-    "SchedulerConfig", "SeqStatus", "Sequence", "WaitQueue",
+    "QUEUE_POLICIES", "Batch", "KVTransfer", "PreemptionCosts", "PrefillChunk", "QueuePolicy", "Rotation",
+    "Scheduler", "SchedulerConfig", "SeqStatus", "Sequence", "WaitQueue",
 ]
 
 

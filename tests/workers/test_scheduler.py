@@ -370,3 +370,24 @@ def test_a_tensor_parallel_sequence_blocked_by_its_members_memory_waits_instead_
     member.free(99)
     run(sched, now)
     assert tp.status is SeqStatus.FINISHED and member.num_mirrored_pages == 0
+
+
+def test_the_scheduler_and_pool_modules_stay_free_of_torch() -> None:
+    """workers.scheduler and workers.kv_pool are split into modules; the simulator runs them all, without torch."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "workers"
+    seen, todo = set(), ["scheduler", "kv_pool"]
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        tree = ast.parse((root / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            for mod in mods:
+                assert mod.split(".")[0] not in {"torch", "triton"}, f"workers/{name}.py imports {mod}"
+                if mod.startswith("workers.") and mod.split(".")[1] not in seen:
+                    todo.append(mod.split(".")[1])
+    assert {"rotations", "decode_runs", "kv_pages", "kv_host", "sequence"} <= seen
