@@ -107,8 +107,8 @@ def liveput_input(problem: PlacementProblem, p: int, demand: np.ndarray, availab
                    for m, opts in enumerate(options))
     online = np.array([c.online for c in problem.classes])
     rates = demand if demand.shape[0] else np.zeros((1, len(problem.models), len(problem.classes), 1))
-    current = tuple(_current(running.get((problem.models[m].name, pool.name)), options[m]) for m in
-                    range(len(problem.models)))
+    current = tuple(_current(running.get((problem.models[m].name, pool.name)), options[m], pool.num_gpus)
+                    for m in range(len(problem.models)))
     penalty = problem.penalty_usd()
     return LiveputInput(
         num_gpus=pool.num_gpus, interval_s=interval_s, models=models, weights=problem.weights,
@@ -129,10 +129,11 @@ def _spot_model(name: str, options: dict[int, ReplicaConfig], host_models: froze
                      tuple(options[t].offline_rate_per_s for t in tps), load)
 
 
-def _current(now: tuple[int, int] | None, options: dict[int, ReplicaConfig]) -> tuple[int, int]:
+def _current(now: tuple[int, int] | None, options: dict[int, ReplicaConfig], num_gpus: int) -> tuple[int, int]:
+    """What runs now, at most what the pool's plannable GPUs hold (GPUs with a preemption notice are gone)."""
     if now is None or now[0] not in options:
         return (min(options, default=1), 0)
-    return now
+    return (now[0], min(now[1], num_gpus // now[0]))
 
 
 def expected_service(problem: PlacementProblem, inp: LiveputInput, options: list[dict[int, ReplicaConfig]],
