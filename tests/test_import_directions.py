@@ -65,13 +65,30 @@ def test_simulator_uses_only_pure_worker_modules() -> None:
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("module", PURE_WORKER_MODULES)
-def test_shared_engine_logic_does_not_import_torch(module: str) -> None:
-    path = ROOT / module
-    if not path.exists():
-        pytest.skip(f"{module} not written yet")
-    heavy = [n for n in _imports(path) if n.split(".")[0] in {"torch", "triton"}]
-    assert not heavy, f"{module} must stay pure Python: imports {heavy}"
+def _pure_closure() -> set[Path]:
+    """The shared modules and every workers module they import, transitively."""
+    seen: set[Path] = set()
+    todo = [ROOT / m for m in PURE_WORKER_MODULES]
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.exists():
+            continue
+        seen.add(path)
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] == "workers" and len(parts) > 1:
+                todo.append(ROOT / "workers" / f"{parts[1]}.py")
+    return seen
+
+
+def test_shared_engine_logic_does_not_import_torch() -> None:
+    closure = _pure_closure()
+    assert {ROOT / m for m in PURE_WORKER_MODULES} <= closure
+    heavy = {
+        str(p.relative_to(ROOT)): [n for n in _imports(p) if n.split(".")[0] in {"torch", "triton"}] for p in closure
+    }
+    heavy = {k: v for k, v in heavy.items() if v}
+    assert not heavy, f"modules the simulator shares must stay pure Python: {heavy}"
 
 
 def test_every_package_docstring_says_what_it_may_import() -> None:
