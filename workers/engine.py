@@ -138,6 +138,8 @@ class Engine:
         with self.lock:
             self.ensure_scheduled(model)
             if self.store.residency(model) is Residency.ACTIVE:
+                # Re-activating a draining model cancels the drain: it keeps serving (as the simulator does).
+                self._draining.pop(model, None)
                 self.replica_ids[model] = replica_id or self.replica_ids.get(model, model)
                 return self.store.activate(model)
             need = self.store.weight_bytes(model)
@@ -348,6 +350,7 @@ class Engine:
             num_waiting=count(SeqStatus.WAITING) + count(SeqStatus.PREEMPTED),
             num_swapped=count(SeqStatus.SWAPPED), num_offline_paused=count(SeqStatus.PAUSED_OFFLINE),
             last_request_s=self._last_request_s.get(model),
+            draining=model in self._draining,
         )
 
 

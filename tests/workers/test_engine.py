@@ -92,6 +92,17 @@ def test_draining_deactivation_completes_once_requests_finish() -> None:
     assert handle.finish_reason == "length" and engine.store.residency("a") is Residency.COLD
 
 
+def test_reactivating_a_draining_model_cancels_the_drain() -> None:
+    engine = make_engine(activate=("a",))
+    _, handle = engine.submit(request(4, "a", output=5))
+    assert not engine.deactivate("a", Residency.COLD, drain=True)
+    assert engine.status().replicas[0].draining
+    engine.activate("a")
+    assert not engine.is_draining("a") and not engine.status().replicas[0].draining
+    engine.run_until_idle()
+    assert handle.finish_reason == "length" and engine.store.residency("a") is Residency.ACTIVE
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"model": "nope"}, "a model this worker serves"),
     ({"slo_class": "gold"}, "interactive, batch"),
