@@ -9,7 +9,10 @@ Invariants:
 - with `serialise_per_worker`, one action at a time per worker (and one at a time for the router): engines apply
   control actions one by one, and order on one GPU matters (free before load);
 - once a worker fails in transport after every retry, its remaining actions are not sent (they fail at once
-  instead of each waiting out its own timeouts).
+  instead of each waiting out its own timeouts);
+- a `deferred` answer (a draining deactivation, a KV shrink below use) releases dependents that take memory (an
+  activation, a KV grow) only once the worker's status shows it complete (`executors.settle`), within
+  `settle_timeout_s`; other dependents (routing, queue orders) go on at once.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from core.errors import InputError
 from core.protocols import ActionLog
 from executors.attempt import Applier, RetryPolicy, Sent, send
 from executors.report import NOT_SENT, SKIPPED, ActionRecord, made_here
+from executors.settle import needs_memory, wait_until_settled
 
 ROUTER = "router"
 
@@ -36,10 +40,13 @@ class RunnerConfig:
     max_concurrency: int = 8
     serialise_per_worker: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    settle_timeout_s: float = 900.0  # how long a memory-taking dependent waits for a deferred drain/shrink
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
             raise InputError("runner.max_concurrency", self.max_concurrency, "an integer ≥ 1")
+        if not self.settle_timeout_s > 0:
+            raise InputError("runner.settle_timeout_s", self.settle_timeout_s, "a positive number of seconds")
 
 
 @dataclass
@@ -60,10 +67,12 @@ class ActionRunner:
     def __init__(self, targets: Callable[[str | None], Applier | None], log: ActionLog, config: RunnerConfig,
                  sleep: Callable[[float], None] | None = None):
         self.targets, self.log, self.config, self.sleep = targets, log, config, sleep
+        self._awaited: set[int] = set()  # seqs that other actions of the current run depend on
 
     def run(self, actions: Sequence[Action], prior: Mapping[int, ApplyResult],
             down: Mapping[str, str] | None = None, added: frozenset[int] = frozenset()) -> list[ActionRecord]:
         by_seq = {a.seq: a for a in actions}
+        self._awaited = {d for a in actions if needs_memory(a) for d in a.depends_on if d in by_seq}
         results: dict[int, ApplyResult] = dict(prior)
         records: dict[int, ActionRecord] = {}
         slots = _Slots(down=dict(down or {}))
@@ -101,7 +110,11 @@ class ActionRunner:
     def _send(self, action: Action) -> Sent:
         target = self.targets(action.worker_id)
         assert target is not None  # checked in _settle_without_sending
-        return send(action, target, self.log, self.config.retry, self.sleep)
+        sent = send(action, target, self.log, self.config.retry, self.sleep)
+        if sent.result.status == "deferred" and action.seq in self._awaited and hasattr(target, "status"):
+            settled = wait_until_settled(action, sent.result, target, timeout_s=self.config.settle_timeout_s)
+            return Sent(settled, sent.attempts, sent.unreachable)
+        return sent
 
     def _settle_without_sending(self, action: Action, results: Mapping[int, ApplyResult],
                                 slots: _Slots) -> ApplyResult | None:

@@ -156,3 +156,35 @@ def test_simulated_workers_as_the_sim_backend() -> None:
     assert sorted(replicas) == ["chat@h100/0", "chat@h100/1"]
     assert all(r.activating_until_s is not None for r in replicas.values())  # loading in simulated time
     assert executor.execute(plan).actions == ()  # activations in progress count as done
+
+
+def test_an_activation_waits_for_the_drain_it_depends_on(engines) -> None:
+    """A draining deactivation answers `deferred`; what depends on it starts only once the drain is done."""
+    from core.actions import ActivateModel, DeactivateModel
+    from executors.runner import ActionRunner
+    from workers.engine import REPLAY
+
+    worker = engines["local/0"]
+    assert worker.apply(make_plan(actions=(("local/0", ActivateModel(model="a", replica_id="a@0",
+                                                                     gpu_ids=("local/0",)), ()),),
+                                  generation=1).actions[0]).status == "applied"
+    _, handle = worker.submit_with_handle(Request(7, 0.0, "a", "interactive", 24, 48), REPLAY)
+    seen_at_activation: list[bool] = []
+
+    class Watch(Recorded):
+        def apply(self, action: Action) -> ApplyResult:
+            if action.kind == "activate_model":
+                seen_at_activation.append(handle.finish_reason is not None)
+            return self.inner.apply(action)
+
+    plan = make_plan(actions=(
+        ("local/0", DeactivateModel(model="a", replica_id="a@0", to=Residency.HOST, drain=True), ()),
+        ("local/0", ActivateModel(model="b", replica_id="b@0", gpu_ids=("local/0",)), (0,)),
+    ), generation=2)
+    log = InMemoryActionLog()
+    log.record_plan(plan)
+    runner = ActionRunner(lambda w: Watch(worker, []), log, RunnerConfig(retry=RETRY, settle_timeout_s=60))
+    records = runner.run(plan.actions, prior={})
+    assert [r.status for r in records] == ["deferred", "applied"]
+    assert seen_at_activation == [True]
+    assert worker.status().replicas and not any(r.draining for r in worker.status().replicas)
