@@ -142,9 +142,11 @@ class PlanDraft:
         prev_routing = prev.routing if prev else {}
         # Diff against what the workers report, not against the previous plan: actions of a plan that a newer
         # plan superseded, or that failed, never happened.
-        # A live replica the previous plan had already dropped is draining (workers report it active until its
-        # running requests finish): it is neither deactivated again nor counted as serving.
-        live = {rid: r for rid, r in _live_replicas(self.state).items() if prev is None or rid in prev_reps}
+        # A draining replica (reported so by its worker, or one the previous plan had already dropped: workers
+        # report it active until its running requests finish) is neither deactivated again nor counted as
+        # serving; a plan that wants it back activates it, which cancels the drain.
+        live = {rid: r for rid, r in _live_replicas(self.state).items()
+                if not r.draining and (prev is None or rid in prev_reps)}
         gone = [r for rid, r in sorted(live.items()) if rid not in self.replicas]
         new = [r for rid, r in sorted(self.replicas.items()) if rid not in live]
         for step in self.steps:  # phase 1
@@ -246,11 +248,12 @@ class _Live:
     model: str
     gpu_ids: tuple[str, ...]
     leader: str
+    draining: bool
 
 
 def _live_replicas(state: FleetState) -> dict[str, _Live]:
     return {
-        r.replica_id: _Live(r.replica_id, r.model, r.gpu_ids or (w.worker_id,), w.worker_id)
+        r.replica_id: _Live(r.replica_id, r.model, r.gpu_ids or (w.worker_id,), w.worker_id, r.draining)
         for w in state.workers if w.healthy for r in w.replicas if r.residency == Residency.ACTIVE
     }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.actions import ActivateModel, ResizeKV
+from core.actions import ActivateModel, DeactivateModel, ResizeKV
 from core.catalog import GIB
 from core.fleet import load_fleet
 from core.latency import LatencyBook
@@ -111,3 +111,19 @@ def test_draft_diffs_against_what_the_workers_report() -> None:
         second.keep(rep)
     plan1 = second.build(SolverStats(name="t", status="heuristic"))
     assert [a.args.replica_id for a in plan1.actions if isinstance(a.args, ActivateModel)] == ["llama8b-1@h100/1"]
+
+
+def test_draft_reactivates_a_draining_replica_it_wants_and_leaves_one_it_dropped_to_drain() -> None:
+    """Workers report a draining replica as active with `draining`: a plan that still wants it activates it again
+    (the engine cancels the drain); one the plan dropped is not deactivated a second time."""
+    first = PlanDraft("t", FLEET, state(FLEET), LatencyBook(), queue_rule="fcfs")
+    first.add_replica("llama8b-0", "h100", ("h100/0",), 1, reason="start")
+    first.add_replica("llama8b-1", "h100", ("h100/1",), 1, reason="start")
+    plan0 = first.build(SolverStats(name="t", status="heuristic"))
+    seen = {gpu: [r.model_copy(update={"draining": True}) for r in reps] for gpu, reps in resident(plan0).items()}
+    second = PlanDraft("t", FLEET, state(FLEET, time_s=5, plan=plan0, replicas=seen), LatencyBook(),
+                       queue_rule="fcfs")
+    second.keep(next(r for r in plan0.replicas if r.leader == "h100/0"))
+    plan1 = second.build(SolverStats(name="t", status="heuristic"))
+    assert [a.args.replica_id for a in plan1.actions if isinstance(a.args, ActivateModel)] == ["llama8b-0@h100/0"]
+    assert not [a for a in plan1.actions if isinstance(a.args, DeactivateModel)]
