@@ -165,10 +165,13 @@ def open_loop(base: str, path: str, headers: dict[str, str], rate: float, second
     errors = [0]
     lock = threading.Lock()
 
+    warmed = threading.Barrier(threads + 1)
+
     def sender() -> None:
         with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
             for _ in range(5):  # warm this connection
                 client.get(path)
+            warmed.wait()
             while (when := due.get()) is not None:
                 time.sleep(max(0.0, when - time.perf_counter()))
                 ok = client.get(path).status_code == 200
@@ -179,6 +182,7 @@ def open_loop(base: str, path: str, headers: dict[str, str], rate: float, second
     workers = [threading.Thread(target=sender, daemon=True) for _ in range(threads)]
     for w in workers:
         w.start()
+    warmed.wait()  # the schedule starts once every connection is open and warm (else its first due times are late)
     start = time.perf_counter() + 0.5
     for i in range(n):
         due.put(start + i / rate)
