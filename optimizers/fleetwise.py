@@ -27,13 +27,14 @@ from core.state import EventKind, FleetState
 from optimizers.offline import OfflineSettings, leaving_gpus, plan_offline
 from optimizers.on_demand import activate_on_demand
 from optimizers.outcome import expected_outcome, scenarios_from_load
-from optimizers.placement.packing import PlacedReplica, fill_kv, pack, replica_items
+from optimizers.placement.packing import PlacedReplica, fill_kv, pack, packing_shortfall_gib, replica_items
 from optimizers.placement.problem import (
     PlacementProblem,
     PlacementSettings,
     available_by_interval,
     build_problem,
     demand_by_interval,
+    with_packing_reserve,
 )
 from optimizers.placement.solve import PlacementResult, solve_placement
 from optimizers.plan import (
@@ -72,6 +73,10 @@ class FleetwisePlanner:
     # ... and by this many req/s: a bursty tail model a few requests over its capacity is the queues' business (on
     # the long tail, re-placing for such bursts reshuffled the tail every 30 s)
     surge_min_rps: float = 1.0
+    # Re-solves of the placement when packing cannot deliver the memory it counted on in a pool (`_place`), and the
+    # shortfall (GiB over all pools) below which a packing is taken as it is.
+    repack_rounds: int = 2
+    min_shortfall_gib: float = 0.5
     name: str = "fleetwise"
     subscriptions: frozenset[EventKind] = REPLACE_ON | {EventKind.SLO_VIOLATION_PREDICTED, EventKind.QUEUE_BUILDUP,
                                                        EventKind.REQUEST_FOR_INACTIVE_MODEL}
@@ -106,12 +111,13 @@ class FleetwisePlanner:
         reasons += [s.reason for s in spot]
         placement = None
         if self._must_place(state) or surge:
-            placement = solve_placement(residual_problem(problem, spot),
-                                        time_limit_s=max(0.2, self.placement_share * budget_s))
+            placement, (targets, dropped, packer) = self._place(problem, spot, running, planned or running, fleet,
+                                                                healthy, budget_s, reasons)
             stages["placement"] = time.perf_counter() - start - sum(stages.values())
             self._last_placement_s = state.time_s
-        targets, dropped, packer = _targets(problem, placement, spot, running, planned or running, fleet, healthy,
-                                            max(0.0, self.packing_share * budget_s))
+        else:
+            targets, dropped, packer = _targets(problem, None, spot, running, planned or running, fleet, healthy,
+                                                max(0.0, self.packing_share * budget_s))
         if placement is not None:
             self._placed = {t.replica_id: t for t in targets}
         else:
@@ -129,6 +135,36 @@ class FleetwisePlanner:
                                self.offline_settings)
         parts = _Parts(problem, placement, spot, targets, running, rate_of, routing, packer)
         return self._assemble(fleet, state, scenarios, parts, queue, offline, reasons, stages, start)
+
+    def _place(self, problem: PlacementProblem, spot: list[SpotStep], running: list[RunningReplica],
+               planned: list[RunningReplica], fleet: FleetSpec, healthy: set[str] | None, budget_s: float,
+               reasons: list[str]) -> tuple[PlacementResult, tuple[list[PlacedReplica], list[str], str]]:
+        """Solve the program and pack it onto GPUs. The program counts a pool's memory in aggregate; where packing
+        falls short of it (a KV share cut, a replica dropped: SLO capacity the program counted on), re-solve with
+        that shortfall reserved in the pool (`with_packing_reserve`), at most `repack_rounds` times while the
+        placement and packing budget lasts, and keep the packing that falls least short (the first among equals)."""
+        started = time.perf_counter()
+        program = residual_problem(problem, spot)
+        pack_s = max(0.0, self.packing_share * budget_s)
+        best = None
+        for round_ in range(1 + self.repack_rounds):
+            spent = time.perf_counter() - started
+            if round_ and spent >= (self.placement_share + self.packing_share) * budget_s:
+                break
+            placement = solve_placement(program, time_limit_s=max(0.2, self.placement_share * budget_s - spent))
+            packed = _targets(problem, placement, spot, running, planned, fleet, healthy, pack_s)
+            d = placement.decision
+            short = packing_shortfall_gib(program, d.replicas, d.kv_gib, packed[0])
+            if best is None or short.sum() < best[2].sum() - 1e-6:
+                best = (placement, packed, short)
+            if short.sum() < self.min_shortfall_gib:
+                break
+            program = with_packing_reserve(program, short, d.gpus_used(program))
+            reasons.append("re-placed: packing fell short of the placement by " + ", ".join(
+                f"{s:.1f} GiB on {pool.name}" for pool, s in zip(program.pools, short) if s > 1e-6)
+                + " (fragmentation: reserved in the program)")
+        assert best is not None
+        return best[0], best[1]
 
     def _on_demand(self, problem, state, running, targets, dropped, packer, fleet, healthy, budget_s, reasons):
         """Between placements: a replica for each model whose requests wait with none (`optimizers.on_demand`)."""

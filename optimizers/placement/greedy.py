@@ -73,7 +73,7 @@ def greedy_placement(problem: PlacementProblem, quantile: float = 0.9) -> Placem
         _take(problem, use, c, count, share, float(demand[m]))
         n[c.index] += count
         kv[c.index] += count * share
-    shared = np.array([u.shared_gpus(p.usable_gib, problem.settings.max_gpu_utilization)
+    shared = np.array([u.shared_gpus(p.plannable_gib, problem.settings.max_gpu_utilization)
                        for u, p in zip(use, problem.pools)], dtype=int)
     return PlacementDecision(n, kv, shared, frozenset())
 
@@ -96,10 +96,10 @@ def _cost(problem: PlacementProblem, use: list[_PoolUse], c: ReplicaConfig, dema
                          u.load + demand / c.online_rate_max, u.whole_gpus)
     else:
         after = _PoolUse(u.memory_gib, u.load, u.whole_gpus + count * c.tp)
-    needed = after.whole_gpus + after.shared_gpus(pool.usable_gib, max_util)
+    needed = after.whole_gpus + after.shared_gpus(pool.plannable_gib, max_util)
     if needed > pool.num_gpus:
         return math.inf, count, share
-    before = u.whole_gpus + u.shared_gpus(pool.usable_gib, max_util)
+    before = u.whole_gpus + u.shared_gpus(pool.plannable_gib, max_util)
     return (needed - before) * pool.price_per_hour + needed / max(pool.num_gpus, 1) * 1e-3, count, share
 
 
@@ -123,7 +123,7 @@ def current_decision(problem: PlacementProblem) -> PlacementDecision:
             memory[c.pool_index] += c.weight_gib_per_gpu * cur.replicas[c.index] + cur.kv_gib[c.index]
         else:
             whole[c.pool_index] += c.tp * cur.replicas[c.index]
-    shared = np.array([min(math.ceil(memory[p] / pool.usable_gib - 1e-9), pool.num_gpus - whole[p])
+    shared = np.array([min(math.ceil(memory[p] / pool.plannable_gib - 1e-9), pool.num_gpus - whole[p])
                        for p, pool in enumerate(problem.pools)], dtype=int)
     kv = np.array([cur.kv_gib[c.index] if c.shares_gpus else c.kv_max_gib * cur.replicas[c.index]
                    for c in problem.configs])

@@ -157,7 +157,7 @@ def _pool_memory(b: pyo.Block, problem: PlacementProblem, p: int) -> object:
     shared = [c for c in problem.configs_of_pool(p) if c.shares_gpus]
     if not shared:
         return pyo.Constraint.Skip
-    return sum(c.weight_gib_per_gpu * b.n[c.index] + b.kv[c.index] for c in shared) <= problem.pools[p].usable_gib * b.g[p]
+    return sum(c.weight_gib_per_gpu * b.n[c.index] + b.kv[c.index] for c in shared) <= problem.pools[p].plannable_gib * b.g[p]
 
 
 def _segment(b: pyo.Block, c: ReplicaConfig, j: int) -> object:

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from core.errors import InputError
 from optimizers.placement.problem import PlacementProblem, ReplicaConfig
 
@@ -260,6 +262,23 @@ def placed(problem: PlacementProblem, item: _Item, gpus: tuple[str, ...], wanted
     return PlacedReplica(rid, item.config.model, pool.name, pool.gpu_type, item.config.tp, gpus, item.kv_share_gib,
                          item.memory_gib, item.load_share, item.config.index,
                          item.kv_share_gib if wanted_kv_gib is None else wanted_kv_gib)
+
+
+def packing_shortfall_gib(problem: PlacementProblem, counts, kv_gib, replicas: list[PlacedReplica]) -> np.ndarray:
+    """(P,) GiB per pool of the time-shared replicas the program placed (`counts`, `kv_gib` per config) that the
+    packing did not place: KV shares it cut and replicas it dropped. Zero where packing delivered the program's
+    memory (or more: a share is never below the minimum, which `replica_items` rounds up to)."""
+    wanted = np.zeros(len(problem.pools))
+    for c in problem.configs:
+        n = int(counts[c.index])
+        if c.shares_gpus and n > 0:
+            wanted[c.pool_index] += n * c.weight_gib_per_gpu + max(float(kv_gib[c.index]), n * c.kv_min_gib)
+    placed = np.zeros(len(problem.pools))
+    for r in replicas:
+        c = problem.configs[r.config_index]
+        if c.shares_gpus and counts[c.index] > 0:
+            placed[c.pool_index] += r.memory_gib
+    return np.maximum(0.0, wanted - placed)
 
 
 def count_gpus(out: list[PlacedReplica]) -> int:

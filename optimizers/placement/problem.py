@@ -62,10 +62,19 @@ class PoolInfo:
     usable_gib: float  # per GPU, after the memory policy's utilisation and reserve
     price_per_hour: float
     spot: bool
+    # Per GPU, memory the program's aggregate count leaves unplanned: what packing replicas onto single GPUs could
+    # not use in an earlier solve (`with_packing_reserve`). Packing itself still sees all of `usable_gib`.
+    packing_reserve_gib: float = 0.0
 
     @property
     def num_nodes(self) -> int:
         return -(-self.num_gpus // self.gpus_per_node) if self.num_gpus else 0
+
+    @property
+    def plannable_gib(self) -> float:
+        """Per GPU: the memory the program (and its heuristics) may count on for time-shared replicas (positive,
+        so that divisions by it stay defined)."""
+        return max(1e-6, self.usable_gib - self.packing_reserve_gib)
 
 
 @dataclass(frozen=True)
@@ -175,6 +184,20 @@ class PlacementProblem:
     def offline_demand(self) -> np.ndarray:
         mask = np.array([not c.online for c in self.classes])
         return self.demand_rps[:, :, mask].sum(axis=2)
+
+
+def with_packing_reserve(problem: PlacementProblem, shortfall_gib: np.ndarray, gpus: np.ndarray) -> PlacementProblem:
+    """The problem with each pool's plannable memory per GPU lowered by what packing fell short there
+    (`shortfall_gib[p]` GiB the program placed that no GPU could hold, spread over the `gpus[p]` GPUs it used).
+
+    The program counts a pool's memory in aggregate; replicas live on single GPUs. Five replicas that each need
+    more than half a GPU fit four GPUs' total memory but not four GPUs, and packing then cuts a busy replica's KV
+    share (its SLO capacity). Re-solving with the shortfall reserved makes the program buy that room elsewhere — a
+    GPU of another pool, or smaller shares it prices — instead of planning on memory no packing can deliver.
+    """
+    pools = tuple(replace(pool, packing_reserve_gib=pool.packing_reserve_gib + float(short) / max(int(n), 1))
+                  if short > 1e-6 else pool for pool, short, n in zip(problem.pools, shortfall_gib, gpus))
+    return replace(problem, pools=pools)
 
 
 def survival_probability(num_gpus: int, num_preempted: int, tp: int) -> float:

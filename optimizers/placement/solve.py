@@ -175,7 +175,7 @@ def _overfull_pool(problem: PlacementProblem, counts: np.ndarray) -> int | None:
         whole = sum(c.tp * counts[c.index] for c in problem.configs_of_pool(p) if not c.shares_gpus)
         memory = sum((c.weight_gib_per_gpu + c.kv_min_gib) * counts[c.index]
                      for c in problem.configs_of_pool(p) if c.shares_gpus)
-        if whole + math.ceil(memory / pool.usable_gib - 1e-9) > pool.num_gpus:
+        if whole + math.ceil(memory / pool.plannable_gib - 1e-9) > pool.num_gpus:
             return p
     return None
 
