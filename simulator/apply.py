@@ -40,7 +40,7 @@ from core.actions import (
 from core.catalog import GIB
 from core.errors import NotFoundError
 from simulator.worker import Membership, SimReplica
-from workers.kv_pool import pages_for_bytes
+from workers.kv_pool import limit_pages
 from workers.scheduler import SeqStatus
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def activate(worker: SimulatedWorker, model_name: str, replica_id: str, tp: int,
         return failed(f"{worker.worker_id} already leads a replica of {model_name}")
     rep = worker.new_replica(replica_id, model, tp, gpu_ids)
     if kv_limit_gib is not None:
-        rep.kv_limit_pages = pages_for_bytes(kv_limit_gib * GIB, worker.config.page_bytes)
+        rep.kv_limit_pages = limit_pages(kv_limit_gib * GIB, worker.config.page_bytes)
     problem = _reserve_group(worker, rep, members)  # type: ignore[arg-type]
     if problem:
         return failed(problem)
@@ -221,7 +221,7 @@ def _resize(worker: SimulatedWorker, action: Action) -> Outcome:
     rep = _serving_replica(worker, args.replica_id)
     if rep is None:
         return failed(f"no active replica {args.replica_id} on {worker.worker_id}")
-    pages = pages_for_bytes(args.kv_limit_gib * GIB, worker.config.page_bytes)
+    pages = limit_pages(args.kv_limit_gib * GIB, worker.config.page_bytes)
     change = worker.pool.set_limit(rep.model.name, pages, action.revision)
     if change.status in ("applied", "deferred"):
         rep.kv_limit_pages = pages

@@ -22,7 +22,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import uvicorn
-from fastapi import FastAPI, Request as HttpRequest
+from fastapi import FastAPI
+from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 

@@ -10,6 +10,7 @@ as the protocol says ("raises only when the worker is unreachable"); an agent th
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Self
 
 import httpx
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -34,7 +35,7 @@ class HttpWorkerClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> HttpWorkerClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

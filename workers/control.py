@@ -16,8 +16,20 @@ import time
 from collections.abc import Callable
 
 from core.actions import (
-    Action, ActivateModel, ApplyResult, DeactivateModel, EvictRequests, MigrateRequests, PreemptOffline,
-    ReconfigureParallelism, ResizeKV, ResumeOffline, SetQueueOrder, SetRouting, SwapInKV, SwapOutKV,
+    Action,
+    ActivateModel,
+    ApplyResult,
+    DeactivateModel,
+    EvictRequests,
+    MigrateRequests,
+    PreemptOffline,
+    ReconfigureParallelism,
+    ResizeKV,
+    ResumeOffline,
+    SetQueueOrder,
+    SetRouting,
+    SwapInKV,
+    SwapOutKV,
 )
 from core.catalog import GIB
 from core.errors import InputError
@@ -25,7 +37,7 @@ from core.requests import Request
 from core.status import SubmitResult, WorkerStatus
 from workers.engine import Engine
 from workers.handles import REPLAY, RequestHandle, SamplingParams
-from workers.kv_pool import pages_for_bytes
+from workers.kv_pool import limit_pages
 
 Outcome = tuple[str, str]  # (status, message)
 
@@ -171,7 +183,7 @@ class LocalWorkerClient:
     def _set_limit(self, model: str, kv_limit_gib: float, revision: int) -> Outcome:
         engine = self.engine
         engine.ensure_scheduled(model)
-        pages = pages_for_bytes(kv_limit_gib * GIB, engine.config.page_bytes)
+        pages = limit_pages(kv_limit_gib * GIB, engine.config.page_bytes)
         with engine.lock:
             change = engine.pool.set_limit(model, pages, revision)
         return change.status, change.message or f"{model}: limit {pages} pages"

@@ -38,7 +38,7 @@ from workers.model import torch_dtype
 from workers.residency import ActivationTiming, ModelSource, ModelStore
 from workers.runner import ModelRunner, SeqWork
 from workers.scheduler import Batch, Scheduler, SchedulerConfig
-from workers.sequence import Sequence, SeqStatus
+from workers.sequence import SeqStatus, Sequence
 from workers.tokenizer import ByteTokenizer
 
 DEFAULT_SLO_CLASSES = (

@@ -74,5 +74,15 @@ def fit_block_size(bytes_per_token: int, page_bytes: int = DEFAULT_PAGE_BYTES,
 
 
 def pages_for_bytes(num_bytes: float, page_bytes: int = DEFAULT_PAGE_BYTES) -> int:
-    """Whole pages that fit in `num_bytes` (a KV limit in bytes → pages)."""
+    """Whole pages that fit in `num_bytes` (a memory budget in bytes → pages)."""
     return max(0, math.floor(num_bytes / page_bytes))
+
+
+def limit_pages(limit_bytes: float, page_bytes: int = DEFAULT_PAGE_BYTES) -> int:
+    """A model's KV limit in bytes → pages: whole pages, but at least one for a positive limit.
+
+    Plans size KV in bytes without knowing a worker's page size. Rounding a positive limit below one page down to
+    zero would leave the model unable to hold any request (all dropped as exceeding KV capacity); a limit caps the
+    model's use of a shared pool rather than reserving it, so rounding up costs at most one page of headroom.
+    """
+    return 0 if limit_bytes <= 0 else max(1, pages_for_bytes(limit_bytes, page_bytes))

@@ -40,13 +40,14 @@ from workers.kv_layout import (
     DEFAULT_PAGE_BYTES,
     KVLayout,
     fit_block_size,
+    limit_pages,
     pages_for_bytes,
 )
 from workers.kv_pages import LimitChange, LimitStatus, ModelPages, check_limit, pages_needed
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE_TOKENS", "DEFAULT_PAGE_BYTES", "KVLayout", "KVPool", "LimitChange", "LimitStatus",
-    "fit_block_size", "pages_for_bytes",
+    "fit_block_size", "limit_pages", "pages_for_bytes",
 ]
 
 class KVPool(HostKVAccounting):

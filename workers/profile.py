@@ -78,7 +78,7 @@ def fit_latency(samples: Sequence[StepReport], *, holdout_fraction: float = 0.25
     if len(y) < 10:
         raise ValueError(f"need at least 10 iterations to fit and validate, got {len(y)}")
     order = np.random.default_rng(seed).permutation(len(y))
-    n_hold = max(2, int(round(holdout_fraction * len(y))))
+    n_hold = max(2, round(holdout_fraction * len(y)))
     hold, train = order[:n_hold], order[n_hold:]
     coef = _nnls_relative(x[train], y[train])
     rel = np.abs(x[hold] @ coef - y[hold]) / y[hold]

@@ -138,6 +138,18 @@ def test_a_shrink_below_the_pages_in_use_is_deferred_until_they_free() -> None:
     assert not w.status().replicas[0].limit_pending
 
 
+def test_a_positive_kv_limit_below_one_page_still_holds_a_request() -> None:
+    """Plans size KV in bytes; a share smaller than the worker's page (a tiny model next to large ones) gets one
+    page, not zero pages and every request dropped as exceeding KV capacity."""
+    (w, _), hooks = setup()
+    act(w, ActivateModel(model="chat", replica_id="chat@h100/0", tp=1, gpu_ids=("h100/0",), kv_limit_gib=0.001))
+    hooks.kernel.run()
+    assert w.status().replicas[0].kv_limit_pages == 1
+    w.submit(request(1, hooks.kernel.now_s, prompt=100, output=3))
+    hooks.kernel.run()
+    assert not hooks.dropped and len(hooks.finished) == 1
+
+
 def test_deactivating_to_host_keeps_weights_warm_for_a_fast_reactivation() -> None:
     (w, _), hooks = setup()
     activate(w)

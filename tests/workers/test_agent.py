@@ -101,7 +101,7 @@ def test_an_offline_request_is_preempted_and_resumes_without_recomputation(agent
 
 
 def test_metrics_report_queues_pages_latencies_and_preemptions(agent) -> None:
-    url, client = agent
+    url, _client = agent
     complete(url, model="a", prompt="one more", max_tokens=4)
     text = httpx.get(f"{url}/metrics").text
     for needle in ('fleetwise_worker_requests_running{model="a"}', 'fleetwise_worker_kv_pages_used{model="b"}',

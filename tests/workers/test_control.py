@@ -3,8 +3,20 @@
 import pytest
 
 from core.actions import (
-    Action, ActivateModel, DeactivateModel, EvictRequests, MigrateRequests, PreemptMode, PreemptOffline,
-    ReconfigureParallelism, ResizeKV, ResumeOffline, SetQueueOrder, SetRouting, SwapInKV, SwapOutKV,
+    Action,
+    ActivateModel,
+    DeactivateModel,
+    EvictRequests,
+    MigrateRequests,
+    PreemptMode,
+    PreemptOffline,
+    ReconfigureParallelism,
+    ResizeKV,
+    ResumeOffline,
+    SetQueueOrder,
+    SetRouting,
+    SwapInKV,
+    SwapOutKV,
 )
 from core.catalog import GIB
 from core.protocols import WorkerClient

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from core.catalog import MODEL_CATALOG
 from core.errors import InputError
-from workers.kv_pool import DEFAULT_PAGE_BYTES, KVLayout, KVPool, fit_block_size, pages_for_bytes
+from workers.kv_pool import DEFAULT_PAGE_BYTES, KVLayout, KVPool, fit_block_size, limit_pages, pages_for_bytes
 
 PAGE = 4096
 # 64 bytes/token, 16-token blocks: 1 KiB blocks, 4 blocks per 4 KiB page.
@@ -145,6 +145,7 @@ def test_removing_a_model_needs_its_blocks_freed() -> None:
     p.remove_model("a")
     assert p.models == ("b",)
     assert pages_for_bytes(5 * DEFAULT_PAGE_BYTES + 1) == 5
+    assert limit_pages(5 * DEFAULT_PAGE_BYTES + 1) == 5 and limit_pages(1024) == 1 and limit_pages(0) == 0
 
 
 ops = st.lists(

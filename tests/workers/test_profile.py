@@ -6,7 +6,7 @@ from tests.workers.engines import make_engine
 from workers.engine import StepReport
 from workers.profile import ProfileGrid, fit_latency, profile_model
 
-TRUE = dict(c0=2e-3, prefill=4e-5, attn=1e-8, decode=5e-5, kv=3e-7)
+TRUE = {"c0": 2e-3, "prefill": 4e-5, "attn": 1e-8, "decode": 5e-5, "kv": 3e-7}
 
 
 def _synthetic(n: int, noise: float, seed: int = 0) -> list[StepReport]:

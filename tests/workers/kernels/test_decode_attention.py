@@ -32,7 +32,7 @@ def test_bf16_is_computed_in_fp32_under_the_interpreter() -> None:
 def test_split_count_does_not_change_the_result_and_empty_splits_are_harmless() -> None:
     case = paged_case([5, 40], seed=3)
     q = torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(3))
-    kw = dict(max_context=40, block_n=16)
+    kw = {"max_context": 40, "block_n": 16}
     one = paged_decode_attention(q, case.k[:, 0], case.v[:, 0], case.block_tables, case.context_lens,
                                  num_splits=1, **kw)
     # 3 splits of 16 tokens: the 5-token sequence leaves two splits empty.
