@@ -33,16 +33,16 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.catalog import MODEL_CATALOG  # noqa: E402
-from core.requests import Request  # noqa: E402
-from workers.attention import TorchAttention  # noqa: E402
-from workers.engine import Engine, EngineConfig  # noqa: E402
-from workers.handles import REPLAY  # noqa: E402
-from workers.kernels.layout import PagedKVLayout  # noqa: E402
-from workers.model import LlamaModel, random_weights, torch_dtype  # noqa: E402
-from workers.reference import DenseDecoder  # noqa: E402
-from workers.residency import ModelSource  # noqa: E402
-from workers.runner import ModelRunner, SeqWork  # noqa: E402
+from core.catalog import MODEL_CATALOG
+from core.requests import Request
+from workers.attention import TorchAttention
+from workers.engine import Engine, EngineConfig
+from workers.handles import REPLAY
+from workers.kernels.layout import PagedKVLayout
+from workers.model import LlamaModel, random_weights, torch_dtype
+from workers.reference import DenseDecoder
+from workers.residency import ModelSource
+from workers.runner import ModelRunner, SeqWork
 
 RESULTS = ROOT / "bench" / "results"
 PAGE_BYTES = 256 * 1024

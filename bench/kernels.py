@@ -28,16 +28,16 @@ SMOKE = "--smoke" in sys.argv
 if SMOKE:
     os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates the kernels
 
-import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import torch
+from rich.console import Console
+from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.catalog import GPU_CATALOG  # noqa: E402
-from workers.kernels.decode_attention import paged_decode_attention, paged_decode_attention_ref  # noqa: E402
-from workers.kernels.layout import PagedKVLayout, kv_views  # noqa: E402
+from core.catalog import GPU_CATALOG
+from workers.kernels.decode_attention import paged_decode_attention, paged_decode_attention_ref
+from workers.kernels.layout import PagedKVLayout, kv_views
 
 RESULTS = ROOT / "bench" / "results"
 SHAPES = {"heads": 32, "kv_heads": 8, "head_dim": 128, "block": 16, "page_bytes": 2 * 1024 * 1024}

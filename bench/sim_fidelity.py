@@ -34,19 +34,19 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.catalog import MODEL_CATALOG  # noqa: E402
-from core.fleet import FleetSpec  # noqa: E402
-from core.latency import LatencyBook, LatencyModel, load_profiles, save_profiles  # noqa: E402
-from core.requests import Request, RequestTable  # noqa: E402
-from simulator.config import SimConfig  # noqa: E402
-from simulator.fleet import FleetSimulation  # noqa: E402
-from simulator.planners import StaticPlanner  # noqa: E402
-from workers.control import EngineLoop  # noqa: E402
-from workers.engine import Engine, EngineConfig  # noqa: E402
-from workers.handles import REPLAY  # noqa: E402
-from workers.profile import ProfileGrid, profile_model  # noqa: E402
-from workers.residency import ModelSource  # noqa: E402
-from workers.scheduler import SchedulerConfig  # noqa: E402
+from core.catalog import MODEL_CATALOG
+from core.fleet import FleetSpec
+from core.latency import LatencyBook, LatencyModel, load_profiles, save_profiles
+from core.requests import Request, RequestTable
+from simulator.config import SimConfig
+from simulator.fleet import FleetSimulation
+from simulator.planners import StaticPlanner
+from workers.control import EngineLoop
+from workers.engine import Engine, EngineConfig
+from workers.handles import REPLAY
+from workers.profile import ProfileGrid, profile_model
+from workers.residency import ModelSource
+from workers.scheduler import SchedulerConfig
 
 RESULTS = ROOT / "bench" / "results"
 AZURE_CONV = ROOT.parent / "shared" / "data" / "traces" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"

@@ -31,12 +31,12 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.requests import RequestTable  # noqa: E402
-from workloads.arrivals import moment_match  # noqa: E402
-from workloads.azure import read_azure  # noqa: E402
-from workloads.canonical import read_canonical, write_canonical  # noqa: E402
-from workloads.lengths import AZURE_CONV_LENGTHS  # noqa: E402
-from workloads.servegen import ServeGenSet, read_servegen, synthesize  # noqa: E402
+from core.requests import RequestTable
+from workloads.arrivals import moment_match
+from workloads.azure import read_azure
+from workloads.canonical import read_canonical, write_canonical
+from workloads.lengths import AZURE_CONV_LENGTHS
+from workloads.servegen import ServeGenSet, read_servegen, synthesize
 
 TRACES = ROOT.parent / "shared" / "data" / "traces"
 AZURE_CONV = TRACES / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
@@ -140,7 +140,7 @@ def synthesis_child(days: float, queue: mp.Queue) -> None:
     cpu0, start = time.process_time(), time.perf_counter()
     table = synthesize(sg, lengths=AZURE_CONV_LENGTHS, seed=0, end_s=end_s)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    windows = int(round(end_s / sg.window_s))
+    windows = round(end_s / sg.window_s)
     cut = ServeGenSet(sg.name, sg.clients, sg.window_s, sg.window_start_s[:windows], sg.rate_per_s[:, :windows],
                       sg.cv[:, :windows], sg.family[:, :windows], sg.param1[:, :windows], sg.param2[:, :windows])
     queue.put({"days": days, "models": len(table.model_names), "requests": len(table), "seconds": wall,

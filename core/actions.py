@@ -16,7 +16,7 @@ Revisions and idempotency (the contract every WorkerClient implements):
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -174,10 +174,8 @@ class ReconfigureParallelism(BaseModel):
 
 
 ActionArgs = Annotated[
-    Union[
-        ActivateModel, DeactivateModel, ResizeKV, SetRouting, SetQueueOrder, EvictRequests, SwapOutKV, SwapInKV,
-        PreemptOffline, ResumeOffline, MigrateRequests, ReconfigureParallelism,
-    ],
+    (ActivateModel | DeactivateModel | ResizeKV | SetRouting | SetQueueOrder | EvictRequests | SwapOutKV | SwapInKV
+     | PreemptOffline | ResumeOffline | MigrateRequests | ReconfigureParallelism),
     Field(discriminator="kind"),
 ]
 

@@ -172,7 +172,7 @@ class RequestTable:
             classes += [c for c in t.slo_names if c not in classes]
         m_pos = {m: i for i, m in enumerate(models)}
         c_pos = {c: i for i, c in enumerate(classes)}
-        remap = lambda col, names, pos: np.asarray([pos[n] for n in names], np.int64)[col] if len(col) else col  # noqa: E731
+        remap = lambda col, names, pos: np.asarray([pos[n] for n in names], np.int64)[col] if len(col) else col
         ids = np.concatenate([t.request_id for t in tables]) if tables else np.zeros(0, np.int64)
         if len(np.unique(ids)) != len(ids):
             ids = np.arange(len(ids), dtype=np.int64)

@@ -15,5 +15,5 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     full_env = {**os.environ, "COLUMNS": "160", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "controller.cli", *args], cwd=cwd or ROOT, env=full_env, capture_output=True,
-        text=True, timeout=timeout,
+        text=True, timeout=timeout, check=False,
     )

@@ -14,6 +14,7 @@ more in further rounds (rare for CV ≈ 1, common for very bursty segments).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -102,7 +103,7 @@ def _family_runs(family: np.ndarray) -> list[tuple[int, int, int]]:
     """(family, first, end) of each run of equal codes in a family-grouped array."""
     cuts = np.flatnonzero(np.diff(family)) + 1
     bounds = np.concatenate([[0], cuts, [family.shape[0]]])
-    return [(int(family[lo]), int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo]
+    return [(int(family[lo]), int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds) if hi > lo]
 
 
 def draw_residuals(rng: np.random.Generator, family: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -116,7 +116,7 @@ def read_servegen(folder: str | Path) -> ServeGenSet:
                              f"({starts.shape[0]} windows from {starts[0]:g} s)", source=str(path),
                              problem="the windows differ")
     window_s = _window_length(starts, files[0][1])
-    stack = lambda k: np.stack([p[k] for p in parsed])  # noqa: E731
+    stack = lambda k: np.stack([p[k] for p in parsed])
     return ServeGenSet(
         name=folder.name, clients=np.array([c for c, _ in files], np.int64), window_s=window_s,
         window_start_s=starts, rate_per_s=stack(1), cv=stack(2), family=stack(3).astype(np.int8),

@@ -41,8 +41,16 @@ from workloads.formats import detect_format, read_trace
 from workloads.lengths import AZURE_CONV_LENGTHS, EmpiricalLengths, LengthModel, LognormalLengths
 from workloads.servegen import read_servegen, synthesize
 from workloads.synth import (
-    assign_slo_classes, assign_slo_mix, fleet_model_shares, map_by_rank, rename_models, scale_rate,
-    split_by_shares, split_models, time_slice, zipf_shares,
+    assign_slo_classes,
+    assign_slo_mix,
+    fleet_model_shares,
+    map_by_rank,
+    rename_models,
+    scale_rate,
+    split_by_shares,
+    split_models,
+    time_slice,
+    zipf_shares,
 )
 from workloads.synthetic import synthesize_rates
 

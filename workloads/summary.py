@@ -58,7 +58,7 @@ def summarize(table: RequestTable, *, top: int = 15) -> TraceSummary:
 def _stats(table: RequestTable, model_ids: list[int], name: str, duration_s: float) -> ModelStats:
     rows = np.isin(table.model_idx, model_ids) if len(model_ids) < len(table.model_names) else slice(None)
     prompt, output = table.prompt_tokens[rows], table.output_tokens[rows]
-    pct = lambda x: tuple(float(v) for v in np.percentile(x, PERCENTILES)) if x.shape[0] else (0.0,) * 3  # noqa: E731
+    pct = lambda x: tuple(float(v) for v in np.percentile(x, PERCENTILES)) if x.shape[0] else (0.0,) * 3
     return ModelStats(name, int(prompt.shape[0]), _rate(prompt.shape[0], duration_s), pct(prompt), pct(output),
                       num_models=len(model_ids))
 

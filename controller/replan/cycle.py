@@ -116,8 +116,8 @@ def _stages(ctl: Controller, runtime: FleetRuntime, stages: _Stages, cycle_id: s
     budget = budget_s or ctl.settings.plan_budget_s
     plan: Plan = stages.run("plan", planner.plan, obs.spec, obs.state, scenarios, budget)
     stages.run("store", _store, ctl, obs, plan, settings.advisory)
-    base = dict(cycle_id=cycle_id, fleet=runtime.name, trigger=trigger, plan_id=plan.plan_id,
-                advisory=settings.advisory, forecast_ids=tuple(forecast_ids), inputs_digest=plan.input_digest)
+    base = {"cycle_id": cycle_id, "fleet": runtime.name, "trigger": trigger, "plan_id": plan.plan_id,
+                "advisory": settings.advisory, "forecast_ids": tuple(forecast_ids), "inputs_digest": plan.input_digest}
     outcome = "planned" if plan.actions else "unchanged"
     runtime.events = []  # the events were handed to this plan
     if settings.advisory:

@@ -4,6 +4,9 @@ telemetry) and from the workers (through the executor backend; the newest stored
 Per-model load (`core.state.ModelLoad`) is computed from the request telemetry of the last observation window.
 Workers that do not answer are left out of the state — planners place only on GPUs that reported healthy — and
 raise a `gpu_removed` event; a fleet none of whose workers answers cannot be planned for, and the stage fails.
+Requests that the router dropped for want of a replica (`no_replica*` reasons) during the last observation window,
+for a model no worker runs now, raise a `request_for_inactive_model` event: the demand exists, and planners that
+activate on demand (fleetwise, prism, qlm) place the model instead of counting on an activation nobody asks for.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from controller.runtime import Controller, FleetRuntime
+from core.actions import Residency
 from core.fleet import FleetSpec
 from core.requests import RequestTable
 from core.state import EventKind, FleetEvent, FleetState, ModelLoad
@@ -57,6 +61,7 @@ def observe(ctl: Controller, runtime: FleetRuntime) -> Observed:
     workers = ctl.backends.get(name, spec)
     statuses, events = _worker_statuses(ctl, name, workers, stored_statuses, now)
     window_s = ctl.settings.forecast_interval_s
+    events += _unserved_models(history, outcomes, statuses, now, window_s)
     state = FleetState(
         time_s=now, workers=tuple(statuses), current_plan=to_plan(current) if current is not None else None,
         load=model_loads(history, outcomes, now, window_s), events=tuple(runtime.events) + tuple(events),
@@ -102,3 +107,21 @@ def model_loads(history: RequestTable, outcomes: RequestOutcomes, now_s: float, 
             last_arrival_s=float(history.arrival_s[rows].max()) if rows.any() else None,
         )
     return loads
+
+
+NO_REPLICA_PREFIX = "no_replica"  # the router's drop reasons: no_replica, no_replica_timeout
+
+
+def _unserved_models(history: RequestTable, outcomes: RequestOutcomes, statuses: list[WorkerStatus], now: float,
+                     window_s: float) -> list[FleetEvent]:
+    """One `request_for_inactive_model` event per model whose requests were dropped for want of a replica in the
+    last `window_s` and that no worker runs now."""
+    codes = [i for i, r in enumerate(outcomes.drop_reasons) if r.startswith(NO_REPLICA_PREFIX)]
+    if not codes or len(history) == 0:
+        return []
+    rows = np.isin(outcomes.drop_reason_idx, codes) & (history.arrival_s >= now - window_s)
+    running = {r.model for w in statuses for r in w.replicas if r.residency is Residency.ACTIVE and not r.draining}
+    counts = np.bincount(history.model_idx[rows], minlength=len(history.model_names))
+    return [FleetEvent(EventKind.REQUEST_FOR_INACTIVE_MODEL, now, model=model,
+                       detail=f"{int(n)} request(s) dropped without a replica in the last {window_s:g} s")
+            for model, n in zip(history.model_names, counts, strict=True) if n and model not in running]

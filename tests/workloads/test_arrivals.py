@@ -7,7 +7,12 @@ import pytest
 from scipy import stats
 
 from workloads.arrivals import (
-    Family, Segments, moment_match, renewal_arrivals, weibull_cv, weibull_shape_for_cv,
+    Family,
+    Segments,
+    moment_match,
+    renewal_arrivals,
+    weibull_cv,
+    weibull_shape_for_cv,
 )
 
 

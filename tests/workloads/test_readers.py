@@ -131,8 +131,8 @@ def test_canonical_round_trip(tmp_path: Path) -> None:
     write_canonical(table, tmp_path / "t.csv")
     back = read_canonical(tmp_path / "t.csv")
     np.testing.assert_allclose(back.arrival_s, table.arrival_s, atol=1e-6)
-    names = lambda t: np.asarray(t.model_names)[t.model_idx]  # noqa: E731
-    classes = lambda t: np.asarray(t.slo_names)[t.slo_idx]  # noqa: E731
+    names = lambda t: np.asarray(t.model_names)[t.model_idx]
+    classes = lambda t: np.asarray(t.slo_names)[t.slo_idx]
     assert (names(back) == names(table)).all() and (classes(back) == classes(table)).all()
     assert (back.prompt_tokens == table.prompt_tokens).all() and (back.output_tokens == table.output_tokens).all()
     assert detect_format(tmp_path / "t.csv") == "canonical"

@@ -8,8 +8,15 @@ import pytest
 from core.errors import InputError
 from tests.factories import make_fleet, make_table
 from workloads.synth import (
-    assign_slo_classes, assign_slo_mix, fleet_model_shares, map_by_rank, rename_models, scale_rate,
-    split_models, time_slice, zipf_shares,
+    assign_slo_classes,
+    assign_slo_mix,
+    fleet_model_shares,
+    map_by_rank,
+    rename_models,
+    scale_rate,
+    split_models,
+    time_slice,
+    zipf_shares,
 )
 
 

@@ -40,12 +40,12 @@ def parse_spec(body: FleetIn) -> FleetSpec:
 
 def fleet_public(ctl: Controller, row: FleetRow, spec: FleetSpec | None, *, detail: bool = False) -> FleetPublic:
     settings = fleet_settings(spec, ctl.settings) if spec is not None else None
-    fields = dict(
-        name=row.name, version=row.current_version, advisory=settings.advisory if settings else ctl.settings.advisory,
-        policy=settings.policy if settings else ctl.settings.policy,
-        num_models=len(spec.models) if spec else 0, num_gpus=len(spec.gpu_ids()) if spec else 0,
-        has_backend=ctl.backends.has(row.name), created_at=row.created_at,
-    )
+    fields = {
+        "name": row.name, "version": row.current_version, "advisory": settings.advisory if settings else ctl.settings.advisory,
+        "policy": settings.policy if settings else ctl.settings.policy,
+        "num_models": len(spec.models) if spec else 0, "num_gpus": len(spec.gpu_ids()) if spec else 0,
+        "has_backend": ctl.backends.has(row.name), "created_at": row.created_at,
+    }
     if detail:
         return FleetDetail(**fields, spec=spec.model_dump(mode="json") if spec else {})
     return FleetPublic(**fields)
