@@ -108,6 +108,7 @@ def main() -> None:
         app = _worker_app(worker)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    sock.listen(128)  # before announcing the port: connections made before uvicorn starts wait in the backlog
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
     server.run(sockets=[sock])
