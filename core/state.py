@@ -23,6 +23,13 @@ class EventKind(StrEnum):
     ACTION_FAILED = "action_failed"
 
 
+# Drop reasons of a router that had no replica for a request: at once (a router that does not hold requests) or
+# after holding it for its timeout. Telemetry with either one is demand for a model that no worker serves.
+NO_REPLICA = "no_replica"
+NO_REPLICA_TIMEOUT = "no_replica_timeout"
+UNSERVED_DROP_REASONS = frozenset({NO_REPLICA, NO_REPLICA_TIMEOUT})
+
+
 @dataclass(frozen=True, slots=True)
 class FleetEvent:
     kind: EventKind

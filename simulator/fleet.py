@@ -29,7 +29,7 @@ from core.latency import LatencyBook
 from core.plan import Plan
 from core.protocols import Planner
 from core.requests import Request, RequestTable
-from core.state import EventKind, FleetEvent, FleetState
+from core.state import NO_REPLICA_TIMEOUT, EventKind, FleetEvent, FleetState
 from simulator.config import SimConfig
 from simulator.events import Arrival, Availability, EndOfRun, Monitor, Replan
 from simulator.execute import PlanRunner, router_result
@@ -37,7 +37,7 @@ from simulator.kernel import Kernel, SimClock
 from simulator.metrics import MetricsRecorder, SimResult
 from simulator.monitor import QueueMonitor
 from simulator.observe import LoadTracker, request_groups, running_requests
-from simulator.router import NO_REPLICA_TIMEOUT, Router, Waiting
+from simulator.router import Router, Waiting
 from simulator.worker import SimReplica, SimulatedWorker
 from workers.scheduler import Sequence
 

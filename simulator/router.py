@@ -4,7 +4,8 @@
 - Targets are the replicas with a positive weight that are serving; while none serves, the ones still loading
   (the request waits there for the activation); while none exists, the request waits here, at the router.
 - Among targets, smooth weighted round-robin (nginx's): deterministic, and exact shares over any window.
-- A request waiting at the router longer than `timeout_s` is dropped with reason `no_replica_timeout`.
+- A request waiting at the router longer than `timeout_s` is dropped with reason `no_replica_timeout`
+  (`core.state.NO_REPLICA_TIMEOUT`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from workers.scheduler import Sequence
 if TYPE_CHECKING:
     from simulator.worker import SimReplica, SimulatedWorker
 
-NO_REPLICA_TIMEOUT = "no_replica_timeout"
 
 
 @dataclass(slots=True, eq=False)

@@ -24,6 +24,7 @@ import numpy as np
 from controller.sim_fleet import ClockedSimFleet
 from core.protocols import Clock
 from core.requests import Request, RequestTable
+from core.state import NO_REPLICA
 from executors import RoutingTable, WorkerSet
 from workers.handles import REPLAY, RequestHandle
 from workers.scheduler import Sequence
@@ -101,7 +102,7 @@ class Replay:
         shares = self.router.shares(request.model)
         replicas = [r for r in shares if r in self.homes]
         if not replicas:
-            self._drop(request, "no_replica")
+            self._drop(request, NO_REPLICA)
             return
         weights = np.array([shares[r] for r in replicas])
         replica = replicas[int(self.rng.choice(len(replicas), p=weights / weights.sum()))]

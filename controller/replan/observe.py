@@ -4,7 +4,7 @@ telemetry) and from the workers (through the executor backend; the newest stored
 Per-model load (`core.state.ModelLoad`) is computed from the request telemetry of the last observation window.
 Workers that do not answer are left out of the state — planners place only on GPUs that reported healthy — and
 raise a `gpu_removed` event; a fleet none of whose workers answers cannot be planned for, and the stage fails.
-Requests that the router dropped for want of a replica (`no_replica*` reasons) during the last observation window,
+Requests that the router dropped for want of a replica (`core.state.UNSERVED_DROP_REASONS`) during the last observation window,
 for a model no worker runs now, raise a `request_for_inactive_model` event: the demand exists, and planners that
 activate on demand (fleetwise, prism, qlm) place the model instead of counting on an activation nobody asks for.
 """
@@ -19,7 +19,7 @@ from controller.runtime import Controller, FleetRuntime
 from core.actions import Residency
 from core.fleet import FleetSpec
 from core.requests import RequestTable
-from core.state import EventKind, FleetEvent, FleetState, ModelLoad
+from core.state import UNSERVED_DROP_REASONS, EventKind, FleetEvent, FleetState, ModelLoad
 from core.status import WorkerStatus
 from db.fleets import fleet_spec, get_fleet, spec_sha256
 from db.plans import latest_plan, to_plan
@@ -109,14 +109,11 @@ def model_loads(history: RequestTable, outcomes: RequestOutcomes, now_s: float, 
     return loads
 
 
-NO_REPLICA_PREFIX = "no_replica"  # the router's drop reasons: no_replica, no_replica_timeout
-
-
 def _unserved_models(history: RequestTable, outcomes: RequestOutcomes, statuses: list[WorkerStatus], now: float,
                      window_s: float) -> list[FleetEvent]:
     """One `request_for_inactive_model` event per model whose requests were dropped for want of a replica in the
     last `window_s` and that no worker runs now."""
-    codes = [i for i, r in enumerate(outcomes.drop_reasons) if r.startswith(NO_REPLICA_PREFIX)]
+    codes = [i for i, r in enumerate(outcomes.drop_reasons) if r in UNSERVED_DROP_REASONS]
     if not codes or len(history) == 0:
         return []
     rows = np.isin(outcomes.drop_reason_idx, codes) & (history.arrival_s >= now - window_s)
