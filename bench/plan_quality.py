@@ -202,26 +202,40 @@ def main() -> None:
     ap.add_argument("--sweep-s", type=float, default=300.0)
     ap.add_argument("--spot-s", type=float, default=1800.0)
     ap.add_argument("--spot-rate", type=float, default=2.0, help="rate scale of the Azure trace on the spot fleet")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated subset of {', '.join(SECTIONS)} (the sweep finds its saturation first)")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
+    if not sections <= set(SECTIONS):
+        sys.exit(f"--sections {args.sections!r}: allowed are {', '.join(SECTIONS)}")
     if not AZURE_CONV.exists():
         sys.exit(f"the shared traces are missing ({TRACES}): nothing to measure")
     scale = 0.2 if args.quick else 1.0
     started = time.perf_counter()
     grid = [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0]
     with tempfile.TemporaryDirectory() as tmp:
-        first = (sweep_jobs("saturation", ("dedicated",), grid, args.sweep_s * scale)
-                 + longtail_jobs(args.longtail_s * scale) + stability_jobs(900 * scale)
-                 + spot_jobs(args.spot_s * scale, args.spot_rate, Path(tmp)))
+        first = ((sweep_jobs("saturation", ("dedicated",), grid, args.sweep_s * scale) if "sweep" in sections else [])
+                 + (longtail_jobs(args.longtail_s * scale) if "longtail" in sections else [])
+                 + (stability_jobs(900 * scale) if "stability" in sections else [])
+                 + (spot_jobs(args.spot_s * scale, args.spot_rate, Path(tmp)) if "liveput" in sections else []))
         done = run_jobs(first, args.jobs)
-        saturation = find_saturation([d for d in done if d["section"] == "saturation"])
-        points = [round(saturation * f, 3) for f in (0.6, 0.8, 1.0, 1.2, 1.4, 1.5, 1.6)]
-        done += run_jobs(sweep_jobs("sweep", POLICY_ORDER, points, args.sweep_s * scale), args.jobs)
-    results = {"command": "python bench/plan_quality.py" + (" --quick" if args.quick else ""),
+        saturation, points = None, []
+        if "sweep" in sections:
+            saturation = find_saturation([d for d in done if d["section"] == "saturation"])
+            points = [round(saturation * f, 3) for f in (0.6, 0.8, 1.0, 1.2, 1.4, 1.5, 1.6)]
+            done += run_jobs(sweep_jobs("sweep", POLICY_ORDER, points, args.sweep_s * scale), args.jobs)
+    results = {"command": "python bench/plan_quality.py" + (" --quick" if args.quick else "")
+               + ("" if sections == set(SECTIONS) else f" --sections {args.sections}"),
                "saturation_rate_scale": saturation, "sweep_points": points, "wall_s": time.perf_counter() - started,
                "args": vars(args), "runs": [_jsonable(d) for d in done]}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report(results, RESULTS / "plan_quality.png")
-    (RESULTS / "plan_quality.json").write_text(json.dumps(results, indent=1) + "\n")
+    # a partial run writes beside the full results, never over them
+    stem = "plan_quality" if sections == set(SECTIONS) else "plan_quality_" + "_".join(sorted(sections))
+    report(results, RESULTS / f"{stem}.png")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+SECTIONS = ("sweep", "longtail", "stability", "liveput")
 
 
 def find_saturation(runs: list[dict[str, Any]], level: float = 0.99) -> float:

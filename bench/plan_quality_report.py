@@ -58,6 +58,8 @@ def longtail(results: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def sweep(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
     sat = results["saturation_rate_scale"]
+    if sat is None:  # the sweep was not run (--sections)
+        return {}
     t = Table(title=f"dedicated's saturation: rate scale {sat:.2f} (attainment falls to 99 %)", title_justify="left")
     t.add_column("rate scale", justify="right")
     t.add_column("dedicated attainment", justify="right")
