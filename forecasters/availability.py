@@ -25,7 +25,7 @@ import pandas as pd
 from scipy.stats import binom
 
 from core.forecast import Forecast
-from forecasters.backtest import DEFAULT_LEVELS, monotone_quantiles
+from forecasters.backtest import DEFAULT_LEVELS, monotone_quantiles, pit_coverage
 from forecasters.series import clean_history
 
 
@@ -191,6 +191,9 @@ class AvailabilityScore:
     wape: float
     coverage_p10_p90: float | None  # None for point-only baselines
     num_origins: int
+    # Calibration of the whole distribution: expected share of randomised PITs in [0.1, 0.9] (80 % when
+    # calibrated; `backtest.pit_coverage`). None for point-only baselines.
+    pit_coverage_p10_p90: float | None = None
 
 
 def backtest_availability(counts: np.ndarray, leads: Sequence[int], *, capacity: int, first_origin: int = 10,
@@ -206,13 +209,31 @@ def backtest_availability(counts: np.ndarray, leads: Sequence[int], *, capacity:
         bands = rolling_change_quantiles(y, h, (0.1, 0.5, 0.9), window=config.window,
                                          min_samples=config.min_samples, capacity=capacity)
         inside = (actual >= bands[0.1][origins]) & (actual <= bands[0.9][origins])
+        below, at = change_cdf(y, h, origins, capacity=capacity, config=config)
         points = {
-            "empirical_change": (bands[0.5][origins], float(np.mean(inside))),
-            "persistence": (y[origins], None),
-            "arima(1,1,0)": (arima[origins, h - 1], None),
+            "empirical_change": (bands[0.5][origins], float(np.mean(inside)), pit_coverage(below, at, 0.1, 0.9)),
+            "persistence": (y[origins], None, None),
+            "arima(1,1,0)": (arima[origins, h - 1], None, None),
         }
-        for name, (point, coverage) in points.items():
+        for name, (point, coverage, pit) in points.items():
             err = np.abs(point - actual)
             out.append(AvailabilityScore(name, h, float(err.mean()), float(err.sum() / max(actual.sum(), 1.0)),
-                                         coverage, int(origins.size)))
+                                         coverage, int(origins.size), pit))
     return out
+
+
+def change_cdf(y: np.ndarray, lead: int, origins: np.ndarray, *, capacity: int,
+               config: AvailabilityConfig = AvailabilityConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """`(F(a - 1), F(a))` at every origin, where `a` is the count `lead` intervals later and `F` the predictive CDF
+    of `AvailabilityForecaster` there: the count now plus the h-step changes resolved by then (at most `window`),
+    clipped to `[0, capacity]`. Origins with fewer than `min_samples` resolved changes forecast a point mass at
+    the count now (as the backtest's bands do)."""
+    y = np.asarray(y, dtype=np.float64)
+    change = y[lead:] - y[:-lead]  # change[s]: resolved at origin s + lead
+    below, at = np.empty(len(origins)), np.empty(len(origins))
+    for i, t in enumerate(origins):
+        resolved = change[max(t - lead - config.window + 1, 0): max(t - lead + 1, 0)]
+        values = np.clip(y[t] + resolved, 0, capacity) if resolved.size >= config.min_samples else y[t:t + 1]
+        actual = y[t + lead]
+        below[i], at[i] = np.mean(values <= actual - 1), np.mean(values <= actual)
+    return below, at

@@ -10,6 +10,7 @@ from forecasters.availability import (
     AvailabilityForecaster,
     arima_paths,
     backtest_availability,
+    change_cdf,
     rolling_change_quantiles,
 )
 from workloads.availability import AvailabilityTrace
@@ -75,6 +76,25 @@ def test_backtest_matches_the_forecaster_and_reports_baselines() -> None:
     assert {s.method for s in scores} == {"empirical_change", "persistence", "arima(1,1,0)"}
     ours = {s.lead: s for s in scores if s.method == "empirical_change"}
     assert 0.6 <= ours[5].coverage_p10_p90 <= 1.0
+    assert all(0.6 <= s.pit_coverage_p10_p90 <= 0.95 for s in ours.values())
+    assert all(s.pit_coverage_p10_p90 is None for s in scores if s.method != "empirical_change")
+
+
+def test_change_cdf_is_the_forecasters_distribution_at_every_origin() -> None:
+    y = spot_pool(8.0, seed=2).counts(60.0).astype(float)
+    lead = 4
+    origins = np.array([5, 100, 300, len(y) - 1 - lead])
+    below, at = change_cdf(y, lead, origins, capacity=CAPACITY)
+    for i, t in enumerate(origins):
+        f = AvailabilityForecaster(pool="spot", capacity=CAPACITY)
+        f.fit(y[: t + 1], interval_s=60.0)
+        actual = int(y[t + lead])
+        if f.change_samples(lead).size < f.config.min_samples:  # too few: a point mass at the count now
+            assert (below[i], at[i]) == (float(y[t] <= actual - 1), float(y[t] <= actual))
+            continue
+        cdf = np.cumsum(f.distribution(lead).pmf[lead - 1])
+        assert at[i] == pytest.approx(cdf[actual])
+        assert below[i] == pytest.approx(cdf[actual - 1] if actual > 0 else 0.0)
 
 
 def test_arima_baseline_is_persistence_until_it_can_fit() -> None:

@@ -1,4 +1,5 @@
-"""WAPE, conformal quantiles, calibration beyond the calibrated leads, Diebold–Mariano, and no look-ahead."""
+"""WAPE, conformal quantiles, calibration beyond the calibrated leads, Diebold–Mariano, no look-ahead, and the
+randomised PIT of count forecasts."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from forecasters.backtest import (
     calibrate,
     conformal_quantile,
     improvement_tstat,
+    pit_coverage,
     rolling_bands,
     wape,
 )
@@ -65,3 +67,28 @@ def test_rolling_bands_never_use_a_residual_not_yet_known() -> None:
     # the surprise is the outcome of origin 38 at lead 2; it is known from origin 40 on, not before
     assert np.all(up[origins < 40] == 0.0)
     assert np.all(up[origins >= 40] > 0.0)
+
+
+def test_randomised_pit_is_80_percent_for_calibrated_counts_where_an_integer_band_is_not() -> None:
+    from scipy.stats import poisson
+
+    rng = np.random.default_rng(0)
+    mean = 1.5
+    a = rng.poisson(mean, 20_000).astype(float)
+    calibrated = pit_coverage(poisson.cdf(a - 1, mean), poisson.cdf(a, mean), 0.1, 0.9)
+    assert calibrated == pytest.approx(0.8, abs=0.01)
+    # the p10–p90 band of the very same, correct distribution holds whole integers and over-covers
+    band = (a >= poisson.ppf(0.1, mean)) & (a <= poisson.ppf(0.9, mean))
+    assert band.mean() > 0.85
+    # overdispersed outcomes (negative binomial, same mean, 3x the variance) under the Poisson forecast: the
+    # distribution is too narrow and the outcomes land in its tails
+    wide = rng.negative_binomial(0.75, 1 / 3, 20_000).astype(float)  # mean 1.5, variance 4.5
+    narrow = pit_coverage(poisson.cdf(wide - 1, mean), poisson.cdf(wide, mean), 0.1, 0.9)
+    assert narrow < calibrated - 0.05
+
+
+def test_randomised_pit_of_a_point_mass_is_uniform_when_right_and_outside_when_wrong() -> None:
+    hit = pit_coverage(np.zeros(4), np.ones(4), 0.1, 0.9)  # F(a-1) = 0, F(a) = 1: U uniform on [0, 1]
+    assert hit == pytest.approx(0.8)
+    miss = pit_coverage(np.ones(4), np.ones(4), 0.1, 0.9)  # outcome above all the mass: U = 1
+    assert miss == 0.0
