@@ -254,6 +254,16 @@ class IterationLoop:
         self._hold(self._tp_members.get(batch.model), event.time_s)
         self.kernel.schedule(event)
 
+    def _add_intake(self, done: list[Sequence]) -> None:
+        """Finished requests reach their clients `LatencyModel.admit_s` later than their iterations ran: the
+        request's intake before its first iteration (see core.latency). Added here, once per request, as it ends:
+        its TTFT and end-to-end latency grow by it, its TPOT and the device's iterations do not change."""
+        for seq in done:
+            lm = self._lm.get(seq.model)
+            if lm is not None and lm.admit_s and seq.first_token_s is not None and seq.finish_s is not None:
+                seq.first_token_s += lm.admit_s
+                seq.finish_s += lm.admit_s
+
     def _finish_iteration(self, event: IterationDone) -> IterationDone | None:
         now = event.time_s
         run, self._run = self._run, None
@@ -262,6 +272,7 @@ class IterationLoop:
         else:
             done = self.scheduler.on_batch_done(event.batch, now)
         if done:
+            self._add_intake(done)
             self.hooks.on_finished(done)
             for model in dict.fromkeys(s.model for s in done):
                 draining = self._draining.get(model)

@@ -7,6 +7,9 @@ numbers the simulator feeds its LatencyModel) and its wall time. The five coeffi
 least squares on relative error (each row divided by the predicted time, so short and long iterations weigh
 alike; iteratively reweighted) on a random three quarters of the iterations; the held-out quarter gives the
 profile's `FitError`.
+The per-request intake (`LatencyModel.admit_s`) is measured through the serving path: short single requests
+submitted to an idle engine stepped by its `EngineLoop`, each timed from the `submit` call to its first token's
+delivery, less the time of the same request's first iteration run alone (`admission_s`).
 Weight loading (cold → host → device) and KV copy bandwidth (device → host) are timed directly.
 """
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import nnls
@@ -22,7 +25,9 @@ from scipy.optimize import nnls
 from core.actions import Residency
 from core.latency import FitError, LatencyModel
 from core.requests import Request
+from workers.control import EngineLoop
 from workers.engine import Engine, StepReport
+from workers.handles import REPLAY, RequestHandle
 
 FEATURES = ("const", "prefill_tokens", "prefill_attn", "decode_seqs", "kv_tokens")
 
@@ -119,6 +124,52 @@ def measure(engine: Engine, model: str, grid: ProfileGrid,
     return samples
 
 
+PROBE_PROMPTS = (8, 16, 32)  # short: the probe iteration's own jitter must stay below the intake it isolates
+
+
+def admission_s(engine: Engine, model: str, probes: int = 16, gap_s: float = 0.03) -> float:
+    """Per-request intake of `model` (active; the engine idle and stepped by nobody else): `probes` single requests
+    submitted to an `EngineLoop`, `gap_s` apart so that the loop is asleep when each arrives, timed from `submit`
+    to the delivery of their first token; then the same requests run by `run_until_idle`, timing their first
+    iteration alone. The difference of their lower quartiles, at least 0: other load on the machine only ever adds
+    time, to either kind, and can delay half the probes of one (preempted iterations). A first probe of each kind
+    warms up."""
+    lengths = [PROBE_PROMPTS[i % len(PROBE_PROMPTS)] for i in range(probes + 1)]
+    next_id = iter(range(1 << 51, 1 << 52))
+    online = _online_class(engine)
+    loop = EngineLoop(engine).start()
+    try:
+        served = []
+        for prompt in lengths:
+            time.sleep(gap_s)
+            served.append(_first_token_s(engine, Request(next(next_id), 0.0, model, online, prompt, 2)))
+    finally:
+        loop.stop()
+    alone = []
+    for prompt in lengths:
+        engine.submit(Request(next(next_id), 0.0, model, online, prompt, 2))
+        alone.append(engine.run_until_idle()[0].duration_s)
+    return max(0.0, float(np.quantile(served[1:], 0.25) - np.quantile(alone[1:], 0.25)))
+
+
+def _first_token_s(engine: Engine, request: Request) -> float:
+    """Seconds from submitting `request` to its first token reaching the caller's side of its handle."""
+    stamp: list[float] = []
+
+    def on_token(_: RequestHandle, token: int | None) -> None:
+        if token is not None and not stamp:
+            stamp.append(time.perf_counter())
+
+    start = time.perf_counter()
+    result, handle = engine.submit(request, REPLAY)
+    if handle is None:
+        raise RuntimeError(f"probe request rejected: {result.message}")
+    handle.subscribe(on_token)
+    if not handle.wait(60):
+        raise RuntimeError("probe request did not finish within 60 s")
+    return stamp[0] - start
+
+
 def kv_copy_bytes_per_s(engine: Engine, model: str, num_blocks: int = 64, repeats: int = 3) -> float:
     """Device → host KV bandwidth over `num_blocks` whole blocks (the best of `repeats`)."""
     mem = engine.memory
@@ -142,12 +193,20 @@ def activation_times(engine: Engine, model: str) -> tuple[float, float]:
     return cold.disk_to_host_s, warm.host_to_device_s
 
 
-def profile_model(engine: Engine, model: str, grid: ProfileGrid, *, seed: int = 0,
+def profile_model(engine: Engine, model: str, grid: ProfileGrid, *, seed: int = 0, admit_probes: int = 16,
                   progress: Callable[[int, int], None] | None = None) -> LatencyModel:
-    """Measure and fit one model on this worker; returns a LatencyModel with its fit error."""
+    """Measure and fit one model on this worker; returns a LatencyModel with its fit error. The engine must not be
+    stepped by anyone else meanwhile (`admit_probes` requests run through an `EngineLoop` of its own; 0 skips
+    them and leaves `admit_s` at 0)."""
     engine.activate(model)
     samples = measure(engine, model, grid, progress)
-    fit = fit_latency(samples, seed=seed)
+    fitted = _fitted_model(engine, model, fit_latency(samples, seed=seed))
+    if admit_probes:
+        fitted = replace(fitted, admit_s=admission_s(engine, model, admit_probes))
+    return fitted
+
+
+def _fitted_model(engine: Engine, model: str, fit: Fit) -> LatencyModel:
     disk_to_host_s, host_to_device_s = activation_times(engine, model)
     arch = engine.store.source(model).arch
     return LatencyModel(

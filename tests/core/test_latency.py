@@ -52,3 +52,24 @@ def test_bad_profile_file_is_an_input_error(tmp_path) -> None:
     (tmp_path / "p.yaml").write_text("kind: Fleet\n")
     with pytest.raises(InputError, match="LatencyProfiles"):
         load_profiles(tmp_path / "p.yaml")
+
+
+def test_admission_defaults_to_zero_and_round_trips(tmp_path) -> None:
+    import yaml
+
+    from core.errors import InputError
+    from core.latency import load_profiles, save_profiles
+
+    base = roofline(MODEL_CATALOG["Tiny-Llama-2L"], GPU_CATALOG["L4"], 1)
+    assert base.admit_s == 0.0  # presets: no intake cost, so their predictions are unchanged
+    fitted = base.__class__(**{**base.__dict__, "source": "profile:test", "admit_s": 4e-4})
+    save_profiles(tmp_path / "p.yaml", [fitted])
+    assert load_profiles(tmp_path / "p.yaml")[("Tiny-Llama-2L", "L4", 1)].admit_s == 4e-4
+    doc = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    del doc["profiles"][0]["admit_s"]  # a profile written before the field existed
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(doc))
+    assert load_profiles(tmp_path / "old.yaml")[("Tiny-Llama-2L", "L4", 1)].admit_s == 0.0
+    doc["profiles"][0]["admit_s"] = -0.001
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match=r"profiles\[0\]\.admit_s: -0.001 is not allowed; a finite number"):
+        load_profiles(tmp_path / "bad.yaml")

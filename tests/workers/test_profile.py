@@ -1,10 +1,15 @@
+import threading
+import time
+
 import numpy as np
 import pytest
 
 from core.latency import load_profiles, save_profiles
-from tests.workers.engines import make_engine
-from workers.engine import StepReport
-from workers.profile import ProfileGrid, fit_latency, profile_model
+from core.requests import Request
+from tests.workers.engines import SOURCES, make_engine
+from workers.engine import Engine, StepReport
+from workers.handles import REPLAY
+from workers.profile import ProfileGrid, admission_s, fit_latency, profile_model
 
 TRUE = {"c0": 2e-3, "prefill": 4e-5, "attn": 1e-8, "decode": 5e-5, "kv": 3e-7}
 
@@ -37,13 +42,31 @@ def test_noise_shows_up_in_the_held_out_error_and_coefficients_stay_non_negative
         fit_latency(_synthetic(5, noise=0.0))
 
 
+class SlowIntakeEngine(Engine):
+    """A real engine whose `submit` first waits `INTAKE_S`: an intake cost the iterations do not see."""
+
+    def submit(self, request, params=REPLAY):
+        time.sleep(INTAKE_S)
+        return super().submit(request, params)
+
+
+INTAKE_S = 0.02
+
+
+def slow_intake_engine() -> Engine:
+    """`make_engine`'s configuration, nothing active."""
+    return SlowIntakeEngine(make_engine(activate=()).config, SOURCES)
+
+
 def test_profiling_a_real_engine_writes_a_loadable_profile(tmp_path) -> None:
-    engine = make_engine(activate=())
+    engine = slow_intake_engine()
     grid = ProfileGrid(batch_sizes=(1, 4), prompt_tokens=(8, 40), output_tokens=6)
     model = profile_model(engine, "a", grid)
     assert model.arch == "Tiny-Llama-2L" and model.source == "profile:local/0"
     assert model.fit_error is not None and model.fit_error.num_heldout >= 2
     assert model.disk_to_host_s > 0 and model.host_to_gpu_s > 0 and model.kv_swap_bytes_per_s > 0
+    # The intake is measured through the submit path (where the engine waits 20 ms), not from the iterations.
+    assert INTAKE_S / 2 < model.admit_s < INTAKE_S + 0.05
     path = tmp_path / "p.yaml"
     save_profiles(path, [model])
     assert load_profiles(path)[("Tiny-Llama-2L", "CPU", 1)] == model
@@ -53,3 +76,12 @@ def test_grid_points_spread_lengths_within_a_batch() -> None:
     grid = ProfileGrid(output_tokens=20, spread=0.5)
     assert grid.lengths(1, 40) == [(40, 20)]
     assert grid.lengths(3, 40) == [(20, 30), (40, 20), (60, 10)]
+
+
+def test_intake_is_timed_through_the_engine_loop_which_is_stopped_afterwards() -> None:
+    engine = slow_intake_engine()
+    engine.activate("a")
+    assert INTAKE_S / 2 < admission_s(engine, "a", probes=4, gap_s=0.01) < INTAKE_S + 0.05
+    assert not [t for t in threading.enumerate() if t.name == f"engine-{engine.config.worker_id}"]
+    engine.submit(Request(7, 0.0, "a", "interactive", 8, 2))  # stepped by the caller again
+    assert engine.run_until_idle() and not engine.has_work
