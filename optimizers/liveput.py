@@ -7,13 +7,23 @@ are Binomial(n, p) (exactly the hypergeometric count for TP = 1). The value of a
 its *expected* goodput over the scenarios — online requests served up to demand, then offline work in the compute
 online serving leaves (offline is preempted first and resumes from its KV checkpoints, so it costs no recompute) —
 minus the GPUs' price. Liveput = value − migration cost from the previous interval's configuration (new replicas
-load weights; a TP change reloads every replica of the model and recomputes in-flight KV; a removed replica's
-requests migrate).
+load weights; a TP change reloads every replica of the model and recomputes in-flight KV; a removed replica drains,
+which costs nothing).
 
-Candidates per interval: for each availability quantile (min, quartiles, max) of its scenarios, the value-maximising allocation (a knapsack over
-models, exact by dynamic programming over GPUs), plus the current configuration. A dynamic program over intervals ×
-candidates picks the path of highest total liveput; the planner applies its first step and replans next interval
-(receding horizon).
+Serving differs from Parcae's training jobs in what a preemption costs. A training pipeline halts when one stage is
+reclaimed; a serving replica is one of several, and with a preemption notice (SpotServe's 30 s grace period) the
+receding-horizon planner re-hosts it on a spare GPU of the pool before the old one leaves. With `reaction_s` set, a
+replica is therefore lost for the interval only when the pool has no spare GPU left for it: of the G GPUs a
+configuration uses, max(0, G − A) are lost (uniformly, hypergeometric again), and a replica that is re-hosted loses
+only max(0, reaction + load − notice) seconds plus the handover of its in-flight work. Without it (`None`) every
+reclaimed replica stays lost for the interval, as in Parcae. This is what keeps liveput from buying hedge replicas
+against losses the planner would repair within seconds (docs/optimizers.md, "Liveput in serving").
+
+Candidates per interval: for each availability quantile (min, quartiles, max) of its scenarios, the value-maximising
+allocation (a knapsack over models, exact by dynamic programming over GPUs, valued as if it used that many GPUs),
+plus the current configuration. A dynamic program over intervals × candidates (each valued at the GPUs it uses)
+picks the path of highest total liveput; the planner applies its first step and replans next interval (receding
+horizon).
 """
 
 from __future__ import annotations
@@ -53,6 +63,16 @@ class LiveputInput:
     offline_usd_per_request: float = 0.002
     gpu_usd_per_hour: float = 1.0
     current: tuple[tuple[int, int], ...] | None = None  # (tp, count) per model now
+    # Re-hosting of reclaimed replicas (module docstring): the planner's reaction to a preemption notice (s), None
+    # when a reclaimed replica stays lost for the interval (Parcae); and the notice the pool gives (s).
+    reaction_s: float | None = None
+    notice_s: float = 0.0
+
+    def downtime_s(self, load_s: float) -> float:
+        """Seconds a re-hosted replica serves nothing: the reload not hidden by the notice, plus the handover of its
+        in-flight work (their KV copied to the new GPU, taken as a quarter of the load time)."""
+        reaction = self.reaction_s or 0.0
+        return min(self.interval_s, max(0.0, reaction + load_s - self.notice_s) + 0.25 * load_s)
 
 
 Config = tuple[tuple[int, int], ...]  # (tp, count) per model; count 0 = not served here
@@ -67,26 +87,48 @@ class LiveputPlan:
     num_candidates: int
 
 
-def survivor_pmf(inp: LiveputInput, tp: int, t: int) -> np.ndarray:
-    """(S, n_max + 1, n_max + 1): P[k of n replicas of TP `tp` survive] per scenario at interval t."""
-    levels, table = _pmf_table(inp.num_gpus, tp, tuple(int(a) for a in np.unique(inp.available)))
-    return table[np.searchsorted(levels, inp.available[:, t].astype(int))]
+def survival(inp: LiveputInput, tp: int, t: int, load_s: float = 0.0, used: int | None = None) -> np.ndarray:
+    """(S,) P[a replica of TP `tp` serves through interval t] per scenario, its downtime counted as a lost share.
+
+    The pool's N GPUs lose N − A uniformly at random. Without re-hosting the replica survives only if none of its
+    GPUs is among them. With re-hosting, of the `used` GPUs of the configuration only max(0, used − A) find no spare
+    GPU (those replicas are lost); a replica that was hit but re-hosted loses `downtime_s` of the interval."""
+    levels = np.floor(inp.available[:, t]).astype(int)
+    untouched = np.array([_survival(inp.num_gpus, max(0, inp.num_gpus - a), tp) for a in levels])
+    if inp.reaction_s is None:
+        return untouched
+    g = max(inp.num_gpus if used is None else used, tp)
+    kept = np.array([_survival(g, max(0, g - a), tp) for a in levels])
+    down = inp.downtime_s(load_s) / inp.interval_s
+    return kept - np.maximum(kept - untouched, 0.0) * down
 
 
-@lru_cache(maxsize=64)
-def _pmf_table(num_gpus: int, tp: int, levels: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Binomial survivor pmfs for each distinct availability level (scenarios share levels: compute each once)."""
-    n_max = num_gpus // tp
-    p = np.array([survival_probability(num_gpus, max(0, num_gpus - a), tp) for a in levels])
+def survivor_pmf(inp: LiveputInput, tp: int, t: int, load_s: float = 0.0, used: int | None = None) -> np.ndarray:
+    """(S, n_max + 1, n_max + 1): P[k of n replicas of TP `tp` survive] per scenario at interval t (`survival`)."""
+    n_max = inp.num_gpus // tp
+    return np.stack([_binomial_table(round(float(p), 12), n_max) for p in survival(inp, tp, t, load_s, used)])
+
+
+@lru_cache(maxsize=4096)
+def _survival(num_gpus: int, num_lost: int, tp: int) -> float:
+    return survival_probability(num_gpus, num_lost, tp)
+
+
+@lru_cache(maxsize=4096)
+def _binomial_table(p: float, n_max: int) -> np.ndarray:
+    """(n_max + 1, n_max + 1): [n, k] = P[k of n survive], each independently with probability p (scenarios share
+    survival probabilities: each table is computed once)."""
     k = np.arange(n_max + 1)
-    return np.array(levels), stats.binom.pmf(k[None, None, :], k[None, :, None], p[:, None, None])
+    return stats.binom.pmf(k[None, :], k[:, None], p)
 
 
-def replica_value(inp: LiveputInput, m: int, o: int, t: int, pmf: np.ndarray | None = None) -> np.ndarray:
-    """(n_max + 1,) expected USD per interval of 0..n_max replicas of model m at TP option o in interval t."""
+def replica_value(inp: LiveputInput, m: int, o: int, t: int, pmf: np.ndarray | None = None,
+                  used: int | None = None) -> np.ndarray:
+    """(n_max + 1,) expected USD per interval of 0..n_max replicas of model m at TP option o in interval t, in a
+    configuration of `used` GPUs (what re-hosting depends on; default the whole pool)."""
     model = inp.models[m]
     tp = model.tp_options[o]
-    pmf = survivor_pmf(inp, tp, t) if pmf is None else pmf
+    pmf = survivor_pmf(inp, tp, t, model.load_s[o], used) if pmf is None else pmf
     k = np.arange(pmf.shape[1])
     on_cap = k[None, :] * model.online_rate_per_s[o]  # (1, k)
     online = np.minimum(inp.online_rps[:, m, t][:, None], on_cap)  # (S, k)
@@ -131,8 +173,10 @@ def best_allocation(values: list[list[np.ndarray]], inp: LiveputInput, gpus: int
 
 
 def migration_usd(inp: LiveputInput, old: Config, new: Config, t: int) -> float:
-    """Value lost while moving from `old` to `new`: load time of new replicas (regroup), all replicas of a model
-    whose TP changes (repartition), and a copy of state for removed replicas (their in-flight work moves)."""
+    """Value lost while moving from `old` to `new`: load time of new replicas (regroup) and of all replicas of a
+    model whose TP changes (repartition: in-flight KV is recomputed). A removed replica costs nothing: it drains
+    (takes no new requests, finishes those it runs) before it leaves, so shedding a replica the forecast no longer
+    needs is held back only by what adding it again within the horizon would cost."""
     return float(migration_matrix(inp, [old], [new], t)[0, 0])
 
 
@@ -146,8 +190,7 @@ def migration_matrix(inp: LiveputInput, olds: list[Config], news: list[Config], 
     tp0, n0 = tp0[:, None, :], n0[:, None, :]
     repartition = (tp0 != tp1[None]) & (n0 > 0) & (n1[None] > 0)
     cost = np.where(repartition, np.minimum(n1 * rate, demand)[None] * usd * load_s[None] * 2,
-                    np.where(n1[None] > n0, (n1[None] - n0) * (rate * usd * load_s)[None],
-                             (n0 - n1[None]) * (rate * usd * load_s)[None] * 0.25))  # draining: KV copy
+                    np.maximum(n1[None] - n0, 0.0) * (rate * usd * load_s)[None])
     return cost.sum(axis=2)
 
 
@@ -172,22 +215,37 @@ def config_value(values_t: list[list[np.ndarray]], inp: LiveputInput, config: Co
     return total
 
 
+class _Values:
+    """Replica values (`replica_value`) of every model and TP option per interval, computed once per re-hosting
+    situation: without re-hosting they do not depend on the configuration; with it, only on how many of its GPUs
+    exceed the fewest GPUs any scenario keeps up (below that, every reclaimed replica finds a spare GPU)."""
+
+    def __init__(self, inp: LiveputInput) -> None:
+        self.inp = inp
+        self._cache: dict[tuple[int, int], list[list[np.ndarray]]] = {}
+
+    def at(self, t: int, used: int) -> list[list[np.ndarray]]:
+        inp = self.inp
+        key = -1 if inp.reaction_s is None else max(used, int(np.floor(inp.available[:, t]).min()))
+        if (t, key) not in self._cache:
+            self._cache[t, key] = [[replica_value(inp, m, o, t, used=None if key < 0 else key)
+                                    for o in range(len(model.tp_options))] for m, model in enumerate(inp.models)]
+        return self._cache[t, key]
+
+
 def plan_liveput(inp: LiveputInput) -> LiveputPlan:
     """Candidates per interval, then the DP over intervals × candidates (module docstring)."""
     horizon = inp.available.shape[1]
-    tps = sorted({tp for model in inp.models for tp in model.tp_options})
-    pmfs = {(tp, t): survivor_pmf(inp, tp, t) for tp in tps for t in range(horizon)}
-    values = [[[replica_value(inp, m, o, t, pmfs[tp, t]) for o, tp in enumerate(model.tp_options)]
-               for m, model in enumerate(inp.models)] for t in range(horizon)]
+    values = _Values(inp)
     cands: set[Config] = set()
     for t in range(horizon):
         levels = np.quantile(inp.available[:, t], (0.0, 0.25, 0.5, 0.75, 1.0), method="nearest")
-        for level in sorted({int(a) for a in levels}):
-            cands.add(best_allocation(values[t], inp, min(level, inp.num_gpus)))
+        for level in sorted({min(int(a), inp.num_gpus) for a in levels}):
+            cands.add(best_allocation(values.at(t, level), inp, level))
     current = inp.current or tuple((mdl.tp_options[0], 0) for mdl in inp.models)
     cands.add(current)
     configs = sorted(cands)
-    gain = np.array([[config_value(values[t], inp, c) for c in configs] for t in range(horizon)])
+    gain = np.array([[config_value(values.at(t, gpus_of(c)), inp, c) for c in configs] for t in range(horizon)])
     mig = migration_matrix(inp, configs, configs, 0)
     score = gain[0] - migration_matrix(inp, [current], configs, 0)[0]
     back = np.zeros((horizon, len(configs)), dtype=int)
@@ -200,13 +258,16 @@ def plan_liveput(inp: LiveputInput) -> LiveputPlan:
     for t in range(horizon - 1, 0, -1):
         path.append(int(back[t, path[-1]]))
     path.reverse()
-    first = configs[path[0]]
-    used = sum(tp * n for tp, n in first)
+    used = gpus_of(configs[path[0]])
     lost0 = inp.num_gpus - inp.available[:, 0].astype(int)
     survive = float(sum(w * survival_probability(inp.num_gpus, int(k), used) if used else w
                         for w, k in zip(inp.weights, lost0)))
     return LiveputPlan(tuple(configs[i] for i in path), float(score[last]),
                        tuple(float(gain[t][i]) for t, i in enumerate(path)), survive, len(configs))
+
+
+def gpus_of(config: Config) -> int:
+    return sum(tp * n for tp, n in config)
 
 
 def reactive_config(inp: LiveputInput, t: int = 0) -> Config:

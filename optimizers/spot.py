@@ -12,6 +12,10 @@ The on-demand placement program then covers what the spot tier is not expected t
 scenario, the demand minus the spot replicas' expected service, E[min(demand, surviving replicas × rate)] under the
 scenario's survivor distribution — so a scenario in which spot GPUs vanish buys on-demand backup, and one in which
 they survive does not. Spot pools are closed to the program (no GPUs), so every spot replica comes from liveput.
+
+Both see a reclaimed replica as the planner treats it (`SpotSettings`): the pool announces a removal `notice_s`
+ahead, the planner replans on the notice and re-hosts the replica on a spare GPU, so a replica is lost only when
+the pool keeps fewer GPUs than the configuration uses (`liveput.survival`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from optimizers.liveput import (
     LiveputPlan,
     SpotModel,
     config_value,
+    gpus_of,
     migration_usd,
     plan_liveput,
     reactive_config,
@@ -55,29 +60,41 @@ def spot_pool_indices(problem: PlacementProblem) -> list[int]:
 SPOT_POLICIES = ("liveput", "reactive")
 
 
+@dataclass(frozen=True)
+class SpotSettings:
+    """How the planner handles a reclaimed spot GPU (`liveput.LiveputInput.reaction_s`, `notice_s`)."""
+
+    notice_s: float = 30.0  # warning before a spot GPU leaves (SpotServe's grace period; GCP and Azure give 30 s)
+    reaction_s: float = 1.0  # a preemption notice triggers a replan (the simulator's minimum gap between replans)
+
+
 def plan_spot_pools(problem: PlacementProblem, demand: np.ndarray, available: np.ndarray, interval_s: float,
-                    running: dict[tuple[str, str], tuple[int, int]], policy: str = "liveput") -> list[SpotStep]:
+                    running: dict[tuple[str, str], tuple[int, int]], policy: str = "liveput",
+                    settings: SpotSettings = SpotSettings()) -> list[SpotStep]:
     """Liveput per spot pool. `demand` is (S, M, C, T) req/s, `available` (S, P, T) GPUs; `running` maps
     (model, pool) to the (tp, count) that runs there now (the DP's starting point and migration reference).
     `policy="reactive"` replaces liveput by SpotServe's controller (`liveput.reactive_config`: per model the fewest
     replicas at the lowest-latency TP degree that meet the current mean rate on the GPUs up now, blind to the
-    preemption risk and to migration costs) — the comparison of bench/plan_quality.py."""
+    preemption risk and to migration costs) — the comparison of bench/plan_quality.py. Under it the on-demand backup
+    is priced as before re-hosting was modelled (a reclaimed spot replica lost for the interval), so the baseline
+    runs exactly as it was measured against."""
     if policy not in SPOT_POLICIES:
         raise ValueError(f"spot policy {policy!r}: one of {', '.join(SPOT_POLICIES)}")
-    return [_plan_pool(problem, p, demand, available, interval_s, running, policy)
+    return [_plan_pool(problem, p, demand, available, interval_s, running, policy, settings)
             for p in spot_pool_indices(problem)]
 
 
 def _plan_pool(problem: PlacementProblem, p: int, demand: np.ndarray, available: np.ndarray, interval_s: float,
-               running: dict[tuple[str, str], tuple[int, int]], policy: str) -> SpotStep:
-    inp, options = liveput_input(problem, p, demand, available, interval_s, running)
+               running: dict[tuple[str, str], tuple[int, int]], policy: str, settings: SpotSettings) -> SpotStep:
+    inp, options = liveput_input(problem, p, demand, available, interval_s, running,
+                                 settings if policy == "liveput" else None)
     plan = plan_liveput(inp) if policy == "liveput" else _reactive_plan(inp)
     counts = np.zeros(len(problem.configs), dtype=int)
     for m, (tp, n) in enumerate(plan.path[0]):
         if n:
             counts[options[m][tp].index] = n
     online, offline = expected_service(problem, inp, options, plan.path[0])
-    used = sum(tp * n for tp, n in plan.path[0])
+    used = gpus_of(plan.path[0])
     if policy == "liveput":
         reason = (f"liveput on {problem.pools[p].name}: {used} of {inp.num_gpus} GPUs, first step of a "
                   f"{inp.available.shape[1]}-interval plan worth {plan.liveput_usd:.2f} USD expected (migrations "
@@ -99,8 +116,10 @@ def _reactive_plan(inp: LiveputInput) -> LiveputPlan:
 
 
 def liveput_input(problem: PlacementProblem, p: int, demand: np.ndarray, available: np.ndarray, interval_s: float,
-                  running: dict[tuple[str, str], tuple[int, int]]) -> tuple[LiveputInput, list[dict[int, ReplicaConfig]]]:
-    """The liveput input of spot pool p over every fleet model, and per model its configs there by TP degree."""
+                  running: dict[tuple[str, str], tuple[int, int]], settings: SpotSettings | None = SpotSettings()
+                  ) -> tuple[LiveputInput, list[dict[int, ReplicaConfig]]]:
+    """The liveput input of spot pool p over every fleet model, and per model its configs there by TP degree;
+    `settings` None: reclaimed replicas are not re-hosted within an interval."""
     pool = problem.pools[p]
     options = [{c.tp: c for c in problem.configs_of_model(m) if c.pool_index == p} for m in range(len(problem.models))]
     models = tuple(_spot_model(problem.models[m].name, opts, problem.current.host_models)
@@ -116,7 +135,8 @@ def liveput_input(problem: PlacementProblem, p: int, demand: np.ndarray, availab
         offline_rps=rates[:, :, ~online, :].sum(axis=2),
         online_usd_per_request=float(penalty[online].max(initial=0.0)),
         offline_usd_per_request=float(penalty[~online].max(initial=0.0)), gpu_usd_per_hour=pool.price_per_hour,
-        current=current), options
+        current=current, reaction_s=None if settings is None else settings.reaction_s,
+        notice_s=0.0 if settings is None else settings.notice_s), options
 
 
 def _spot_model(name: str, options: dict[int, ReplicaConfig], host_models: frozenset[str]) -> SpotModel:
@@ -144,11 +164,13 @@ def expected_service(problem: PlacementProblem, inp: LiveputInput, options: list
     online, offline = np.zeros((s_count, m_count)), np.zeros((s_count, m_count))
     peak_online = problem.online_demand()
     peak_offline = problem.offline_demand()
+    used = gpus_of(config)
     for m, (tp, n) in enumerate(config):
         if not n or tp not in options[m]:
             continue
         c = options[m][tp]
-        pmf = survivor_pmf(inp, tp, 0)[:, n, : n + 1]  # (S, k): P[k of the n replicas survive]
+        load_s = inp.models[m].load_s[inp.models[m].tp_options.index(tp)]
+        pmf = survivor_pmf(inp, tp, 0, load_s, used)[:, n, : n + 1]  # (S, k): P[k of the n replicas survive]
         k = np.arange(n + 1)[None, :]
         served = np.minimum(peak_online[:, [m]], k * c.online_rate_max)
         spare = np.where(k > 0, k - served / max(c.online_rate_max, 1e-12), 0.0) * c.offline_rate_per_s

@@ -1,4 +1,7 @@
+from dataclasses import replace
+
 import numpy as np
+import pytest
 
 from optimizers.liveput import (
     LiveputInput,
@@ -7,6 +10,7 @@ from optimizers.liveput import (
     plan_liveput,
     reactive_config,
     replica_value,
+    survival,
 )
 
 
@@ -42,3 +46,37 @@ def test_offline_work_fills_spare_capacity() -> None:
     busy = plan_liveput(_input([16], online=0.0, offline=50.0))
     assert sum(n for _, n in idle.path[0]) == 0
     assert sum(n for _, n in busy.path[0]) > 0
+
+
+def _serving(available, *, online=10.0, current=None, reaction_s=None, horizon=4, price=1.0):
+    """One TP-1 model at 4 req/s per replica on a 16-GPU pool (10 req/s: three replicas cover it)."""
+    s = len(available)
+    avail = np.repeat(np.asarray(available, float)[:, None], horizon, axis=1)
+    spec = (SpotModel("m", (1,), (4.0,), (4.0,), (5.0,)),)
+    return LiveputInput(16, 60.0, spec, np.full(s, 1 / s), avail, np.full((s, 1, horizon), online),
+                        np.zeros((s, 1, horizon)), gpu_usd_per_hour=price, current=current,
+                        reaction_s=reaction_s, notice_s=30.0)
+
+
+def test_a_reclaimed_replica_is_rehosted_while_the_pool_keeps_spare_gpus() -> None:
+    inp = _serving([16, 12, 8], reaction_s=1.0)
+    untouched = survival(replace(inp, reaction_s=None), 1, 0)
+    assert np.allclose(untouched, [1.0, 12 / 16, 8 / 16])  # hypergeometric: one GPU among the survivors
+    # 3 GPUs used, 8 or more up: every reclaimed replica moves to a spare GPU before its own leaves (load 5 s < 30 s
+    # notice) and loses only the handover of its in-flight work (a quarter of the load time)
+    rehosted = survival(inp, 1, 0, load_s=5.0, used=3)
+    assert np.allclose(rehosted, 1 - (1 - untouched) * 1.25 / 60.0)
+    # 10 GPUs used, 8 up: 2 of the 10 find no spare GPU and stay lost
+    assert survival(inp, 1, 0, load_s=5.0, used=10)[2] == pytest.approx(8 / 10 - (8 / 10 - 0.5) * 1.25 / 60.0)
+
+
+def test_no_hedge_replicas_against_losses_the_planner_repairs() -> None:
+    lost = plan_liveput(_serving([16, 12, 10], price=3.0))  # Parcae's setting: lost for the interval
+    rehosted = plan_liveput(_serving([16, 12, 10], price=3.0, reaction_s=1.0))
+    assert rehosted.path[0] == ((1, 3),)  # what the demand needs
+    assert lost.path[0][0][1] > 3  # hedges against losing a quarter of the pool
+
+
+def test_replicas_the_forecast_no_longer_needs_are_shed() -> None:
+    plan = plan_liveput(_serving([16], online=3.0, current=((1, 4),), reaction_s=1.0))
+    assert plan.path[0] == ((1, 1),)  # a removed replica drains: nothing holds the idle ones
