@@ -36,7 +36,7 @@ from optimizers.placement.problem import (
     demand_by_interval,
     with_packing_reserve,
 )
-from optimizers.placement.solve import PlacementResult, solve_placement
+from optimizers.placement.solve import PlacementResult, packed_objective, solve_placement
 from optimizers.plan import (
     RunningReplica,
     diff_actions,
@@ -142,11 +142,13 @@ class FleetwisePlanner:
         """Solve the program and pack it onto GPUs. The program counts a pool's memory in aggregate; where packing
         falls short of it (a KV share cut, a replica dropped: SLO capacity the program counted on), re-solve with
         that shortfall reserved in the pool (`with_packing_reserve`), at most `repack_rounds` times while the
-        placement and packing budget lasts, and keep the packing that falls least short (the first among equals)."""
+        placement and packing budget lasts. Of the packings, the one the program itself prices lowest wins
+        (`packed_objective`: its expected cost with KV at what packing delivered) — the reserve may free memory on
+        the wrong GPU, so a re-solve is not better by construction."""
         started = time.perf_counter()
-        program = residual_problem(problem, spot)
+        original = program = residual_problem(problem, spot)
         pack_s = max(0.0, self.packing_share * budget_s)
-        best = None
+        rounds = []
         for round_ in range(1 + self.repack_rounds):
             spent = time.perf_counter() - started
             if round_ and spent >= (self.placement_share + self.packing_share) * budget_s:
@@ -155,16 +157,20 @@ class FleetwisePlanner:
             packed = _targets(problem, placement, spot, running, planned, fleet, healthy, pack_s)
             d = placement.decision
             short = packing_shortfall_gib(program, d.replicas, d.kv_gib, packed[0])
-            if best is None or short.sum() < best[2].sum() - 1e-6:
-                best = (placement, packed, short)
+            rounds.append((placement, packed))
             if short.sum() < self.min_shortfall_gib:
                 break
             program = with_packing_reserve(program, short, d.gpus_used(program))
             reasons.append("re-placed: packing fell short of the placement by " + ", ".join(
                 f"{s:.1f} GiB on {pool.name}" for pool, s in zip(program.pools, short) if s > 1e-6)
                 + " (fragmentation: reserved in the program)")
-        assert best is not None
-        return best[0], best[1]
+        if len(rounds) == 1:
+            return rounds[0]
+        costs = [packed_objective(original, *_packed_decision(original, packed[0])) for _, packed in rounds]
+        best = int(np.argmin(costs))
+        reasons.append(f"kept the packing of solve {best + 1} of {len(rounds)}: expected cost "
+                       + " / ".join(f"{c:.2f}" for c in costs) + " USD with KV as packed")
+        return rounds[best]
 
     def _on_demand(self, problem, state, running, targets, dropped, packer, fleet, healthy, budget_s, reasons):
         """Between placements: a replica for each model whose requests wait with none (`optimizers.on_demand`)."""
@@ -278,6 +284,23 @@ def _targets(problem: PlacementProblem, placement: PlacementResult | None, spot:
     gpu_ids = {p.name: [g for g in p.gpu_ids() if healthy is None or g in healthy] for p in pools}
     packed = pack(problem, items, gpu_ids, time_limit_s=time_limit_s)
     return kept + list(packed.replicas), [f"not placed: {x}" for x in packed.dropped], packed.packer
+
+
+def _packed_decision(problem: PlacementProblem, replicas: list[PlacedReplica]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(counts, KV GiB per config, shared GPUs per pool) of packed replicas, in the program's terms; replicas of
+    pools closed to the program (spot pools liveput plans) are left out."""
+    counts, kv = np.zeros(len(problem.configs)), np.zeros(len(problem.configs))
+    shared: list[set[str]] = [set() for _ in problem.pools]
+    for r in replicas:
+        c = problem.configs[r.config_index]
+        if problem.pools[c.pool_index].num_gpus == 0:
+            continue
+        counts[c.index] += 1
+        if c.shares_gpus:
+            kv[c.index] += r.kv_share_gib
+            shared[c.pool_index].update(r.gpu_ids)
+    return counts, kv, np.array([len(s) for s in shared], dtype=float)
 
 
 def _plannable_gpus(fleet: FleetSpec, state: FleetState) -> set[str] | None:

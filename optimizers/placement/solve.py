@@ -265,6 +265,33 @@ def evaluate(problem: PlacementProblem, decision: PlacementDecision, *, status: 
                     float(sol.objective))
 
 
+def packed_objective(problem: PlacementProblem, counts: np.ndarray, kv_gib: np.ndarray, shared_gpus: np.ndarray,
+                     *, time_limit_s: float = 1.0) -> float:
+    """The program's expected cost (USD) of what a packing delivers: replica counts and shared GPUs fixed to what
+    it placed, each config's KV at most what its replicas got (the rest — capacity, residencies, each scenario's
+    recourse — optimised). Packing may cut KV shares the program counted on; this prices the cut as the program
+    prices everything, so packings of different solves compare on one scale (`FleetwisePlanner._place`).
+    Infinite when the fixed values admit no solution in time."""
+    model = build_model(problem)
+    prog = CompiledProgram(model)
+    lower, upper = prog.lower.copy(), prog.upper.copy()
+
+    def fix(var, lo: float, hi: float) -> None:
+        if (col := prog.index(var)) is not None:
+            lower[col], upper[col] = max(lower[col], lo), min(upper[col], hi)
+
+    for k in model.K:
+        fix(model.n[k], float(counts[k]), float(counts[k]))
+    for k in model.K1:
+        fix(model.kv[k], 0.0, float(kv_gib[k]) + 1e-6)
+    for p in model.P:
+        fix(model.g[p], float(shared_gpus[p]), float(shared_gpus[p]))
+    if (lower > upper).any():
+        return math.inf
+    sol = prog.solve(time_limit_s=time_limit_s, lower=lower, upper=upper, mip_gap=1e-4)
+    return math.inf if sol.objective is None else float(sol.objective)
+
+
 def _extract(model: pyo.ConcreteModel, problem: PlacementProblem, status: str, gap: float | None, time_s: float,
              sizes: tuple[int, int], warm: str, objective: float) -> PlacementResult:
     """Read the decision from the model; split each scenario's served load over configs by surviving capacity."""

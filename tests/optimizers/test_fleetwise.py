@@ -9,7 +9,7 @@ from optimizers.fleetwise import FleetwisePlanner
 from optimizers.instances import random_fleet, random_scenarios
 from optimizers.placement.packing import pack_ffd, packing_shortfall_gib, replica_items
 from optimizers.placement.problem import build_problem, with_packing_reserve
-from optimizers.placement.solve import solver_available
+from optimizers.placement.solve import packed_objective, solver_available
 from tests.factories import EXAMPLES, make_fleet
 from tests.optimizers.conftest import scenario_set
 
@@ -138,6 +138,22 @@ def test_placement_is_re_solved_when_packing_cannot_hold_what_the_pool_memory_co
     assert any(r.pool == "a100" for r in plan.replicas)  # the room was bought in the other pool
     assert any("packing fell short" in r and "h100" in r for r in plan.reasons)
     assert plan.expected.overall.slo_attainment > 0.99
+
+
+def test_packed_objective_prices_the_kv_a_packing_cut() -> None:
+    fleet, sc = _three_big_replicas_on_two_gpus()
+    problem = build_problem(fleet, sc)
+    h100 = [c for c in problem.configs if problem.pools[c.pool_index].name == "h100"]
+    counts, kv = np.zeros(len(problem.configs)), np.zeros(len(problem.configs))
+    for c in h100:
+        counts[c.index], kv[c.index] = 1, 30.0
+    gpus = np.array([2.0, 0.0])
+    as_counted = packed_objective(problem, counts, kv, gpus)  # what the aggregate memory count allows
+    cut = kv.copy()
+    cut[h100[-1].index] = 10.0  # what packing delivers: the third replica squeezed beside another
+    assert packed_objective(problem, counts, cut, gpus) > as_counted + 1.0  # its lost capacity, priced as unmet
+    # fixed values the program cannot hold (three replicas' weights on no GPU) admit no solution
+    assert packed_objective(problem, counts, kv, np.zeros(2)) == np.inf
 
 
 def test_packing_shortfall_counts_cut_shares_and_dropped_replicas_per_pool() -> None:
