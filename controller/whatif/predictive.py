@@ -14,10 +14,13 @@ Output lengths are known only when a request completes, so the length statistics
 planner's `ObservedLengths`) use only requests that arrived at least `length_lag_s` before now, and outputs of
 requests that arrived later are not looked at.
 
-`OracleScenarios` reads the replayed table itself: one scenario of weight 1 whose per-model rates, class shares and
-mean lengths are those of the requests that will actually arrive in each interval of the horizon, starting now,
-and whose spot-pool availability is the true count (the fewest GPUs up in each interval). It bounds what the same
-optimizer could do with perfect knowledge.
+`OracleScenarios` reads the replayed table itself: the per-model rates, class shares and mean lengths of the
+requests that will actually arrive in each interval of the horizon, starting now, and the true spot-pool
+availability (the fewest GPUs up in each interval). Perfect knowledge includes how load moves inside an interval:
+scenario w (of `interval_s / burst_s`, equally weighted) holds the true rates of the w-th `burst_s` window of every
+interval, jointly over models. With one scenario of the interval means, the oracle provisioned for the mean and
+lost to the forecasts' upper quantiles on bursty minutes (it attained 91.5 % where fleetwise attained 97.5 %).
+It bounds what the same optimizer could do with perfect knowledge.
 """
 
 from __future__ import annotations
@@ -143,6 +146,7 @@ class OracleScenarios:
     interval_s: float = WHATIF_BUILDER.interval_s
     horizon: int = WHATIF_BUILDER.horizon
     availability: Mapping[str, AvailabilityTrace] = field(default_factory=dict)
+    burst_s: float = 10.0  # the windows inside an interval whose true rates are the scenarios
 
     def __call__(self, state: FleetState) -> ScenarioSet:
         now = state.time_s
@@ -153,10 +157,13 @@ class OracleScenarios:
         lo, hi = np.searchsorted(t.arrival_s, [edges[0], edges[-1]], side="left")
         window = t.take(np.arange(lo, hi))
         slot = np.minimum(((window.arrival_s - now) // self.interval_s).astype(int), self.horizon - 1)
+        bursts = max(1, round(self.interval_s / self.burst_s))
+        burst = np.minimum(((window.arrival_s - now) % self.interval_s // (self.interval_s / bursts)).astype(int),
+                           bursts - 1)
         model_pos = np.array([models.index(n) for n in window.model_names], dtype=int)[window.model_idx] \
             if len(window) else np.zeros(0, int)
-        counts = np.zeros((len(models), self.horizon))
-        np.add.at(counts, (model_pos, slot), 1.0)
+        counts = np.zeros((bursts, len(models), self.horizon))
+        np.add.at(counts, (burst, model_pos, slot), 1.0)
         class_pos = np.array([classes.index(n) for n in window.slo_names], dtype=int)[window.slo_idx] \
             if len(window) else np.zeros(0, int)
         share = np.zeros((len(models), len(classes)))
@@ -166,8 +173,9 @@ class OracleScenarios:
         prompt, output = _mean_lengths(window, model_pos, len(models), self.table)
         return ScenarioSet(
             start_s=float(now), interval_s=self.interval_s, models=models, pools=tuple(p.name for p in self.fleet.pools),
-            slo_classes=classes, weights=np.ones(1), seeds=np.zeros(1, np.int64),
-            demand_rps=(counts / self.interval_s)[None], available_gpus=self._available(edges)[None],
+            slo_classes=classes, weights=np.full(bursts, 1.0 / bursts), seeds=np.zeros(bursts, np.int64),
+            demand_rps=counts / (self.interval_s / bursts),
+            available_gpus=np.repeat(self._available(edges)[None], bursts, axis=0),
             class_share=share, mean_prompt_tokens=prompt, mean_output_tokens=output)
 
     def _available(self, edges: np.ndarray) -> np.ndarray:

@@ -98,8 +98,13 @@ def test_forecast_scenarios_see_only_the_past_and_the_oracle_sees_the_future() -
     assert forecast(FleetState(time_s=30.0, workers=())) is prior  # no whole interval seen yet: the prior
     seen = forecast(state).expected_demand_rps()[0]
     assert seen.max() < 3.0  # the history ends at 60 s: the step at 120 s is not in it
-    future = OracleScenarios(fleet, table)(state).demand_rps[0, 0]
+    oracle = OracleScenarios(fleet, table)(state)
+    future = oracle.expected_demand_rps()[0]
     assert future[0] < 3.0 and future[1:4].min() > 9.0  # the step, in the intervals after the next one
+    # its scenarios are the true 10 s windows of each interval: equally weighted, their mean is the interval's rate
+    counts = np.histogram(table.arrival_s, bins=60.0 + 60.0 * np.arange(6))[0]
+    assert len(oracle.weights) == 6 and np.allclose(oracle.weights, 1 / 6)
+    assert np.allclose(future, counts / 60.0) and oracle.demand_rps[:, 0, 2].std() > 0
     # Output lengths of requests that may still run (arrived within `length_lag_s`, here all of them) are not read:
     # making them 4,000 tokens changes nothing the forecast sees.
     longer = RequestTable.from_columns(
