@@ -15,7 +15,7 @@ around)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -77,15 +77,31 @@ class FleetwisePlanner:
     # shortfall (GiB over all pools) below which a packing is taken as it is.
     repack_rounds: int = 2
     min_shortfall_gib: float = 0.5
+    # Plans that depend only on their inputs (simulations, benchmarks): solvers stop on work limits, every stage
+    # runs whatever the clock says (`PlacementSettings.deterministic`, `QueueSettings.deterministic`). Live
+    # planning keeps wall-clock budgets; with them a busy machine gets different plans.
+    deterministic: bool = False
+    work_budget_s: float = 2.0  # the budget a deterministic planner sizes its work limits by, whatever it is given
     name: str = "fleetwise"
     subscriptions: frozenset[EventKind] = REPLACE_ON | {EventKind.SLO_VIOLATION_PREDICTED, EventKind.QUEUE_BUILDUP,
                                                        EventKind.REQUEST_FOR_INACTIVE_MODEL}
     _last_placement_s: float | None = field(default=None, repr=False)
     _placed: dict[str, PlacedReplica] = field(default_factory=dict, repr=False)  # last placement, before the KV fill
 
+    def __post_init__(self) -> None:
+        if self.deterministic:
+            self.settings = replace(self.settings, deterministic=True)
+            self.queue_settings = replace(self.queue_settings, deterministic=True)
+
+    def _left_s(self, budget_s: float, start: float) -> float:
+        """What is left of a plan's budget (all of it when deterministic: stages stop on work, not time)."""
+        return budget_s if self.deterministic else budget_s - (time.perf_counter() - start)
+
     def plan(self, fleet: FleetSpec, state: FleetState, scenarios: ScenarioSet | None, budget_s: float) -> Plan:
         """A plan within about `budget_s` seconds; never raises for infeasible demand (see Planner)."""
         start = time.perf_counter()
+        if self.deterministic:
+            budget_s = self.work_budget_s
         reasons: list[str] = []
         if scenarios is None:
             scenarios = scenarios_from_load(fleet, state)
@@ -128,7 +144,7 @@ class FleetwisePlanner:
         reasons += dropped
         rate_of = {t.replica_id: problem.configs[t.config_index].online.rate_at(t.kv_share_gib) for t in targets}
         queue = plan_queues(state, fleet, targets, rate_of, scenarios, self.book, self.queue_settings,
-                            budget_s=max(0.02, budget_s - (time.perf_counter() - start)), lengths=self.lengths)
+                            budget_s=max(0.02, self._left_s(budget_s, start)), lengths=self.lengths)
         stages["queues"] = time.perf_counter() - start - sum(stages.values())
         routing = routing_weights(targets, rate_of)
         offline = plan_offline(state, fleet, running, targets, _expected_load(problem, targets, routing), rate_of,
@@ -150,7 +166,7 @@ class FleetwisePlanner:
         pack_s = max(0.0, self.packing_share * budget_s)
         rounds = []
         for round_ in range(1 + self.repack_rounds):
-            spent = time.perf_counter() - started
+            spent = budget_s - self._left_s(budget_s, started)
             if round_ and spent >= (self.placement_share + self.packing_share) * budget_s:
                 break
             placement = solve_placement(program, time_limit_s=max(0.2, self.placement_share * budget_s - spent))

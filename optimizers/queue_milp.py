@@ -14,8 +14,9 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 
-def solve_positions(jobs: Sequence, server, *, time_limit_s: float) -> list[int] | None:
-    """Order minimising weighted mean lateness; None if HiGHS found nothing in time."""
+def solve_positions(jobs: Sequence, server, *, time_limit_s: float, node_limit: int | None = None) -> list[int] | None:
+    """Order minimising weighted mean lateness; None if HiGHS found nothing in time (or within `node_limit`
+    branch-and-bound nodes: a work limit, for deterministic planning)."""
     n = len(jobs)
     if n == 0 or time_limit_s <= 0:
         return None
@@ -49,7 +50,8 @@ def solve_positions(jobs: Sequence, server, *, time_limit_s: float) -> list[int]
     integrality = np.concatenate([np.ones(ny), np.zeros(2 * n)])
     bounds = Bounds(np.zeros(ny + 2 * n), np.concatenate([np.ones(ny), np.full(2 * n, np.inf)]))
     res = milp(cost, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=integrality, bounds=bounds,
-               options={"time_limit": float(time_limit_s), "disp": False})
+               options={"time_limit": float(time_limit_s), "disp": False}
+               | ({"node_limit": int(node_limit)} if node_limit is not None else {}))
     if res.x is None:
         return None
     y = res.x[:ny].reshape(n, n)

@@ -38,6 +38,11 @@ class QueueSettings:
     priority_weight_base: float = 4.0  # class of priority p weighs base^(−p)
     violation_to_evict: float = 0.5  # evict when the head group misses with at least this probability
     p99_z: float = 2.326
+    # Deterministic search (simulations, benchmarks): at most `max_passes` improvement passes and MILPs limited by
+    # nodes instead of the wall-clock deadline, so the orders depend on the inputs and not on the machine's load.
+    deterministic: bool = False
+    max_passes: int = 20
+    milp_nodes: int = 200
 
 
 @dataclass(frozen=True)
@@ -128,13 +133,17 @@ def order_groups(jobs: list[GroupJob], servers: Sequence[Server], *, budget_s: f
 
     Every step is checked against the deadline, so the search returns within about one cost evaluation of
     `budget_s` (plus the MILP's own time limit, which is the time left)."""
-    deadline = time.perf_counter() + budget_s
+    deadline = math.inf if settings.deterministic else time.perf_counter() + budget_s
     jobs = list(jobs)
     orders = edf_start(jobs, servers)
     costs = [server_cost(jobs, s, o, settings) for s, o in zip(servers, orders)]
     best = Assignment(orders, sum(costs), len(servers), {"edf": 1})
     rng = np.random.default_rng(seed)
+    passes = 0
     while time.perf_counter() < deadline and sum(costs) > 1e-9:
+        if settings.deterministic and passes >= settings.max_passes:
+            break
+        passes += 1
         improved = _improve_once(jobs, servers, best, costs, settings, rng, deadline)
         if not improved and not _split_once(jobs, servers, best, costs, settings, deadline):
             break
@@ -286,7 +295,8 @@ def _exact_small(jobs, servers, best: Assignment, costs: list[float], settings: 
         if left < settings.milp_min_s or not 2 < len(order) <= settings.milp_max_groups or costs[k] <= 1e-9:
             continue
         # HiGHS overshoots short limits (it checks the clock between phases): give it half of what is left.
-        cand = solve_positions([jobs[i] for i in order], servers[k], time_limit_s=left / 2)
+        cand = solve_positions([jobs[i] for i in order], servers[k], time_limit_s=min(left / 2, 60.0),
+                               node_limit=settings.milp_nodes if settings.deterministic else None)
         if cand is None:
             continue
         cand = [order[x] for x in cand]

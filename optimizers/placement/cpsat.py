@@ -65,7 +65,8 @@ def pack_cpsat(problem: PlacementProblem, items: list[_Item], gpu_ids: dict[str,
                  for idx, gpus in _chunks(pools[p], mine, hint)]
     num_shrunk = 0
     for p, chunk, hint, gpus in work:
-        placed_here, lost = solve_pool(chunk, _bins(pools[p], gpus, chunk, hint), hint, time_limit_s / len(work))
+        placed_here, lost = solve_pool(chunk, _bins(pools[p], gpus, chunk, hint), hint, time_limit_s / len(work),
+                                       deterministic=problem.settings.deterministic)
         wanted = {(i.config.index, i.replica_id): i.kv_share_gib for i in chunk}  # a config's new replicas share alike
         out += [placed(problem, item, (g,), wanted_kv_gib=wanted[(item.config.index, item.replica_id)])
                 for item, g, _ in placed_here]
@@ -112,15 +113,18 @@ def _ffd_hint(items: list[_Item], pool: _Pool) -> dict[int, tuple[str, bool]]:
 
 
 def solve_pool(items: list[_Item], bins: _Bins, hint: dict[int, tuple[str, bool]],
-               time_limit_s: float) -> tuple[list[tuple[_Item, str, bool]], list[_Item]]:
+               time_limit_s: float, *, deterministic: bool = False) -> tuple[list[tuple[_Item, str, bool]], list[_Item]]:
     """Pack one pool's shared items on the bins (module docstring); returns (item as placed, GPU, shrunk) for each
     item placed, and the items left out. Never worse than the hint: when CP-SAT finds nothing in time, the hint is
-    the answer."""
+    the answer. `deterministic` spends `time_limit_s` of CP-SAT's deterministic time (work, not wall-clock: the
+    same packing on a busy machine) with ten times the wall-clock time as a safety net."""
     if not bins.gpu_ids or not items:
         return [], list(items)
     m, x = _build(items, bins, hint)
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(time_limit_s, 0.05)
+    solver.parameters.max_time_in_seconds = max(time_limit_s, 0.05) * (10 if deterministic else 1)
+    if deterministic:
+        solver.parameters.max_deterministic_time = max(time_limit_s, 0.05)
     solver.parameters.num_workers = 1  # deterministic, and the planner's other stages share the cores
     solver.parameters.random_seed = 0
     chosen = hint

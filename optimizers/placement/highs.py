@@ -65,13 +65,17 @@ class CompiledProgram:
 
     def solve(self, *, time_limit_s: float, integer: bool = True, mip_gap: float = 0.01,
               lower: np.ndarray | None = None, upper: np.ndarray | None = None,
-              start: np.ndarray | None = None) -> Solution:
-        """Solve (as a MIP if `integer`, else the LP relaxation) with optional bound overrides and a MIP start."""
+              start: np.ndarray | None = None, max_nodes: int | None = None) -> Solution:
+        """Solve (as a MIP if `integer`, else the LP relaxation) with optional bound overrides and a MIP start.
+        `max_nodes` caps the branch-and-bound nodes: a limit on work, not time, so the result does not depend on
+        how busy the machine is (single-threaded HiGHS is deterministic)."""
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("threads", 1)
         h.setOptionValue("time_limit", float(max(time_limit_s, 0.01)))
         h.setOptionValue("mip_rel_gap", mip_gap)
+        if max_nodes is not None:
+            h.setOptionValue("mip_max_nodes", int(max_nodes))
         lp = highspy.HighsLp()
         lp.num_col_, lp.num_row_ = self.num_columns, self.num_rows
         lp.col_cost_ = self.cost

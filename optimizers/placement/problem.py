@@ -48,6 +48,12 @@ class PlacementSettings:
     # MIP overran a 1 s budget by up to 0.9 s (bench/solver_scaling.py) and rarely improved the incumbent.
     min_full_mip_s: float = 1.0
     max_models_per_block: int = 48  # decomposition: models per sub-program when the fleet is larger
+    # Deterministic solving (simulations, benchmarks): the phases up to the LP neighbourhood run and stop on work
+    # limits — MIP nodes here, CP-SAT's deterministic time for packing — with time limits kept only as a safety
+    # net, and the full MIP is left out (`solve_block`), so a plan depends on its inputs and not on the machine's
+    # load. Live planning keeps wall-clock budgets.
+    deterministic: bool = False
+    deterministic_mip_nodes: int = 30
     limits: EngineLimits = field(default_factory=EngineLimits)
 
 

@@ -62,8 +62,12 @@ def solve_block(problem: PlacementProblem, *, time_limit_s: float, warm: Placeme
     The result is never worse than the warm start; `gap` is measured against the LP bound.
     """
     start = time.perf_counter()
-    # 5 % of the budget is kept for reading the solution back into the model and scoring it.
-    left = lambda: 0.95 * time_limit_s - (time.perf_counter() - start)
+    st = problem.settings
+    nodes = _node_limit(problem)
+    if st.deterministic:  # every phase runs, MIPs stop on nodes; the time limit is only a safety net
+        left = lambda: _safety_s(time_limit_s)
+    else:  # 5 % of the budget is kept for reading the solution back into the model and scoring it
+        left = lambda: 0.95 * time_limit_s - (time.perf_counter() - start)
     warm = warm if warm is not None else greedy_placement(problem)
     model = build_model(problem)
     prog = CompiledProgram(model)
@@ -73,15 +77,17 @@ def solve_block(problem: PlacementProblem, *, time_limit_s: float, warm: Placeme
     if lp.values is not None:
         cap_cols = np.array([prog.index(model.cap[k]) for k in model.K])
         tries.insert(0, ("lp-rounding", round_counts(problem, lp.values[n_cols], lp.values[cap_cols])))
-    best, source = _best_completion(prog, n_cols, tries, left)
+    best, source = _best_completion(prog, n_cols, tries, left, nodes)
     if best is not None and lp.values is not None and left() > 0.05:
         rens = prog.solve(time_limit_s=left(), mip_gap=problem.settings.mip_gap / 2, start=best.values,
-                          **_neighbourhood(prog, n_cols, lp.values, best.values))
+                          max_nodes=nodes, **_neighbourhood(prog, n_cols, lp.values, best.values))
         if rens.objective is not None and rens.objective < best.objective - 1e-9:
             best, source = rens, "lp-neighbourhood"
-    st = problem.settings
-    if best is not None and left() >= st.min_full_mip_s and prog.integer.sum() <= st.max_mip_integers:
-        mip = prog.solve(time_limit_s=left(), mip_gap=problem.settings.mip_gap, start=best.values)
+    # Deterministic solves stop here: HiGHS has no work limit on a MIP's root (cuts, heuristics), which took 0.4-3 s
+    # on 12-model instances, so a full MIP can only be limited by time.
+    if best is not None and not st.deterministic and left() >= st.min_full_mip_s \
+            and prog.integer.sum() <= st.max_mip_integers:
+        mip = prog.solve(time_limit_s=left(), mip_gap=problem.settings.mip_gap, start=best.values, max_nodes=nodes)
         if mip.objective is not None and mip.objective < best.objective - 1e-9:
             best, source = mip, "mip"
     if best is None:  # nothing feasible in time: the warm start, scored exactly
@@ -94,13 +100,22 @@ def solve_block(problem: PlacementProblem, *, time_limit_s: float, warm: Placeme
                     f"{warm_name}; best from {source}", float(best.objective))
 
 
+def _node_limit(problem: PlacementProblem) -> int | None:
+    return problem.settings.deterministic_mip_nodes if problem.settings.deterministic else None
+
+
+def _safety_s(time_limit_s: float) -> float:
+    """The time limit of a deterministic solve: far above what its work limits take, so it never binds."""
+    return max(10 * time_limit_s, 10.0)
+
+
 def _best_completion(prog: CompiledProgram, n_cols: np.ndarray, tries: list[tuple[str, np.ndarray]],
-                     left) -> tuple[Solution | None, str]:
+                     left, max_nodes: int | None = None) -> tuple[Solution | None, str]:
     """The best of the candidate replica counts, each completed by `_with_counts`."""
     best: Solution | None = None
     source = tries[-1][0]
     for name, counts in tries:
-        cand = _with_counts(prog, n_cols, counts, max(left(), 0.05))
+        cand = _with_counts(prog, n_cols, counts, max(left(), 0.05), max_nodes)
         if cand.objective is not None and (best is None or cand.objective < best.objective - 1e-9):
             best, source = cand, name
     return best, source
@@ -180,13 +195,14 @@ def _overfull_pool(problem: PlacementProblem, counts: np.ndarray) -> int | None:
     return None
 
 
-def _with_counts(prog: CompiledProgram, n_cols: np.ndarray, counts: np.ndarray, time_limit_s: float) -> Solution:
+def _with_counts(prog: CompiledProgram, n_cols: np.ndarray, counts: np.ndarray, time_limit_s: float,
+                 max_nodes: int | None = None) -> Solution:
     """Complete fixed replica counts: a small MIP over shared GPUs and residencies, KV and capacity continuous."""
     lower, upper = prog.lower.copy(), prog.upper.copy()
     valid = n_cols >= 0
     fixed = np.clip(counts[valid], lower[n_cols[valid]], upper[n_cols[valid]])
     lower[n_cols[valid]] = upper[n_cols[valid]] = fixed
-    return prog.solve(time_limit_s=time_limit_s, lower=lower, upper=upper, mip_gap=1e-4)
+    return prog.solve(time_limit_s=time_limit_s, lower=lower, upper=upper, mip_gap=1e-4, max_nodes=max_nodes)
 
 
 def solve_placement(problem: PlacementProblem, *, time_limit_s: float | None = None) -> PlacementResult:
@@ -201,7 +217,8 @@ def solve_placement(problem: PlacementProblem, *, time_limit_s: float | None = N
     parts = []
     for i, (models, pool_gpus) in enumerate(blocks):
         sub, index = restrict(problem, models, pool_gpus)
-        remaining = limit - (time.perf_counter() - start)
+        remaining = limit * (len(blocks) - i) / len(blocks) if problem.settings.deterministic else \
+            limit - (time.perf_counter() - start)
         parts.append((solve_block(sub, time_limit_s=remaining / (len(blocks) - i)), models, index))
     return _merge(problem, parts, time.perf_counter() - start, warm_name)
 
@@ -288,7 +305,9 @@ def packed_objective(problem: PlacementProblem, counts: np.ndarray, kv_gib: np.n
         fix(model.g[p], float(shared_gpus[p]), float(shared_gpus[p]))
     if (lower > upper).any():
         return math.inf
-    sol = prog.solve(time_limit_s=time_limit_s, lower=lower, upper=upper, mip_gap=1e-4)
+    if problem.settings.deterministic:
+        time_limit_s = _safety_s(time_limit_s)
+    sol = prog.solve(time_limit_s=time_limit_s, lower=lower, upper=upper, mip_gap=1e-4, max_nodes=_node_limit(problem))
     return math.inf if sol.objective is None else float(sol.objective)
 
 

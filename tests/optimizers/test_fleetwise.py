@@ -60,6 +60,20 @@ def test_plan_fits_memory_and_inventory_and_explains_every_action(fleet, scenari
     assert again.plan_id == plan.plan_id
 
 
+def test_a_deterministic_planner_plans_the_same_whatever_its_budget_of_wall_clock_time() -> None:
+    """Work limits, not the clock: a budget a hundred times smaller (a machine a hundred times busier) gives the
+    same plan. On this instance the wall-clock planner's replicas differ between the two budgets; in the what-if
+    sweep its 1.4x point measured 98.0 % and 88.0 % on two runs, only the machine's load differing."""
+    fleet = random_fleet(16, 8, seed=2)
+    scenarios = random_scenarios(fleet, 8, load=0.8, seed=2)
+    state = FleetState(time_s=0.0, workers=())
+    plans = [FleetwisePlanner(deterministic=True).plan(fleet, state, scenarios, budget_s=b) for b in (0.02, 2.0)]
+    assert plans[0].plan_id == plans[1].plan_id
+    assert [(r.replica_id, r.kv_share_gib) for r in plans[0].replicas] == \
+        [(r.replica_id, r.kv_share_gib) for r in plans[1].replicas]
+    assert plans[0].solver.num_variables > 0
+
+
 def test_consecutive_plans_on_a_stationary_workload_move_few_replicas(fleet, scenarios) -> None:
     planner = FleetwisePlanner(placement_interval_s=60)
     plan = planner.plan(fleet, FleetState(time_s=0.0, workers=()), scenarios, budget_s=2.0)
