@@ -199,7 +199,14 @@ def profile_model(engine: Engine, model: str, grid: ProfileGrid, *, seed: int = 
     stepped by anyone else meanwhile (`admit_probes` requests run through an `EngineLoop` of its own; 0 skips
     them and leaves `admit_s` at 0)."""
     engine.activate(model)
-    samples = measure(engine, model, grid, progress)
+    return fit_profile(engine, model, measure(engine, model, grid, progress), seed=seed, admit_probes=admit_probes)
+
+
+def fit_profile(engine: Engine, model: str, samples: Sequence[StepReport], *, seed: int = 0,
+                admit_probes: int = 16) -> LatencyModel:
+    """The LatencyModel of `model` (active on `engine`) from iterations `measure` recorded, possibly in several
+    rounds (a benchmark interleaves them with its own runs so that both see the same machine load); the weight
+    loads, KV copy bandwidth and intake are timed now."""
     fitted = _fitted_model(engine, model, fit_latency(samples, seed=seed))
     if admit_probes:
         fitted = replace(fitted, admit_s=admission_s(engine, model, admit_probes))
