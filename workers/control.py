@@ -73,6 +73,12 @@ class EngineLoop:
             if report is None:
                 with engine.lock:
                     engine.wakeup.wait(self.idle_wait_s)
+            else:
+                # The engine's lock is not fair: re-taken at once, it starved a thread blocked in `submit` (the HTTP
+                # agent's, a replay's) for several iterations — 18 of 56 requests arriving at a busy engine missed
+                # the next one (bench/sim_fidelity.py). Releasing the GIL lets a waiter that the release woke take
+                # the lock first, so a call waits at most one iteration, as `Engine` promises.
+                time.sleep(0)
 
 
 class LocalWorkerClient:
