@@ -46,6 +46,7 @@ from optimizers.placement.problem import PlacementSettings, build_problem
 from optimizers.placement.solve import solve_block, solve_placement
 from optimizers.queue_milp import solve_positions
 from optimizers.queues import GroupJob, Server, order_groups
+from optimizers.spot import SpotSettings
 
 RESULTS = ROOT / "bench" / "results"
 TRACES = ROOT.parent / "shared" / "data" / "traces"
@@ -198,14 +199,19 @@ def bench_qlm_milp(groups: int) -> dict:
     return {"time_s": w, "found": order is not None, "groups": groups}
 
 
+SPOT = SpotSettings()
+
+
 def bench_liveput(intervals: int, gpus: int, models: int, n: int) -> dict:
     wall, cpu, ours, theirs = [], [], [], []
     for seed in range(n):
         rng = np.random.default_rng(seed)
         spec = tuple(SpotModel(f"m{i}", (1, 2), (8.0, 17.0), (10.0, 21.0), (3.0, 1.6)) for i in range(models))
         avail = np.clip(np.round(gpus * rng.uniform(0.5, 1.0, (16, intervals))), 0, gpus)
+        # the loss model the planner uses in serving (`optimizers.spot.SpotSettings`: re-hosting on spare GPUs)
         inp = LiveputInput(gpus, 60.0, spec, np.full(16, 1 / 16), avail, rng.uniform(2, 40, (16, models, intervals)),
-                           rng.uniform(0, 10, (16, models, intervals)))
+                           rng.uniform(0, 10, (16, models, intervals)), reaction_s=SPOT.reaction_s,
+                           notice_s=SPOT.notice_s)
         plan, w, c = _timed(lambda: plan_liveput(inp))  # noqa: B023
         wall.append(w)
         cpu.append(c)
