@@ -210,11 +210,12 @@ def _gpu_type(gpu_type: str, device: str) -> str:
 def _profile_table(results: list) -> Table:
     t = Table(title="Latency profile (fitted)", title_justify="left")
     for col in ("model", "GPU", "c0 ms", "prefill µs/tok", "attn ns/tok²", "decode µs/seq", "kv ns/tok",
-                "MAPE", "p90 err", "held out"):
+                "intake ms", "MAPE", "p90 err", "held out"):
         t.add_column(col, justify="left" if col in ("model", "GPU") else "right")
     for r in results:
         e = r.fit_error
         t.add_row(r.arch, r.gpu_type, f"{r.c0_s * 1e3:.3f}", f"{r.c_prefill_s * 1e6:.2f}", f"{r.c_attn_s * 1e9:.3f}",
-                  f"{r.c_decode_s * 1e6:.2f}", f"{r.c_kv_s * 1e9:.2f}", f"{e.mape:.1%}", f"{e.p90_abs_rel_error:.1%}",
+                  f"{r.c_decode_s * 1e6:.2f}", f"{r.c_kv_s * 1e9:.2f}", f"{r.admit_s * 1e3:.2f}", f"{e.mape:.1%}",
+                  f"{e.p90_abs_rel_error:.1%}",
                   str(e.num_heldout))
     return t
