@@ -169,6 +169,8 @@ def _availability_report(source: SeriesSource, steps: int) -> Report:
         row["wape_by_lead"][s.lead] = s.wape
         if s.coverage_p10_p90 is not None:
             row["coverage"].setdefault("p10-p90", []).append(s.coverage_p10_p90)
+        if s.pit_coverage_p10_p90 is not None:  # calibration of the integer-count distribution (randomised PIT)
+            row["coverage"].setdefault("pit p10-p90", []).append(s.pit_coverage_p10_p90)
     for row in rows.values():
         row["coverage"] = {k: sum(v) / len(v) for k, v in row["coverage"].items()}
     dist = f.distribution(steps)
@@ -197,11 +199,15 @@ def _backtest_table(report: Report) -> Table:
         t.add_column(f"+{_fmt_duration(h * report.interval_s)}", justify="right")
     t.add_column("p10–p90", justify="right")
     t.add_column("≤p90", justify="right")
+    keys = ["p10-p90", "p90"]
+    if report.kind == "availability":  # integer counts: a band covers whole steps; the PIT says if it is calibrated
+        t.add_column("PIT p10–p90", justify="right")
+        keys.append("pit p10-p90")
     for r in report.rows:
         key = "mae_by_lead" if report.kind == "availability" else "wape_by_lead"
         cells = [f"{r[key][h]:.3f}" if report.kind == "availability" else f"{100 * r[key][h]:.1f}%" for h in shown]
         cov = r["coverage"]
-        cover = [f"{100 * cov[k]:.0f}%" if k in cov else "–" for k in ("p10-p90", "p90")]
+        cover = [f"{100 * cov[k]:.0f}%" if k in cov else "–" for k in keys]
         name = f"[bold green]{r['method']} ✓[/]" if r["chosen"] else r["method"]
         t.add_row(name, *cells, *cover)
     return t
