@@ -106,7 +106,16 @@ def survival(inp: LiveputInput, tp: int, t: int, load_s: float = 0.0, used: int 
 def survivor_pmf(inp: LiveputInput, tp: int, t: int, load_s: float = 0.0, used: int | None = None) -> np.ndarray:
     """(S, n_max + 1, n_max + 1): P[k of n replicas of TP `tp` survive] per scenario at interval t (`survival`)."""
     n_max = inp.num_gpus // tp
-    return np.stack([_binomial_table(round(float(p), 12), n_max) for p in survival(inp, tp, t, load_s, used)])
+    return _stacked_tables(tuple(round(float(p), 12) for p in survival(inp, tp, t, load_s, used)), n_max)
+
+
+@lru_cache(maxsize=256)
+def _stacked_tables(ps: tuple[float, ...], n_max: int) -> np.ndarray:
+    """The scenarios' binomial tables stacked (S, n_max + 1, n_max + 1); models with the same TP degree and load
+    time share their survival probabilities, so one stack serves all of them (stacking cost more than the sums)."""
+    out = np.stack([_binomial_table(p, n_max) for p in ps])
+    out.flags.writeable = False
+    return out
 
 
 @lru_cache(maxsize=4096)
@@ -129,14 +138,25 @@ def replica_value(inp: LiveputInput, m: int, o: int, t: int, pmf: np.ndarray | N
     model = inp.models[m]
     tp = model.tp_options[o]
     pmf = survivor_pmf(inp, tp, t, model.load_s[o], used) if pmf is None else pmf
-    k = np.arange(pmf.shape[1])
+    usd = served_usd(inp, m, o, t, pmf.shape[1] - 1)
+    return np.einsum("s,snk,sk->n", inp.weights, pmf, usd) - gpu_usd(inp, tp, pmf.shape[1] - 1)
+
+
+def served_usd(inp: LiveputInput, m: int, o: int, t: int, n_max: int) -> np.ndarray:
+    """(S, n_max + 1): USD per interval that k surviving replicas of model m at TP option o serve in each scenario
+    at interval t — online requests up to demand, then offline work in the compute they leave."""
+    model = inp.models[m]
+    k = np.arange(n_max + 1)
     on_cap = k[None, :] * model.online_rate_per_s[o]  # (1, k)
     online = np.minimum(inp.online_rps[:, m, t][:, None], on_cap)  # (S, k)
     spare = np.where(on_cap > 0, 1 - online / np.maximum(on_cap, 1e-12), 0) * k * model.offline_rate_per_s[o]
     offline = np.minimum(inp.offline_rps[:, m, t][:, None], spare)
-    usd = (online * inp.online_usd_per_request + offline * inp.offline_usd_per_request) * inp.interval_s
-    value = np.einsum("s,snk,sk->n", inp.weights, pmf, usd)
-    return value - k * tp * inp.gpu_usd_per_hour * inp.interval_s / 3600
+    return (online * inp.online_usd_per_request + offline * inp.offline_usd_per_request) * inp.interval_s
+
+
+def gpu_usd(inp: LiveputInput, tp: int, n_max: int) -> np.ndarray:
+    """(n_max + 1,): the GPUs' price per interval of 0..n_max replicas of TP `tp`."""
+    return np.arange(n_max + 1) * tp * inp.gpu_usd_per_hour * inp.interval_s / 3600
 
 
 def best_allocation(values: list[list[np.ndarray]], inp: LiveputInput, gpus: int) -> Config:
@@ -223,13 +243,29 @@ class _Values:
     def __init__(self, inp: LiveputInput) -> None:
         self.inp = inp
         self._cache: dict[tuple[int, int], list[list[np.ndarray]]] = {}
+        self._usd: dict[int, dict[tuple[int, int], np.ndarray]] = {}  # interval → (model, option) → served_usd
+        # Options that share a TP degree and a load time share their survivor tables: valued together.
+        self._groups: dict[tuple[int, float], list[tuple[int, int]]] = {}
+        for m, model in enumerate(inp.models):
+            for o, tp in enumerate(model.tp_options):
+                self._groups.setdefault((tp, model.load_s[o]), []).append((m, o))
 
     def at(self, t: int, used: int) -> list[list[np.ndarray]]:
+        """What `replica_value` gives for every model and option at interval t in a configuration of `used` GPUs."""
         inp = self.inp
         key = -1 if inp.reaction_s is None else max(used, int(np.floor(inp.available[:, t]).min()))
         if (t, key) not in self._cache:
-            self._cache[t, key] = [[replica_value(inp, m, o, t, used=None if key < 0 else key)
-                                    for o in range(len(model.tp_options))] for m, model in enumerate(inp.models)]
+            usd = self._usd.setdefault(t, {})
+            out: list[list[np.ndarray]] = [[np.zeros(0)] * len(model.tp_options) for model in inp.models]
+            for (tp, load_s), members in self._groups.items():
+                pmf = survivor_pmf(inp, tp, t, load_s, None if key < 0 else key)
+                n_max = pmf.shape[1] - 1
+                stacked = np.stack([usd.get((m, o)) if (m, o) in usd else usd.setdefault(
+                    (m, o), served_usd(inp, m, o, t, n_max)) for m, o in members])
+                values = np.einsum("s,snk,gsk->gn", inp.weights, pmf, stacked) - gpu_usd(inp, tp, n_max)
+                for (m, o), v in zip(members, values):
+                    out[m][o] = v
+            self._cache[t, key] = out
         return self._cache[t, key]
 
 

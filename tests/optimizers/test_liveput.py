@@ -80,3 +80,26 @@ def test_no_hedge_replicas_against_losses_the_planner_repairs() -> None:
 def test_replicas_the_forecast_no_longer_needs_are_shed() -> None:
     plan = plan_liveput(_serving([16], online=3.0, current=((1, 4),), reaction_s=1.0))
     assert plan.path[0] == ((1, 1),)  # a removed replica drains: nothing holds the idle ones
+
+
+def test_values_computed_together_equal_each_replica_value() -> None:
+    """`_Values` values options that share a TP degree and load time in one product: the same numbers as
+    `replica_value` one by one, with and without re-hosting."""
+    from optimizers.liveput import _Values
+
+    rng = np.random.default_rng(3)
+    spec = (SpotModel("a", (1, 2), (6.0, 13.0), (8.0, 17.0), (3.0, 1.5)),
+            SpotModel("b", (1, 2), (4.0, 9.0), (5.0, 11.0), (3.0, 1.5)),
+            SpotModel("c", (1,), (2.0,), (3.0,), (9.0,)))
+    base = LiveputInput(12, 60.0, spec, np.full(4, 0.25), rng.integers(6, 13, (4, 3)).astype(float),
+                        rng.uniform(1, 20, (4, 3, 3)), rng.uniform(0, 5, (4, 3, 3)))
+    for inp in (base, replace(base, reaction_s=1.0, notice_s=30.0)):
+        values = _Values(inp)
+        for t in range(3):
+            for used in (4, 9, 12):
+                got = values.at(t, used)
+                key = max(used, int(np.floor(inp.available[:, t]).min()))
+                for m, model in enumerate(spec):
+                    for o in range(len(model.tp_options)):
+                        want = replica_value(inp, m, o, t, used=key if inp.reaction_s is not None else None)
+                        np.testing.assert_allclose(got[m][o], want, rtol=1e-12, atol=1e-12)
