@@ -11,7 +11,9 @@ policy registry, replan interval of 10 s and seed for every policy), in `--jobs`
   over the replayed span (the cost a policy chose to pay), counted only for a policy that reaches 99 % attainment.
 - **load sweep** — the Azure conversation trace split over `examples/small-hetero.yaml`'s 8 models (interactive,
   standard, batch). `dedicated`'s saturation: the rate scale where its attainment falls to 99 % (linear between the
-  last point at or above and the first below, on a grid of scales); then every policy at 0.6×…1.6× of it.
+  last point at or above and the first below, on a grid of scales); then every policy at 0.6×…1.6× of it, each
+  point under `--sweep-seeds` workload seeds (the draw of each request's model, class and rate thinning) and
+  reported as their mean with the range: one trajectory of re-placements can move a point by several points.
 - **oracle gap** — fleetwise's attainment and cost beside the oracle's at every sweep point and on the long tail.
 - **stability** — the stationary `examples/workloads/chat-mix.yaml` (constant per-model rates) on small-hetero:
   the share of replicas each fleetwise placement activates or removes, consecutive placements compared.
@@ -72,13 +74,13 @@ def simulate(job: dict[str, Any]) -> dict[str, Any]:
     fleet_path = job.get("fleet_file") or job["fleet"]
     config = WhatIfConfig(fleet=str(fleet_path), workload=str(job["workload"]), policies=(job["policy"],),
                           rate_scale=job.get("rate", 1.0), start_s=job.get("start_s", 0.0),
-                          duration_s=job.get("duration_s"), split_models=job.get("split"), seed=SEED,
+                          duration_s=job.get("duration_s"), split_models=job.get("split"), seed=job.get("seed", SEED),
                           replan_interval_s=REPLAN_S)
     fleet = load_fleet(config.fleet)
     table = prepare_workload(config, fleet)
     book = build_latency_book(fleet)
     changes, traces = _availability(fleet, Path(fleet_path).parent, job.get("trace_offset_s"))
-    setup = _setup(job["policy"], fleet, book, table, traces)
+    setup = _setup(job["policy"], fleet, book, table, traces, job.get("seed", SEED))
     sim = FleetSimulation(fleet, table, setup.planner, config=SimConfig(replan_interval_s=REPLAN_S), book=book,
                           scenarios_fn=setup.scenarios_fn, availability=changes)
     moves: list[dict[str, float]] = []
@@ -91,12 +93,12 @@ def simulate(job: dict[str, Any]) -> dict[str, Any]:
     return {**job, "figures": figures}
 
 
-def _setup(policy: str, fleet, book, table, traces):
+def _setup(policy: str, fleet, book, table, traces, seed: int = SEED):
     if policy in ("fleetwise", "oracle", "spotserve") and traces:
         options = {"spot_policy": "reactive", "name": "spotserve"} if policy == "spotserve" else None
-        return fleetwise_setup(fleet, book, table, mean_rate_scenarios(table, fleet), seed=SEED,
+        return fleetwise_setup(fleet, book, table, mean_rate_scenarios(table, fleet), seed=seed,
                                oracle=policy == "oracle", availability=traces, planner_options=options)
-    return POLICIES[policy](PolicyContext(fleet, book, table, SEED))
+    return POLICIES[policy](PolicyContext(fleet, book, table, seed))
 
 
 def _availability(fleet, fleet_dir: Path, offset_s: float | None):
@@ -143,9 +145,12 @@ def longtail_jobs(duration_s: float) -> list[dict[str, Any]]:
             for p in POLICY_ORDER]
 
 
-def sweep_jobs(section: str, policies: tuple[str, ...], rates: list[float], duration_s: float) -> list[dict[str, Any]]:
+def sweep_jobs(section: str, policies: tuple[str, ...], rates: list[float], duration_s: float,
+               seeds: tuple[int, ...] = (SEED,)) -> list[dict[str, Any]]:
+    """One job per rate × policy × seed (the seed draws each request's model and SLO class from the trace)."""
     return [{"section": section, "policy": p, "fleet": EXAMPLES / "small-hetero.yaml", "workload": AZURE_CONV,
-             "split": 8, "rate": round(r, 4), "duration_s": duration_s} for r in rates for p in policies]
+             "split": 8, "rate": round(r, 4), "duration_s": duration_s, "seed": s}
+            for r in rates for p in policies for s in seeds]
 
 
 def stability_jobs(duration_s: float) -> list[dict[str, Any]]:
@@ -200,6 +205,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="short slices: a smoke test, not the figures")
     ap.add_argument("--longtail-s", type=float, default=300.0)
     ap.add_argument("--sweep-s", type=float, default=300.0)
+    ap.add_argument("--sweep-seeds", type=int, default=3,
+                    help="workload seeds per sweep point (each draws the requests' models and classes anew): one "
+                         "trajectory of re-placements can swing a point by several points of attainment")
     ap.add_argument("--spot-s", type=float, default=1800.0)
     ap.add_argument("--spot-rate", type=float, default=2.0, help="rate scale of the Azure trace on the spot fleet")
     ap.add_argument("--sections", default=",".join(SECTIONS),
@@ -223,7 +231,8 @@ def main() -> None:
         if "sweep" in sections:
             saturation = find_saturation([d for d in done if d["section"] == "saturation"])
             points = [round(saturation * f, 3) for f in (0.6, 0.8, 1.0, 1.2, 1.4, 1.5, 1.6)]
-            done += run_jobs(sweep_jobs("sweep", POLICY_ORDER, points, args.sweep_s * scale), args.jobs)
+            done += run_jobs(sweep_jobs("sweep", POLICY_ORDER, points, args.sweep_s * scale,
+                                        tuple(range(args.sweep_seeds))), args.jobs)
     results = {"command": "python bench/plan_quality.py" + (" --quick" if args.quick else "")
                + ("" if sections == set(SECTIONS) else f" --sections {args.sections}"),
                "saturation_rate_scale": saturation, "sweep_points": points, "wall_s": time.perf_counter() - started,

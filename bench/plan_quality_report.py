@@ -66,21 +66,30 @@ def sweep(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
     for r in sorted(_runs(results, "saturation"), key=lambda r: r["rate"]):
         t.add_row(f"{r['rate']:g}", _pct(r["figures"]["slo_attainment"]))
     console.print(t)
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    seeds: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in _runs(results, "sweep"):
-        f = r["figures"]
-        load = f"{r['rate'] / sat:.1f}"
-        out.setdefault(load, {})[r["policy"]] = {
-            "attainment": f["slo_attainment"], "cost_usd": f["cost_usd"], "gpu_hours": f["gpu_hours"],
-            "interactive": f["per_class"].get("interactive", {}).get("slo_attainment"), "rate_scale": r["rate"]}
-    t = Table(title="Load sweep (× dedicated's saturation): SLO attainment · interactive · cost USD",
-              title_justify="left")
+        seeds.setdefault((f"{r['rate'] / sat:.1f}", r["policy"]), []).append(r)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (load, policy), runs in seeds.items():  # the mean over the workload seeds, with the attainment's range
+        att = [r["figures"]["slo_attainment"] for r in runs]
+        inter = [x for r in runs if (x := r["figures"]["per_class"].get("interactive", {}).get("slo_attainment"))
+                 is not None]
+        out.setdefault(load, {})[policy] = {
+            "attainment": float(np.mean(att)), "attainment_min": min(att), "attainment_max": max(att),
+            "cost_usd": float(np.mean([r["figures"]["cost_usd"] for r in runs])),
+            "gpu_hours": float(np.mean([r["figures"]["gpu_hours"] for r in runs])),
+            "interactive": float(np.mean(inter)) if inter else None, "rate_scale": runs[0]["rate"],
+            "seeds": len(runs)}
+    num_seeds = max((o["seeds"] for row in out.values() for o in row.values()), default=1)
+    t = Table(title=f"Load sweep (× dedicated's saturation), mean of {num_seeds} workload seed(s): SLO attainment "
+                    "(range) · interactive · cost USD", title_justify="left")
     t.add_column("load", justify="right")
     for p in POLICIES:
         t.add_column(p, justify="right")
     for load in sorted(out, key=float):
-        cells = [f"{_pct(o['attainment'])} · {_pct(o['interactive'])} · {o['cost_usd']:.2f}" if (o := out[load].get(p))
-                 else "-" for p in POLICIES]
+        cells = [f"{_pct(o['attainment'])} ({100 * o['attainment_min']:.1f}–{100 * o['attainment_max']:.1f}) · "
+                 f"{_pct(o['interactive'])} · {o['cost_usd']:.2f}" if (o := out[load].get(p)) else "-"
+                 for p in POLICIES]
         t.add_row(load, *cells)
     console.print(t)
     return out
