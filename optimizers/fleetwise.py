@@ -166,7 +166,7 @@ class FleetwisePlanner:
         pack_s = max(0.0, self.packing_share * budget_s)
         rounds = []
         for round_ in range(1 + self.repack_rounds):
-            spent = budget_s - self._left_s(budget_s, started)
+            spent = 0.0 if self.deterministic else time.perf_counter() - started
             if round_ and spent >= (self.placement_share + self.packing_share) * budget_s:
                 break
             placement = solve_placement(program, time_limit_s=max(0.2, self.placement_share * budget_s - spent))

@@ -106,16 +106,7 @@ def survival(inp: LiveputInput, tp: int, t: int, load_s: float = 0.0, used: int 
 def survivor_pmf(inp: LiveputInput, tp: int, t: int, load_s: float = 0.0, used: int | None = None) -> np.ndarray:
     """(S, n_max + 1, n_max + 1): P[k of n replicas of TP `tp` survive] per scenario at interval t (`survival`)."""
     n_max = inp.num_gpus // tp
-    return _stacked_tables(tuple(round(float(p), 12) for p in survival(inp, tp, t, load_s, used)), n_max)
-
-
-@lru_cache(maxsize=256)
-def _stacked_tables(ps: tuple[float, ...], n_max: int) -> np.ndarray:
-    """The scenarios' binomial tables stacked (S, n_max + 1, n_max + 1); models with the same TP degree and load
-    time share their survival probabilities, so one stack serves all of them (stacking cost more than the sums)."""
-    out = np.stack([_binomial_table(p, n_max) for p in ps])
-    out.flags.writeable = False
-    return out
+    return np.stack([_binomial_table(round(float(p), 12), n_max) for p in survival(inp, tp, t, load_s, used)])
 
 
 @lru_cache(maxsize=4096)
@@ -243,7 +234,7 @@ class _Values:
     def __init__(self, inp: LiveputInput) -> None:
         self.inp = inp
         self._cache: dict[tuple[int, int], list[list[np.ndarray]]] = {}
-        self._usd: dict[int, dict[tuple[int, int], np.ndarray]] = {}  # interval → (model, option) → served_usd
+        self._usd: dict[tuple[int, int, int], np.ndarray] = {}  # (interval, model, option) → served_usd
         # Options that share a TP degree and a load time share their survivor tables: valued together.
         self._groups: dict[tuple[int, float], list[tuple[int, int]]] = {}
         for m, model in enumerate(inp.models):
@@ -255,18 +246,22 @@ class _Values:
         inp = self.inp
         key = -1 if inp.reaction_s is None else max(used, int(np.floor(inp.available[:, t]).min()))
         if (t, key) not in self._cache:
-            usd = self._usd.setdefault(t, {})
             out: list[list[np.ndarray]] = [[np.zeros(0)] * len(model.tp_options) for model in inp.models]
             for (tp, load_s), members in self._groups.items():
                 pmf = survivor_pmf(inp, tp, t, load_s, None if key < 0 else key)
                 n_max = pmf.shape[1] - 1
-                stacked = np.stack([usd.get((m, o)) if (m, o) in usd else usd.setdefault(
-                    (m, o), served_usd(inp, m, o, t, n_max)) for m, o in members])
+                stacked = np.stack([self._served(t, m, o, n_max) for m, o in members])
                 values = np.einsum("s,snk,gsk->gn", inp.weights, pmf, stacked) - gpu_usd(inp, tp, n_max)
                 for (m, o), v in zip(members, values):
                     out[m][o] = v
             self._cache[t, key] = out
         return self._cache[t, key]
+
+    def _served(self, t: int, m: int, o: int, n_max: int) -> np.ndarray:
+        """`served_usd`, once per interval and option (it does not depend on the GPUs a configuration uses)."""
+        if (t, m, o) not in self._usd:
+            self._usd[t, m, o] = served_usd(self.inp, m, o, t, n_max)
+        return self._usd[t, m, o]
 
 
 def plan_liveput(inp: LiveputInput) -> LiveputPlan:
