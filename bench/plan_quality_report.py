@@ -99,7 +99,10 @@ WARM_UP_S = 300.0  # the first placement interval: the prior's placement is repl
 
 
 def stability(results: dict[str, Any]) -> dict[str, float]:
-    """Replicas moved per plan on the stationary workload: after the warm-up (the target) and over the whole run."""
+    """Replicas moved per plan on the stationary workload: after the warm-up (the target) and over the whole run;
+    empty when the section did not run."""
+    if not _runs(results, "stability"):
+        return {}
     moves = [m for r in _runs(results, "stability") for m in r["figures"]["moves"]]
     steady = [m["share"] for m in moves if m["t_s"] >= WARM_UP_S] or [0.0]
     shares = [m["share"] for m in moves] or [0.0]

@@ -48,7 +48,7 @@ from optimizers.plan import (
 )
 from optimizers.queue_actions import plan_queues
 from optimizers.queues import LengthModel, QueueSettings
-from optimizers.spot import SpotStep, plan_spot_pools, residual_problem
+from optimizers.spot import SpotStep, on_demand_base, plan_spot_pools, residual_problem
 
 REPLACE_ON = frozenset({EventKind.GPU_ADDED, EventKind.GPU_REMOVED, EventKind.PREEMPTION_NOTICE,
                         EventKind.ACTION_FAILED})
@@ -122,7 +122,8 @@ class FleetwisePlanner:
                            + ", ".join(f"{m} ({r:.2f} req/s)" for m, r in sorted(surge.items())))
         spot = plan_spot_pools(problem, demand_by_interval(fleet, scenarios),
                                available_by_interval(problem.pools, scenarios), scenarios.interval_s,
-                               _running_counts(running), self.spot_policy)
+                               _running_counts(running), self.spot_policy,
+                               base=on_demand_base(problem, planned or running))
         stages = {"liveput": time.perf_counter() - start} if spot else {}
         reasons += [s.reason for s in spot]
         placement = None

@@ -19,6 +19,12 @@ only max(0, reaction + load − notice) seconds plus the handover of its in-flig
 reclaimed replica stays lost for the interval, as in Parcae. This is what keeps liveput from buying hedge replicas
 against losses the planner would repair within seconds (docs/optimizers.md, "Liveput in serving").
 
+A spot pool is one tier of a fleet. What the on-demand tier already holds (`base_online_rps`, `base_offline_rps`:
+per model the SLO capacity and offline throughput of replicas on GPUs that are paid for anyway) serves first, and a
+spot replica is valued only for the demand it leaves: a small model that fits beside the large one on an on-demand
+GPU is not worth a spot GPU of its own, and offline work the on-demand replicas' idle compute absorbs is no reason
+to buy one either.
+
 Candidates per interval: for each availability quantile (min, quartiles, max) of its scenarios, the value-maximising
 allocation (a knapsack over models, exact by dynamic programming over GPUs, valued as if it used that many GPUs),
 plus the current configuration. A dynamic program over intervals × candidates (each valued at the GPUs it uses)
@@ -67,6 +73,20 @@ class LiveputInput:
     # when a reclaimed replica stays lost for the interval (Parcae); and the notice the pool gives (s).
     reaction_s: float | None = None
     notice_s: float = 0.0
+    # What other tiers already serve per model (module docstring): (M,) online SLO capacity, req/s, and the offline
+    # throughput of the same replicas with no online load; None: nothing.
+    base_online_rps: np.ndarray | None = None
+    base_offline_rps: np.ndarray | None = None
+
+    def uncovered(self, m: int, online: np.ndarray, offline: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Model m's online and offline demand (req/s, any shape) that the base tier leaves: online beyond its SLO
+        capacity, offline beyond the throughput its online load leaves idle."""
+        if self.base_online_rps is None:
+            return online, offline
+        cap = float(self.base_online_rps[m])
+        off = 0.0 if self.base_offline_rps is None else float(self.base_offline_rps[m])
+        busy = np.minimum(online, cap) / cap if cap > 0 else np.ones_like(online)
+        return np.maximum(online - cap, 0.0), np.maximum(offline - (1.0 - busy) * off, 0.0)
 
     def downtime_s(self, load_s: float) -> float:
         """Seconds a re-hosted replica serves nothing: the reload not hidden by the notice, plus the handover of its
@@ -135,13 +155,15 @@ def replica_value(inp: LiveputInput, m: int, o: int, t: int, pmf: np.ndarray | N
 
 def served_usd(inp: LiveputInput, m: int, o: int, t: int, n_max: int) -> np.ndarray:
     """(S, n_max + 1): USD per interval that k surviving replicas of model m at TP option o serve in each scenario
-    at interval t — online requests up to demand, then offline work in the compute they leave."""
+    at interval t — online requests up to the demand the base tier leaves, then offline work in the compute they
+    leave."""
     model = inp.models[m]
     k = np.arange(n_max + 1)
     on_cap = k[None, :] * model.online_rate_per_s[o]  # (1, k)
-    online = np.minimum(inp.online_rps[:, m, t][:, None], on_cap)  # (S, k)
+    online_left, offline_left = inp.uncovered(m, inp.online_rps[:, m, t], inp.offline_rps[:, m, t])
+    online = np.minimum(online_left[:, None], on_cap)  # (S, k)
     spare = np.where(on_cap > 0, 1 - online / np.maximum(on_cap, 1e-12), 0) * k * model.offline_rate_per_s[o]
-    offline = np.minimum(inp.offline_rps[:, m, t][:, None], spare)
+    offline = np.minimum(offline_left[:, None], spare)
     return (online * inp.online_usd_per_request + offline * inp.offline_usd_per_request) * inp.interval_s
 
 

@@ -8,7 +8,9 @@ valued at the top online class's unmet price, offline work at the offline price:
 online serving leaves on each replica (and are paused first when a GPU is reclaimed, resuming from their KV
 checkpoints: `optimizers.offline`).
 
-The on-demand placement program then covers what the spot tier is not expected to serve (`residual_problem`): per
+Liveput sees the on-demand tier the plan keeps (`OnDemandBase`: per model the SLO capacity and offline throughput
+of the current plan's on-demand replicas) as serving first, so a spot replica is bought only for what that tier
+leaves (`liveput.LiveputInput.uncovered`). The on-demand placement program then covers what the spot tier is not expected to serve (`residual_problem`): per
 scenario, the demand minus the spot replicas' expected service, E[min(demand, surviving replicas × rate)] under the
 scenario's survivor distribution — so a scenario in which spot GPUs vanish buys on-demand backup, and one in which
 they survive does not. Spot pools are closed to the program (no GPUs), so every spot replica comes from liveput.
@@ -38,6 +40,7 @@ from optimizers.liveput import (
     survivor_pmf,
 )
 from optimizers.placement.problem import PlacementProblem, ReplicaConfig
+from optimizers.plan import RunningReplica
 
 
 @dataclass(frozen=True)
@@ -68,26 +71,69 @@ class SpotSettings:
     reaction_s: float = 1.0  # a preemption notice triggers a replan (the simulator's minimum gap between replans)
 
 
+@dataclass(frozen=True)
+class OnDemandBase:
+    """Per model (the problem's order) what on-demand replicas the plan keeps serve: SLO capacity and offline
+    throughput, req/s."""
+
+    online_rps: np.ndarray  # (M,)
+    offline_rps: np.ndarray  # (M,)
+
+
+def on_demand_base(problem: PlacementProblem, replicas: list[RunningReplica]) -> OnDemandBase | None:
+    """What the on-demand replicas among `replicas` serve that spot replicas should not be bought for: what GPUs
+    held anyway serve — replicas of spot-servable models whose every GPU is held for another replica — one of a model
+    no spot pool can serve (a large model pins its GPUs), or the GPU's largest tenant (the replica it is held for).
+    A replica with a GPU of its own, or the largest on its GPU, is left out: that is what a spot replica would
+    replace, and once it leaves, the next smaller one becomes the tenant. Spot pools' replicas are left out. None
+    when no replica qualifies."""
+    if not spot_pool_indices(problem):
+        return None
+    models = {m.name: i for i, m in enumerate(problem.models)}
+    spot_servable = {m for m in range(len(problem.models))
+                     if any(problem.pools[c.pool_index].spot and c.online_rate_max > 0
+                            for c in problem.configs_of_model(m))}
+    configs = {(c.model, problem.pools[c.pool_index].name, c.tp): c for c in problem.configs
+               if not problem.pools[c.pool_index].spot}
+    on_demand = [r for r in replicas if (r.model, r.pool, r.tp) in configs and r.gpu_ids]
+    pinned = {g for r in on_demand if models[r.model] not in spot_servable for g in r.gpu_ids}
+    tenant: dict[str, RunningReplica] = {}  # GPU → its largest replica
+    for r in on_demand:
+        for g in r.gpu_ids:
+            if g not in tenant or (r.memory_gib, r.replica_id) > (tenant[g].memory_gib, tenant[g].replica_id):
+                tenant[g] = r
+    online, offline = np.zeros(len(problem.models)), np.zeros(len(problem.models))
+    for r in on_demand:
+        m = models[r.model]
+        if m in spot_servable and all(g in pinned or tenant[g] is not r for g in r.gpu_ids):
+            c = configs[(r.model, r.pool, r.tp)]
+            online[m] += c.online.rate_at(r.kv_share_gib)
+            offline[m] += c.offline_rate_per_s
+    return OnDemandBase(online, offline) if online.any() or offline.any() else None
+
+
 def plan_spot_pools(problem: PlacementProblem, demand: np.ndarray, available: np.ndarray, interval_s: float,
                     running: dict[tuple[str, str], tuple[int, int]], policy: str = "liveput",
-                    settings: SpotSettings = SpotSettings()) -> list[SpotStep]:
+                    settings: SpotSettings = SpotSettings(), base: OnDemandBase | None = None) -> list[SpotStep]:
     """Liveput per spot pool. `demand` is (S, M, C, T) req/s, `available` (S, P, T) GPUs; `running` maps
     (model, pool) to the (tp, count) that runs there now (the DP's starting point and migration reference).
     `policy="reactive"` replaces liveput by SpotServe's controller (`liveput.reactive_config`: per model the fewest
     replicas at the lowest-latency TP degree that meet the current mean rate on the GPUs up now, blind to the
     preemption risk and to migration costs) — the comparison of bench/plan_quality.py. Under it the on-demand backup
     is priced as before re-hosting was modelled (a reclaimed spot replica lost for the interval), so the baseline
-    runs exactly as it was measured against."""
+    runs exactly as it was measured against, and it ignores `base` (SpotServe sizes the spot tier on its own).
+    `base`: what the on-demand tier the plan keeps serves (`OnDemandBase`), which liveput leaves to it."""
     if policy not in SPOT_POLICIES:
         raise ValueError(f"spot policy {policy!r}: one of {', '.join(SPOT_POLICIES)}")
-    return [_plan_pool(problem, p, demand, available, interval_s, running, policy, settings)
+    return [_plan_pool(problem, p, demand, available, interval_s, running, policy, settings, base)
             for p in spot_pool_indices(problem)]
 
 
 def _plan_pool(problem: PlacementProblem, p: int, demand: np.ndarray, available: np.ndarray, interval_s: float,
-               running: dict[tuple[str, str], tuple[int, int]], policy: str, settings: SpotSettings) -> SpotStep:
+               running: dict[tuple[str, str], tuple[int, int]], policy: str, settings: SpotSettings,
+               base: OnDemandBase | None) -> SpotStep:
     inp, options = liveput_input(problem, p, demand, available, interval_s, running,
-                                 settings if policy == "liveput" else None)
+                                 settings if policy == "liveput" else None, base if policy == "liveput" else None)
     plan = plan_liveput(inp) if policy == "liveput" else _reactive_plan(inp)
     counts = np.zeros(len(problem.configs), dtype=int)
     for m, (tp, n) in enumerate(plan.path[0]):
@@ -116,10 +162,10 @@ def _reactive_plan(inp: LiveputInput) -> LiveputPlan:
 
 
 def liveput_input(problem: PlacementProblem, p: int, demand: np.ndarray, available: np.ndarray, interval_s: float,
-                  running: dict[tuple[str, str], tuple[int, int]], settings: SpotSettings | None = SpotSettings()
-                  ) -> tuple[LiveputInput, list[dict[int, ReplicaConfig]]]:
+                  running: dict[tuple[str, str], tuple[int, int]], settings: SpotSettings | None = SpotSettings(),
+                  base: OnDemandBase | None = None) -> tuple[LiveputInput, list[dict[int, ReplicaConfig]]]:
     """The liveput input of spot pool p over every fleet model, and per model its configs there by TP degree;
-    `settings` None: reclaimed replicas are not re-hosted within an interval."""
+    `settings` None: reclaimed replicas are not re-hosted within an interval; `base` None: no on-demand tier."""
     pool = problem.pools[p]
     options = [{c.tp: c for c in problem.configs_of_model(m) if c.pool_index == p} for m in range(len(problem.models))]
     models = tuple(_spot_model(problem.models[m].name, opts, problem.current.host_models)
@@ -136,7 +182,9 @@ def liveput_input(problem: PlacementProblem, p: int, demand: np.ndarray, availab
         online_usd_per_request=float(penalty[online].max(initial=0.0)),
         offline_usd_per_request=float(penalty[~online].max(initial=0.0)), gpu_usd_per_hour=pool.price_per_hour,
         current=current, reaction_s=None if settings is None else settings.reaction_s,
-        notice_s=0.0 if settings is None else settings.notice_s), options
+        notice_s=0.0 if settings is None else settings.notice_s,
+        base_online_rps=None if base is None else base.online_rps,
+        base_offline_rps=None if base is None else base.offline_rps), options
 
 
 def _spot_model(name: str, options: dict[int, ReplicaConfig], host_models: frozenset[str]) -> SpotModel:
@@ -159,7 +207,8 @@ def _current(now: tuple[int, int] | None, options: dict[int, ReplicaConfig], num
 def expected_service(problem: PlacementProblem, inp: LiveputInput, options: list[dict[int, ReplicaConfig]],
                      config: Config) -> tuple[np.ndarray, np.ndarray]:
     """(S, M) expected online and offline req/s a configuration serves in each scenario at the first interval:
-    E over the surviving replicas k of min(demand, k × rate), and offline work in the compute online work leaves."""
+    E over the surviving replicas k of min(demand, k × rate), and offline work in the compute online work leaves —
+    of the demand the base tier leaves (`LiveputInput.uncovered`)."""
     s_count, m_count = inp.online_rps.shape[:2]
     online, offline = np.zeros((s_count, m_count)), np.zeros((s_count, m_count))
     peak_online = problem.online_demand()
@@ -172,10 +221,11 @@ def expected_service(problem: PlacementProblem, inp: LiveputInput, options: list
         load_s = inp.models[m].load_s[inp.models[m].tp_options.index(tp)]
         pmf = survivor_pmf(inp, tp, 0, load_s, used)[:, n, : n + 1]  # (S, k): P[k of the n replicas survive]
         k = np.arange(n + 1)[None, :]
-        served = np.minimum(peak_online[:, [m]], k * c.online_rate_max)
+        online_left, offline_left = inp.uncovered(m, peak_online[:, m], peak_offline[:, m])
+        served = np.minimum(online_left[:, None], k * c.online_rate_max)
         spare = np.where(k > 0, k - served / max(c.online_rate_max, 1e-12), 0.0) * c.offline_rate_per_s
         online[:, m] = (pmf * served).sum(axis=1)
-        offline[:, m] = (pmf * np.minimum(peak_offline[:, [m]], spare)).sum(axis=1)
+        offline[:, m] = (pmf * np.minimum(offline_left[:, None], spare)).sum(axis=1)
     return online, offline
 
 

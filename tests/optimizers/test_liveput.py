@@ -103,3 +103,19 @@ def test_values_computed_together_equal_each_replica_value() -> None:
                     for o in range(len(model.tp_options)):
                         want = replica_value(inp, m, o, t, used=key if inp.reaction_s is not None else None)
                         np.testing.assert_allclose(got[m][o], want, rtol=1e-12, atol=1e-12)
+
+
+def test_spot_is_bought_only_for_what_the_on_demand_tier_leaves() -> None:
+    """Base capacity (on-demand replicas on GPUs held anyway) serves first: online beyond its SLO capacity and
+    offline beyond the throughput its online load leaves idle are what a spot replica is worth."""
+    inp = replace(_serving([16], online=10.0, reaction_s=1.0), offline_rps=np.full((1, 1, 4), 2.0),
+                  offline_usd_per_request=0.002)
+    online, offline = replace(inp, base_online_rps=np.array([8.0]), base_offline_rps=np.array([4.0])).uncovered(
+        0, np.array([10.0, 6.0]), np.array([2.0, 2.0]))
+    np.testing.assert_allclose(online, [2.0, 0.0])  # 8 req/s served on demand
+    np.testing.assert_allclose(offline, [2.0, 1.0])  # busy: no idle throughput; at 6 of 8: a quarter of 4 req/s
+    assert plan_liveput(inp).path[0][0][1] >= 3
+    covered = replace(inp, base_online_rps=np.array([12.0]), base_offline_rps=np.array([8.0]))
+    assert plan_liveput(covered).path[0] == ((1, 0),)  # the on-demand tier serves it all
+    part = replace(inp, base_online_rps=np.array([6.0]), base_offline_rps=np.array([0.0]))
+    assert plan_liveput(part).path[0][0][1] < plan_liveput(inp).path[0][0][1]

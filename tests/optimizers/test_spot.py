@@ -84,3 +84,46 @@ def test_preemption_notice_pauses_offline_work_first_and_moves_it(fleet) -> None
     assert move.args.to_replica_id in {r.replica_id for r in nxt.replicas if r.model == "llama-1b"}
     assert all(gone not in r.gpu_ids for r in nxt.replicas)
     assert any(a.kind == "deactivate_model" and a.args.replica_id == victim.replica_id for a in nxt.actions)
+
+
+def test_on_demand_base_counts_replicas_riding_on_gpus_held_for_others(fleet) -> None:
+    from optimizers.plan import RunningReplica
+    from optimizers.spot import on_demand_base
+
+    problem = build_problem(fleet, _scenarios(fleet, [32]))
+    m = {md.name: i for i, md in enumerate(problem.models)}
+    assert not any(problem.pools[c.pool_index].spot and c.online_rate_max > 0
+                   for c in problem.configs_of_model(m["qwen-14b"]))  # 14B does not serve from a 16 GB V100
+    rep = lambda rid, model, pool, gpus, mem: RunningReplica(rid, model, pool, "A100-80GB", 1, gpus, 10.0, mem)
+    replicas = [rep("q", "qwen-14b", "a100", ("a0",), 40.0), rep("s1", "llama-1b", "a100", ("a0",), 12.0),
+                rep("t3", "llama-3b", "a100", ("a1",), 20.0), rep("t1", "llama-1b", "a100", ("a1",), 12.0),
+                rep("alone", "llama-3b", "a100", ("a2",), 20.0), rep("v", "llama-3b", SPOT, ("v0",), 14.0)]
+    base = on_demand_base(problem, replicas)
+    config = {c.model: c for c in problem.configs if problem.pools[c.pool_index].name == "a100" and c.tp == 1}
+    one_b = config["llama-1b"]
+    # llama-1b beside qwen (a GPU qwen pins) and beside llama-3b (the GPU's tenant): both count
+    assert base.online_rps[m["llama-1b"]] == pytest.approx(2 * one_b.online.rate_at(10.0))
+    assert base.offline_rps[m["llama-1b"]] == pytest.approx(2 * one_b.offline_rate_per_s)
+    # llama-3b is the tenant of a1 and alone on a2: what a spot replica would replace; spot replicas never count
+    assert base.online_rps[m["llama-3b"]] == 0 and base.online_rps[m["qwen-14b"]] == 0
+    assert on_demand_base(problem, replicas[2:3] + replicas[4:]) is None
+
+
+def test_no_spot_replica_for_a_model_the_held_on_demand_gpus_serve(fleet) -> None:
+    """llama-1b beside qwen-14b on an on-demand A100 covers its demand: liveput leaves it there."""
+    from optimizers.spot import OnDemandBase
+
+    sc = _scenarios(fleet, [32, 28], rate=(4.0, 30.0, 2.0))
+    problem = build_problem(fleet, sc)
+    args = (problem, demand_by_interval(fleet, sc), available_by_interval(problem.pools, sc), 60.0, {})
+    m = [md.name for md in problem.models].index("llama-1b")
+
+    def spot_1b(steps):
+        return sum(int(steps[0].counts[c.index]) for c in problem.configs_of_model(m))
+
+    assert spot_1b(plan_spot_pools(*args)) >= 1
+    online, offline = np.zeros(len(problem.models)), np.zeros(len(problem.models))
+    online[m], offline[m] = 20.0, 20.0
+    steps = plan_spot_pools(*args, base=OnDemandBase(online, offline))
+    assert spot_1b(steps) == 0 and steps[0].online_rps[:, m].sum() == 0  # nothing left to serve, no residual cut
+    assert spot_1b(plan_spot_pools(*args, policy="reactive", base=OnDemandBase(online, offline))) >= 1
