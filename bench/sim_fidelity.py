@@ -4,9 +4,9 @@
                                  [--profile PROFILE.yaml] [--threads 1]
 
 1. Profile: the worker's latency model, fitted the way `fleetwise profile` fits it (`workers.profile`, same engine
-   configuration as the replay: iterations over a grid — one round before each replay, fitted on all rounds — then
-   the per-request intake `admit_s` through the submit path), or read from `--profile` (a YAML written by
-   `fleetwise profile`). Never fitted on the replays.
+   configuration as the replay: iterations over a grid and a served phase of synthetic Poisson traffic — one
+   round of both before each replay, fitted on all rounds — then the per-request intake `admit_s` through the
+   submit path), or read from `--profile` (a YAML written by `fleetwise profile`). Never fitted on the replays.
 2. Trace: a slice of the Azure LLM conversation trace (Splitwise, ISCA'24), lengths scaled to a 1,024-token context
    (prompts ÷ 8, outputs ÷ 4, clipped), arrivals rescaled to `--rate` requests/s; a synthetic Poisson trace when
    ../shared/data/traces is absent.
@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ from simulator.planners import StaticPlanner
 from workers.control import EngineLoop
 from workers.engine import Engine, EngineConfig
 from workers.handles import REPLAY, RequestHandle
-from workers.profile import ProfileGrid, fit_profile, measure
+from workers.profile import ProfileGrid, ServedLoad, fit_profile, measure_round
 from workers.residency import ModelSource
 from workers.scheduler import SchedulerConfig
 
@@ -188,6 +189,7 @@ def compare(real_runs: list[np.ndarray], sim: np.ndarray) -> dict[str, float]:
 
 # The grid spans the replay's operating range: a few concurrent requests, prompts of tens to hundreds.
 GRID = ProfileGrid(batch_sizes=(1, 2, 4, 8), prompt_tokens=(32, 128, 384), output_tokens=32, repeats=1)
+SERVED_SEED = 101  # the served phase's synthetic load: its own seeds, never the replayed trace
 
 
 def run_real(table: RequestTable, arch: ModelArch, replays: int, profile_path: Path | None,
@@ -201,8 +203,8 @@ def run_real(table: RequestTable, arch: ModelArch, replays: int, profile_path: P
     profiling = engine(arch)
     profiling.activate(MODEL)
     samples, real = [], []
-    for _ in range(replays):
-        samples += measure(profiling, MODEL, GRID)
+    for i in range(replays):
+        samples += measure_round(profiling, MODEL, GRID, ServedLoad(seed=SERVED_SEED + i))
         real.append(replay_real(table, arch))
     profile = fit_profile(profiling, MODEL, samples)
     save_profiles(RESULTS / "sim_fidelity_profile.yaml", [profile], meta={"command": "bench/sim_fidelity.py"})
@@ -226,7 +228,7 @@ def main() -> None:
     table, source = trace(args.requests, args.rate, args.seed)
     real, profile = run_real(table, arch, args.replays, args.profile)
     sim_ttft, sim_tpot = simulate(table, arch, profile)
-    no_intake_ttft = sim_ttft - profile.admit_s  # the simulator adds admit_s to each TTFT and nothing else
+    no_intake_ttft = simulate(table, arch, replace(profile, admit_s=0.0))[0]
     rows = {"TTFT": compare([r.ttft_s for r in real], sim_ttft), "TPOT": compare([r.tpot_s for r in real], sim_tpot),
             "TTFT, sim without admit_s": compare([r.ttft_s for r in real], no_intake_ttft),
             "TTFT, engine's clock": compare([r.engine_ttft_s for r in real], sim_ttft)}

@@ -5,9 +5,10 @@ linear in five batch features (the form control planes and simulators converge o
 
     t = c0 + c_prefill·prefill_tokens + c_attn·Σ(prefill_tokens·context) + c_decode·decode_seqs + c_kv·kv_tokens_read
 
-Besides iterations, `admit_s` is a fixed cost per request on the way to its first token (handing it to the
-engine, the engine thread's wake-up), measured by `fleetwise profile` through the worker's submit path; it is 0 for
-presets (a GPU worker's is far below its iteration time) and for profiles written before it existed.
+Besides iterations, `admit_s` is a fixed cost per request on the way to its first token when it reaches an idle
+engine (handing it over, the engine thread's wake-up: an idle engine's thread sleeps; a busy one takes the request
+between iterations at no extra cost), measured by `fleetwise profile` through the worker's submit path; it is 0
+for presets (a GPU worker's is far below its iteration time) and for profiles written before it existed.
 
 `roofline()` derives the coefficients from catalog hardware; `simulator.latency` loads fitted profiles (YAML
 written by `fleetwise profile`) and checks presets against published measurements. Optimizers, the simulator and
@@ -53,9 +54,10 @@ class LatencyModel:
     source: str = "roofline"  # "roofline" or "profile:<name>"
     fit_error: FitError | None = None  # None for presets; fitted profiles always carry one
     activation_overhead_s: float = 0.0  # engine start-up on each activation (allocator, graphs), beyond the copy
-    # Per request, once: from its submission until its first token beyond the iterations that computed it (request
-    # intake, the engine thread's wake-up). The simulator adds it to each request's TTFT and end-to-end latency
-    # (not to TPOT, nor to any iteration: it costs the request time, not the device throughput).
+    # Per request that reaches an idle engine, once: from its submission until its first token beyond the
+    # iterations that computed it (request intake, the engine thread's wake-up). The simulator adds it to such a
+    # request's TTFT and end-to-end latency (not to TPOT, nor to any iteration: it costs the request time, not the
+    # device throughput).
     admit_s: float = 0.0
 
     def iteration_s(

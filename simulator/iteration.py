@@ -255,14 +255,14 @@ class IterationLoop:
         self.kernel.schedule(event)
 
     def _add_intake(self, done: list[Sequence]) -> None:
-        """Finished requests reach their clients `LatencyModel.admit_s` later than their iterations ran: the
-        request's intake before its first iteration (see core.latency). Added here, once per request, as it ends:
-        its TTFT and end-to-end latency grow by it, its TPOT and the device's iterations do not change."""
+        """Finished requests reach their clients `Sequence.intake_s` later than their iterations ran: the intake
+        before their first iteration, `LatencyModel.admit_s` for a request that reached an idle engine (see
+        core.latency; set on arrival). Added here, once per request, as it ends: its TTFT and end-to-end latency
+        grow by it, its TPOT and the device's iterations do not change."""
         for seq in done:
-            lm = self._lm.get(seq.model)
-            if lm is not None and lm.admit_s and seq.first_token_s is not None and seq.finish_s is not None:
-                seq.first_token_s += lm.admit_s
-                seq.finish_s += lm.admit_s
+            if seq.intake_s and seq.first_token_s is not None and seq.finish_s is not None:
+                seq.first_token_s += seq.intake_s
+                seq.finish_s += seq.intake_s
 
     def _finish_iteration(self, event: IterationDone) -> IterationDone | None:
         now = event.time_s

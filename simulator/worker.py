@@ -121,6 +121,8 @@ class SimulatedWorker(ReplicaLifecycle, IterationLoop):
             seq.status = SeqStatus.WAITING
             rep.parked.append(seq)
             return
+        if not self.iterating and (lm := self._lm.get(seq.model)) is not None:
+            seq.intake_s = lm.admit_s  # an idle engine's thread sleeps: the request pays its wake-up (core.latency)
         self.scheduler.add(seq, kv_on_host=kv_on_host)
         if rep.activating_until_s is None:
             self.kick()

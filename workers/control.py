@@ -35,7 +35,7 @@ from core.catalog import GIB
 from core.errors import InputError
 from core.requests import Request
 from core.status import SubmitResult, WorkerStatus
-from workers.engine import Engine
+from workers.engine import Engine, StepReport
 from workers.handles import REPLAY, RequestHandle, SamplingParams
 from workers.kv_pool import limit_pages
 
@@ -45,9 +45,14 @@ Outcome = tuple[str, str]  # (status, message)
 class EngineLoop:
     """Steps an engine in a daemon thread; sleeps on the engine's condition while there is nothing to run."""
 
-    def __init__(self, engine: Engine, *, idle_wait_s: float = 0.02) -> None:
+    def __init__(self, engine: Engine, *, idle_wait_s: float = 0.02,
+                 on_step: Callable[[StepReport, float | None, float], None] | None = None) -> None:
         self.engine = engine
         self.idle_wait_s = idle_wait_s
+        # Called in the loop's thread after every iteration with its report, when the previous iteration ended
+        # (`time.perf_counter`; None when the loop idled in between) and when this one did (profiling: back to back,
+        # an iteration costs its own time plus the loop's overhead).
+        self.on_step = on_step
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"engine-{engine.config.worker_id}", daemon=True)
         self.error: BaseException | None = None
@@ -64,6 +69,7 @@ class EngineLoop:
 
     def _run(self) -> None:
         engine = self.engine
+        previous_end: float | None = None
         while not self._stop.is_set():
             try:
                 report = engine.step()
@@ -71,9 +77,14 @@ class EngineLoop:
                 self.error = exc
                 raise
             if report is None:
+                previous_end = None
                 with engine.lock:
                     engine.wakeup.wait(self.idle_wait_s)
             else:
+                now = time.perf_counter()
+                if self.on_step is not None:
+                    self.on_step(report, previous_end, now)
+                previous_end = now
                 # The engine's lock is not fair: re-taken at once, it starved a thread blocked in `submit` (the HTTP
                 # agent's, a replay's) for several iterations — 18 of 56 requests arriving at a busy engine missed
                 # the next one (bench/sim_fidelity.py). Releasing the GIL lets a waiter that the release woke take

@@ -7,6 +7,13 @@ numbers the simulator feeds its LatencyModel) and its wall time. The five coeffi
 least squares on relative error (each row divided by the predicted time, so short and long iterations weigh
 alike; iteratively reweighted) on a random three quarters of the iterations; the held-out quarter gives the
 profile's `FitError`.
+A grid alone fits a machine that serves nothing else: iterations back to back, batches that start together. A
+serving worker's iterations run between arrivals, with batches that grow and shrink one request at a time, prefill
+chunks beside decodes, idle gaps and a client thread — and on a CPU they cost measurably more (the same decode batch
+took up to 34 % longer in a replay than in the grid, bench/sim_fidelity.py). So a second phase serves a synthetic
+load (`ServedLoad`: Poisson arrivals, lengths spread over the grid's range, seeded) through an `EngineLoop`, as the
+worker serves, and every iteration it runs joins the grid's in the fit (calibration against real runs, as control
+planes calibrate their latency models; docs/engine.md).
 The per-request intake (`LatencyModel.admit_s`) is measured through the serving path: short single requests
 submitted to an idle engine stepped by its `EngineLoop`, each timed from the `submit` call to its first token's
 delivery, less the time of the same request's first iteration run alone (`admission_s`).
@@ -15,6 +22,7 @@ Weight loading (cold → host → device) and KV copy bandwidth (device → host
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -58,6 +66,17 @@ class ProfileGrid:
 
 
 @dataclass(frozen=True)
+class ServedLoad:
+    """The served phase of a profile: `requests` Poisson arrivals at `load` times the rate one unbatched request's
+    service time allows (from the grid's fit), prompts log-uniform over the grid's prompt range, outputs uniform
+    over 2 … 2 × its output tokens. `requests` 0: no served phase."""
+
+    requests: int = 48
+    load: float = 1.0
+    seed: int = 1
+
+
+@dataclass(frozen=True)
 class Fit:
     """Fitted coefficients (seconds) and the error on held-out iterations."""
 
@@ -92,18 +111,24 @@ def fit_latency(samples: Sequence[StepReport], *, holdout_fraction: float = 0.25
 
 
 def _nnls_relative(x: np.ndarray, y: np.ndarray, rounds: int = 4) -> np.ndarray:
-    """Non-negative coefficients minimising Σ ((x·c − y) / (x·c))², by reweighted NNLS.
+    """Non-negative coefficients minimising Σ (k_i (x·c − y) / (x·c))², by reweighted NNLS.
 
     Weighting by the model's prediction rather than the measurement: on a shared machine noise only ever adds time,
-    and dividing by the measured time would favour the lucky iterations and fit below the mean.
+    and dividing by the measured time would favour the lucky iterations and fit below the mean. k_i balances the
+    two kinds of iteration — with prefill tokens, and decode only — so that each kind's k_i sum to half the rows
+    (k_i = n / (2 · rows of its kind)): served traffic runs
+    ~20 decode iterations per prefill, and unbalanced, the fit traded prefill accuracy for decode (each prefill
+    stalls every running request's next token, so both kinds set TPOT; bench/sim_fidelity.py, docs/engine.md).
     """
-    weights = 1.0 / y  # first round: the measurements themselves
+    prefill = x[:, 1] > 0
+    kinds = np.where(prefill, 0.5 / max(prefill.sum(), 1), 0.5 / max((~prefill).sum(), 1)) * len(y)
+    weights = kinds / y  # first round: the measurements themselves
     coef = np.zeros(x.shape[1])
     for _ in range(rounds):
         xw, yw = x * weights[:, None], y * weights
         scale = np.maximum(np.abs(xw).max(axis=0), 1e-30)  # columns to unit range: conditioning for NNLS
         coef = nnls(xw / scale, yw)[0] / scale
-        weights = 1.0 / np.maximum(x @ coef, 1e-9)
+        weights = kinds / np.maximum(x @ coef, 1e-9)
     return coef
 
 
@@ -121,6 +146,54 @@ def measure(engine: Engine, model: str, grid: ProfileGrid,
             samples += [r for r in reports if r.model == model and not r.swap_tokens]
             if progress:
                 progress(i, len(points))
+    return samples
+
+
+def measure_served(engine: Engine, model: str, grid: ProfileGrid, unbatched_s: Callable[[int, int], float],
+                   load: ServedLoad = ServedLoad()) -> list[StepReport]:
+    """Serve `load` on `model` (active; the engine idle and stepped by nobody else) through an `EngineLoop`, each
+    request submitted at its arrival from this thread, and return every iteration of it, timed by its loop cycle
+    where it ran back to back with the previous one and no request arrived in between (`EngineLoop.on_step`: the
+    time between iterations, which is what the simulator's clock advances by), else by its own time. `unbatched_s(prompt, output)`: one request's service time alone (from the grid's fit), which sets
+    the arrival rate."""
+    if load.requests <= 0:
+        return []
+    rng = np.random.default_rng(load.seed)
+    lo, hi = min(grid.prompt_tokens), max(grid.prompt_tokens)
+    prompts = np.exp(rng.uniform(np.log(lo), np.log(hi), load.requests)).round().astype(int)
+    outputs = rng.integers(2, 2 * grid.output_tokens + 1, load.requests)
+    mean_s = float(np.mean([unbatched_s(int(p), int(o)) for p, o in zip(prompts, outputs, strict=True)]))
+    arrivals = np.cumsum(rng.exponential(mean_s / load.load, load.requests))
+    online, next_id = _online_class(engine), iter(range(1 << 52, 1 << 53))
+    samples: list[StepReport] = []
+    handles = []
+    submitted: list[float] = []  # perf_counter of each submit, in order
+
+    def record(report: StepReport, previous_end: float | None, end: float) -> None:
+        if report.model != model or report.swap_tokens:
+            return
+        # Back to back, an iteration costs the time since the previous one ended; after an idle wait, or with a
+        # submit in between (its intake is `admit_s`, charged to the request), its own time.
+        intake = previous_end is None or bisect.bisect_left(submitted, previous_end) < len(submitted)
+        samples.append(report if intake else replace(report, duration_s=end - previous_end))
+
+    loop = EngineLoop(engine, on_step=record)
+    start = time.monotonic()
+    loop.start()
+    try:
+        for at, prompt, output in zip(arrivals, prompts, outputs, strict=True):
+            time.sleep(max(0.0, start + at - time.monotonic()))
+            submitted.append(time.perf_counter())
+            result, handle = engine.submit(Request(next(next_id), 0.0, model, online, int(prompt), int(output)),
+                                           REPLAY)
+            if handle is None:
+                raise RuntimeError(f"served-phase request rejected: {result.message}")
+            handles.append(handle)
+        for handle in handles:
+            if not handle.wait(600):
+                raise RuntimeError("served-phase request did not finish within 600 s")
+    finally:
+        loop.stop()
     return samples
 
 
@@ -194,12 +267,29 @@ def activation_times(engine: Engine, model: str) -> tuple[float, float]:
 
 
 def profile_model(engine: Engine, model: str, grid: ProfileGrid, *, seed: int = 0, admit_probes: int = 16,
+                  served: ServedLoad = ServedLoad(),
                   progress: Callable[[int, int], None] | None = None) -> LatencyModel:
-    """Measure and fit one model on this worker; returns a LatencyModel with its fit error. The engine must not be
-    stepped by anyone else meanwhile (`admit_probes` requests run through an `EngineLoop` of its own; 0 skips
-    them and leaves `admit_s` at 0)."""
+    """Measure and fit one model on this worker: the grid, then the served phase (`served`), fitted together;
+    returns a LatencyModel with its fit error. The engine must not be stepped by anyone else meanwhile (the served
+    phase and `admit_probes` requests run through an `EngineLoop` of its own; 0 probes leave `admit_s` at 0)."""
     engine.activate(model)
-    return fit_profile(engine, model, measure(engine, model, grid, progress), seed=seed, admit_probes=admit_probes)
+    return fit_profile(engine, model, measure_round(engine, model, grid, served, seed=seed, progress=progress),
+                       seed=seed, admit_probes=admit_probes)
+
+
+def measure_round(engine: Engine, model: str, grid: ProfileGrid, served: ServedLoad = ServedLoad(), *,
+                  seed: int = 0, progress: Callable[[int, int], None] | None = None) -> list[StepReport]:
+    """The grid's iterations, then the served phase's (its rate from a fit of the grid's)."""
+    samples = measure(engine, model, grid, progress)
+    return samples + measure_served(engine, model, grid, unbatched_time(fit_latency(samples, seed=seed)), served)
+
+
+def unbatched_time(fit: Fit) -> Callable[[int, int], float]:
+    """One request's service time alone under `fit`: its prefill, then a decode iteration per further token."""
+    lm = LatencyModel(arch="", gpu_type="", tp=1, c0_s=fit.c0_s, c_prefill_s=fit.c_prefill_s, c_attn_s=fit.c_attn_s,
+                      c_decode_s=fit.c_decode_s, c_kv_s=fit.c_kv_s, disk_to_host_s=0.0, host_to_gpu_s=0.0,
+                      kv_swap_bytes_per_s=1.0, kv_bytes_per_token=0)
+    return lambda prompt, output: lm.prefill_s(prompt) + (output - 1) * lm.decode_step_s(1, prompt + output / 2)
 
 
 def fit_profile(engine: Engine, model: str, samples: Sequence[StepReport], *, seed: int = 0,

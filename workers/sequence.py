@@ -73,6 +73,7 @@ class Sequence:
     num_recomputed_tokens: int = 0  # KV tokens computed again after recompute preemptions
     scheduled_step: int = -1  # last scheduler step that included this sequence
     queue_gen: int = 0  # bumps on each (re)queue; stale heap entries are skipped
+    intake_s: float = 0.0  # simulator: client-side intake charged to the request (LatencyModel.admit_s, idle engine)
 
     @classmethod
     def from_request(cls, request: Request, slo: SLOClass | None = None, *, group_id: str = "",

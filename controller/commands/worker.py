@@ -84,6 +84,9 @@ def profile(
     prompts: Annotated[str, typer.Option(help="Prompt lengths in tokens, comma-separated.")] = "16,64,256",
     output_tokens: Annotated[int, typer.Option(help="Tokens generated per request.", min=2)] = 24,
     repeats: Annotated[int, typer.Option(help="Times the grid is run.", min=1)] = 1,
+    served_requests: Annotated[int, typer.Option(
+        help="Requests of the served phase (synthetic Poisson traffic through the serving loop, fitted with the "
+             "grid); 0 skips it.", min=0)] = 48,
     worker_id: WorkerIdOpt = "local/0",
     device: DeviceOpt = "auto",
     gpu_type: GpuTypeOpt = "auto",
@@ -93,15 +96,15 @@ def profile(
     threads: ThreadsOpt = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the profiles as JSON.")] = False,
 ) -> None:
-    """Measure this worker over a grid of batches, fit the latency model by non-negative least squares, and write
-    a profile YAML with its error on held-out iterations."""
+    """Measure this worker over a grid of batches and under served traffic, fit the latency model by non-negative
+    least squares, and write a profile YAML with its error on held-out iterations."""
     from dataclasses import asdict
 
     batch_sizes, prompt_lens = _ints("--batches", batches), _ints("--prompts", prompts)
     engine = _engine(model, weights, seed, worker_id, device, gpu_type, memory_gib, kv_pages, page_kib, 0.25,
                      threads)
     from core.latency import save_profiles
-    from workers.profile import ProfileGrid, profile_model
+    from workers.profile import ProfileGrid, ServedLoad, profile_model
 
     grid = ProfileGrid(batch_sizes, prompt_lens, output_tokens, repeats)
     longest = max(sum(pair) for b in grid.batch_sizes for p in grid.prompt_tokens for pair in grid.lengths(b, p))
@@ -113,10 +116,11 @@ def profile(
     with Progress(console=out, transient=True, disable=json_out) as bar:
         for name in engine.store.names:
             task = bar.add_task(f"profiling {name}", total=len(grid.points))
-            results.append(profile_model(engine, name, grid, seed=seed,
+            results.append(profile_model(engine, name, grid, seed=seed, served=ServedLoad(served_requests),
                                          progress=lambda i, n, task=task: bar.update(task, completed=i)))
     save_profiles(out_path, results, meta={"worker_id": worker_id, "device": str(engine.device),
-                                           "grid": asdict(grid), "command": "fleetwise profile"})
+                                           "grid": asdict(grid), "served": asdict(ServedLoad(served_requests)),
+                                           "command": "fleetwise profile"})
     if json_out:
         print_json([asdict(r) for r in results])
         return

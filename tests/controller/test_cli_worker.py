@@ -13,12 +13,13 @@ from tests.cli import ROOT, run_cli
 def test_profile_writes_a_yaml_with_its_fit_error(tmp_path) -> None:
     out = tmp_path / "profiles.yaml"
     result = run_cli("profile", "--model", "Tiny-Llama-2L", "--batches", "1,3", "--prompts", "8,24",
-                     "--output-tokens", "5", "--threads", "1", "--out", str(out))
+                     "--output-tokens", "5", "--served-requests", "8", "--threads", "1", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "MAPE" in result.stdout and "intake" in result.stdout
     doc = yaml.safe_load(out.read_text())
     assert doc["kind"] == "LatencyProfiles" and doc["profiles"][0]["fit_error"]["num_heldout"] > 0
     assert doc["profiles"][0]["admit_s"] > 0  # the per-request intake, measured through the submit path
+    assert doc["meta"]["served"]["requests"] == 8  # the served phase ran beside the grid
 
 
 def test_bad_options_give_one_line_and_exit_code_2() -> None:

@@ -9,7 +9,7 @@ from core.requests import Request
 from tests.workers.engines import SOURCES, make_engine
 from workers.engine import Engine, StepReport
 from workers.handles import REPLAY
-from workers.profile import ProfileGrid, admission_s, fit_latency, profile_model
+from workers.profile import ProfileGrid, ServedLoad, admission_s, fit_latency, measure_served, profile_model
 
 TRUE = {"c0": 2e-3, "prefill": 4e-5, "attn": 1e-8, "decode": 5e-5, "kv": 3e-7}
 
@@ -85,3 +85,37 @@ def test_intake_is_timed_through_the_engine_loop_which_is_stopped_afterwards() -
     assert not [t for t in threading.enumerate() if t.name == f"engine-{engine.config.worker_id}"]
     engine.submit(Request(7, 0.0, "a", "interactive", 8, 2))  # stepped by the caller again
     assert engine.run_until_idle() and not engine.has_work
+
+
+def test_served_phase_times_back_to_back_iterations_by_their_loop_cycle() -> None:
+    """Served traffic through the engine loop: every iteration is recorded; one that ran right after another with no
+    arrival in between costs the time between their ends (at least its own time), the others their own time."""
+    from workers import control
+
+    engine = make_engine(activate=("a",))
+    grid = ProfileGrid(batch_sizes=(1,), prompt_tokens=(8, 24), output_tokens=4)
+    seen: list[tuple[StepReport, float | None, float]] = []
+    original = control.EngineLoop.__init__
+
+    def spy(self, eng, **kwargs):  # keep what the loop reports, beside what the profile records
+        inner = kwargs["on_step"]
+        kwargs["on_step"] = lambda r, prev, end: (seen.append((r, prev, end)), inner(r, prev, end))
+        original(self, eng, **kwargs)
+
+    control.EngineLoop.__init__ = spy
+    try:
+        samples = measure_served(engine, "a", grid, lambda p, o: 0.005, ServedLoad(requests=12, seed=3))
+    finally:
+        control.EngineLoop.__init__ = original
+    assert len(samples) == len(seen) > 12  # a prefill per request, then decodes
+    assert sum(r.num_finished for r, _, _ in seen) == 12 and not engine.has_work
+    cycles = 0
+    for s, (r, prev, end) in zip(samples, seen, strict=True):
+        if prev is None:  # after an idle wait: its own time
+            assert s.duration_s == r.duration_s
+        elif s.duration_s != r.duration_s:  # back to back, nothing arrived: the loop's overhead on top
+            assert s.duration_s == pytest.approx(end - prev) and s.duration_s >= r.duration_s
+            cycles += 1
+    assert cycles > 0
+    assert not [t for t in threading.enumerate() if t.name == f"engine-{engine.config.worker_id}"]
+    assert measure_served(engine, "a", grid, lambda p, o: 0.005, ServedLoad(requests=0)) == []
