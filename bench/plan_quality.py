@@ -80,7 +80,7 @@ def simulate(job: dict[str, Any]) -> dict[str, Any]:
     table = prepare_workload(config, fleet)
     book = build_latency_book(fleet)
     changes, traces = _availability(fleet, Path(fleet_path).parent, job.get("trace_offset_s"))
-    setup = _setup(job["policy"], fleet, book, table, traces, job.get("seed", SEED))
+    setup = _setup(job["policy"], fleet, book, table, traces, job.get("seed", SEED), job.get("planner_options"))
     sim = FleetSimulation(fleet, table, setup.planner, config=SimConfig(replan_interval_s=REPLAN_S), book=book,
                           scenarios_fn=setup.scenarios_fn, availability=changes)
     moves: list[dict[str, float]] = []
@@ -93,11 +93,13 @@ def simulate(job: dict[str, Any]) -> dict[str, Any]:
     return {**job, "figures": figures}
 
 
-def _setup(policy: str, fleet, book, table, traces, seed: int = SEED):
-    if policy in ("fleetwise", "oracle", "spotserve") and traces:
-        options = {"spot_policy": "reactive", "name": "spotserve"} if policy == "spotserve" else None
+def _setup(policy: str, fleet, book, table, traces, seed: int = SEED, options: dict[str, Any] | None = None):
+    """The policy's planner; `options` override FleetwisePlanner fields of fleetwise, oracle and spotserve."""
+    if policy in ("fleetwise", "oracle", "spotserve") and (traces or options):
+        options = dict(options or {}) | ({"spot_policy": "reactive", "name": "spotserve"} if policy == "spotserve"
+                                         else {})
         return fleetwise_setup(fleet, book, table, mean_rate_scenarios(table, fleet), seed=seed,
-                               oracle=policy == "oracle", availability=traces, planner_options=options)
+                               oracle=policy == "oracle", availability=traces or None, planner_options=options)
     return POLICIES[policy](PolicyContext(fleet, book, table, seed))
 
 
@@ -210,6 +212,8 @@ def main() -> None:
                          "trajectory of re-placements can swing a point by several points of attainment")
     ap.add_argument("--spot-s", type=float, default=1800.0)
     ap.add_argument("--spot-rate", type=float, default=2.0, help="rate scale of the Azure trace on the spot fleet")
+    ap.add_argument("--surge-add-only", action="store_true",
+                    help="FleetwisePlanner(surge_add_only=True) for fleetwise, oracle and spotserve (docs/optimizers.md)")
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help=f"comma-separated subset of {', '.join(SECTIONS)} (the sweep finds its saturation first)")
     args = ap.parse_args()
@@ -226,20 +230,25 @@ def main() -> None:
                  + (longtail_jobs(args.longtail_s * scale) if "longtail" in sections else [])
                  + (stability_jobs(900 * scale) if "stability" in sections else [])
                  + (spot_jobs(args.spot_s * scale, args.spot_rate, Path(tmp)) if "liveput" in sections else []))
+        options = {"surge_add_only": True} if args.surge_add_only else None
+        for job in first:
+            job["planner_options"] = options
         done = run_jobs(first, args.jobs)
         saturation, points = None, []
         if "sweep" in sections:
             saturation = find_saturation([d for d in done if d["section"] == "saturation"])
             points = [round(saturation * f, 3) for f in (0.6, 0.8, 1.0, 1.2, 1.4, 1.5, 1.6)]
-            done += run_jobs(sweep_jobs("sweep", POLICY_ORDER, points, args.sweep_s * scale,
-                                        tuple(range(args.sweep_seeds))), args.jobs)
+            sweep = sweep_jobs("sweep", POLICY_ORDER, points, args.sweep_s * scale, tuple(range(args.sweep_seeds)))
+            done += run_jobs([job | {"planner_options": options} for job in sweep], args.jobs)
     results = {"command": "python bench/plan_quality.py" + (" --quick" if args.quick else "")
+               + (" --surge-add-only" if args.surge_add_only else "")
                + ("" if sections == set(SECTIONS) else f" --sections {args.sections}"),
                "saturation_rate_scale": saturation, "sweep_points": points, "wall_s": time.perf_counter() - started,
                "args": vars(args), "runs": [_jsonable(d) for d in done]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     # a partial run writes beside the full results, never over them
     stem = "plan_quality" if sections == set(SECTIONS) else "plan_quality_" + "_".join(sorted(sections))
+    stem += "_surge_add_only" if args.surge_add_only else ""
     report(results, RESULTS / f"{stem}.png")
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
 

@@ -2,10 +2,11 @@
 
 Each call: (1) liveput plans every spot pool over the scenario horizon and the plan takes its first step (receding
 horizon: every call re-solves from what runs; `optimizers.spot`); (2) re-place the on-demand pools when the
-placement is older than `placement_interval_s`, an event invalidates it (GPUs added or removed, a preemption
-notice, a failed action) or a model's observed rate outgrows its placed capacity — the program covers, per
-scenario, what the spot tier is not expected to serve — else keep the current plan's on-demand replicas and give a
-replica to each model whose requests wait with none (`optimizers.on_demand`); (3) pack both onto GPUs and fill the
+placement is older than `placement_interval_s` or an event invalidates it (GPUs added or removed, a preemption
+notice, a failed action) — the program covers, per scenario, what the spot tier is not expected to serve; between
+placements, when a model's observed rate outgrows its placed capacity, add the replicas the program asks for
+(`grow_only`) next to what runs, which keeps its GPUs and KV; else keep the current plan's on-demand replicas and
+give a replica to each model whose requests wait with none (`optimizers.on_demand`); (3) pack both onto GPUs and fill the
 memory left into KV shares; (4) order the waiting request groups on the serving replicas (queue planner) with the
 time left; (5) pause and resume offline work (`optimizers.offline`); (6) assemble the plan: actions
 make-before-break with reasons, expected outcome per scenario, solver statistics. Between calls the planner keeps
@@ -25,7 +26,7 @@ from core.latency import LatencyBook
 from core.plan import Plan, SolverStats, digest
 from core.state import EventKind, FleetState
 from optimizers.offline import OfflineSettings, leaving_gpus, plan_offline
-from optimizers.on_demand import activate_on_demand
+from optimizers.on_demand import activate_on_demand, add_replicas
 from optimizers.outcome import expected_outcome, scenarios_from_load
 from optimizers.placement.packing import PlacedReplica, fill_kv, pack, packing_shortfall_gib, replica_items
 from optimizers.placement.problem import (
@@ -73,6 +74,11 @@ class FleetwisePlanner:
     # ... and by this many req/s: a bursty tail model a few requests over its capacity is the queues' business (on
     # the long tail, re-placing for such bursts reshuffled the tail every 30 s)
     surge_min_rps: float = 1.0
+    # Surges between full placements only add replicas next to what runs (`_add_for_surge`) instead of re-placing
+    # the fleet. Measured (docs/optimizers.md, "Surges"): 99.9 % instead of 94 % at 1.5-1.6x saturation, but on a
+    # stationary bursty workload it adds replicas the next placement removes (0.7 % of replicas moved per plan,
+    # 75 % at worst, against 0 %) and on spot fleets it holds more on-demand GPUs; so not the default.
+    surge_add_only: bool = False
     # Re-solves of the placement when packing cannot deliver the memory it counted on in a pool (`_place`), and the
     # shortfall (GiB over all pools) below which a packing is taken as it is.
     repack_rounds: int = 2
@@ -85,7 +91,8 @@ class FleetwisePlanner:
     name: str = "fleetwise"
     subscriptions: frozenset[EventKind] = REPLACE_ON | {EventKind.SLO_VIOLATION_PREDICTED, EventKind.QUEUE_BUILDUP,
                                                        EventKind.REQUEST_FOR_INACTIVE_MODEL}
-    _last_placement_s: float | None = field(default=None, repr=False)
+    _last_placement_s: float | None = field(default=None, repr=False)  # full or surge
+    _last_full_placement_s: float | None = field(default=None, repr=False)
     _placed: dict[str, PlacedReplica] = field(default_factory=dict, repr=False)  # last placement, before the KV fill
 
     def __post_init__(self) -> None:
@@ -115,10 +122,13 @@ class FleetwisePlanner:
             current=[(r.model, r.pool, r.tp, r.kv_share_gib * (1 if r.tp == 1 else 0)) for r in running],
             host_models=_host_models(state), settings=self.settings, waiting_rps=_waiting_rps(state, running) | floor)
         problem = build({})
+        full = self._must_place(state)
         surge = self._outgrown(problem, state, planned)
+        add_only = self.surge_add_only and bool(surge) and not full
         if surge:  # what is arriving now outweighs the forecast: every scenario carries at least the observed rate
-            problem = build(surge)
-            reasons.append("re-placed early: observed rate above placed SLO capacity for "
+            problem = replace(build(surge), grow_only=add_only)
+            reasons.append(("added capacity early" if add_only else "re-placed early")
+                           + ": observed rate above placed SLO capacity for "
                            + ", ".join(f"{m} ({r:.2f} req/s)" for m, r in sorted(surge.items())))
         spot = plan_spot_pools(problem, demand_by_interval(fleet, scenarios),
                                available_by_interval(problem.pools, scenarios), scenarios.interval_s,
@@ -127,17 +137,21 @@ class FleetwisePlanner:
         stages = {"liveput": time.perf_counter() - start} if spot else {}
         reasons += [s.reason for s in spot]
         placement = None
-        if self._must_place(state) or surge:
+        if full or (surge and not add_only):
             placement, (targets, dropped, packer) = self._place(problem, spot, running, planned or running, fleet,
                                                                 healthy, budget_s, reasons)
+            stages["placement"] = time.perf_counter() - start - sum(stages.values())
+            self._last_placement_s = self._last_full_placement_s = state.time_s
+            self._placed = {t.replica_id: t for t in targets}
+        elif add_only:
+            placement, (targets, dropped, packer) = self._add_for_surge(problem, spot, running, planned or running,
+                                                                        fleet, healthy, budget_s)
             stages["placement"] = time.perf_counter() - start - sum(stages.values())
             self._last_placement_s = state.time_s
         else:
             targets, dropped, packer = _targets(problem, None, spot, running, planned or running, fleet, healthy,
                                                 max(0.0, self.packing_share * budget_s))
-        if placement is not None:
-            self._placed = {t.replica_id: t for t in targets}
-        else:
+        if placement is None:
             targets, dropped, packer = self._on_demand(problem, state, running, targets, dropped, packer, fleet,
                                                        healthy, budget_s, reasons)
         targets = fill_kv(problem, targets)
@@ -164,6 +178,7 @@ class FleetwisePlanner:
         the wrong GPU, so a re-solve is not better by construction."""
         started = time.perf_counter()
         original = program = residual_problem(problem, spot)
+        priced = replace(original, grow_only=False)  # packings are priced as plans, whatever bounds found them
         pack_s = max(0.0, self.packing_share * budget_s)
         rounds = []
         for round_ in range(1 + self.repack_rounds):
@@ -183,11 +198,39 @@ class FleetwisePlanner:
                 + " (fragmentation: reserved in the program)")
         if len(rounds) == 1:
             return rounds[0]
-        costs = [packed_objective(original, *_packed_decision(original, packed[0])) for _, packed in rounds]
+        costs = [packed_objective(priced, *_packed_decision(priced, packed[0])) for _, packed in rounds]
         best = int(np.argmin(costs))
         reasons.append(f"kept the packing of solve {best + 1} of {len(rounds)}: expected cost "
                        + " / ".join(f"{c:.2f}" for c in costs) + " USD with KV as packed")
         return rounds[best]
+
+    def _add_for_surge(self, problem: PlacementProblem, spot: list[SpotStep], running: list[RunningReplica],
+                       planned: list[RunningReplica], fleet: FleetSpec, healthy: set[str] | None, budget_s: float
+                       ) -> tuple[PlacementResult, tuple[list[PlacedReplica], list[str], str]]:
+        """A surge between full placements: the program (`grow_only`: taking capacity from what runs is priced out)
+        says which replicas to add; what runs keeps its GPUs and the KV it holds, and the additions are packed into
+        the room left (`on_demand.add_replicas`)."""
+        pack_s = max(0.0, self.packing_share * budget_s)
+        kept, dropped, packer = _targets(problem, None, spot, running, planned, fleet, healthy, pack_s)
+        placement = solve_placement(residual_problem(problem, spot),
+                                    time_limit_s=max(0.2, self.placement_share * budget_s))
+        d = placement.decision
+        have = np.bincount([r.config_index for r in kept], minlength=len(problem.configs))
+        new = []
+        for c in problem.configs:
+            n, extra = int(d.replicas[c.index]), int(d.replicas[c.index]) - int(have[c.index])
+            if extra > 0 and problem.pools[c.pool_index].num_gpus:
+                share = max(c.kv_min_gib, float(d.kv_gib[c.index]) / n) if c.shares_gpus else c.kv_max_gib
+                load = float(d.capacity_rps[c.index]) / n / c.online_rate_max if c.online_rate_max > 0 else 0.0
+                new += [(c, share, load)] * extra
+        if not new:
+            return placement, (kept, dropped, packer)
+        gpu_ids = {p.name: [g for g in p.gpu_ids() if healthy is None or g in healthy] for p in fleet.pools}
+        # What runs keeps the KV it holds now (the fill's too: a surge finds its replicas busy, and taking it back
+        # preempted them), so the additions go where memory is free.
+        added, packed = add_replicas(problem, kept, self._placed, new, gpu_ids, pack_s, keep_filled=True)
+        self._placed.update({r.replica_id: r for r in packed.replicas if r.replica_id not in self._placed})
+        return placement, (added, dropped + [f"not placed: {x}" for x in packed.dropped], packed.packer)
 
     def _on_demand(self, problem, state, running, targets, dropped, packer, fleet, healthy, budget_s, reasons):
         """Between placements: a replica for each model whose requests wait with none (`optimizers.on_demand`)."""
@@ -222,11 +265,13 @@ class FleetwisePlanner:
                 and load.request_rate_per_s - capacity[model] >= self.surge_min_rps}
 
     def _must_place(self, state: FleetState) -> bool:
-        if self._last_placement_s is None or state.current_plan is None:
+        """A full placement: the first, after an event that invalidates the current one, or `placement_interval_s`
+        after the last full one (surge additions in between do not postpone it)."""
+        if self._last_full_placement_s is None or state.current_plan is None:
             return True
         if any(e.kind in REPLACE_ON for e in state.events):
             return True
-        return state.time_s - self._last_placement_s >= self.placement_interval_s
+        return state.time_s - self._last_full_placement_s >= self.placement_interval_s
 
     def _assemble(self, fleet, state, scenarios, parts: _Parts, queue, offline, reasons, stages, start) -> Plan:
         problem, placement, targets = parts.problem, parts.placement, parts.targets

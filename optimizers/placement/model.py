@@ -83,6 +83,8 @@ def build_first_stage(model: pyo.ConcreteModel, problem: PlacementProblem) -> No
     model.churn = pyo.Constraint(model.K, rule=lambda b, k: b.n[k] - int(cur.replicas[k]) == b.up[k] - b.down[k])
     model.resize_up = pyo.Constraint(model.K1, rule=lambda b, k: b.resize[k] >= b.kv[k] - float(cur.kv_gib[k]))
     model.resize_dn = pyo.Constraint(model.K1, rule=lambda b, k: b.resize[k] >= float(cur.kv_gib[k]) - b.kv[k])
+    model.shrink = pyo.Var(model.K1, domain=pyo.NonNegativeReals)  # KV taken from what runs (priced when grow_only)
+    model.shrink_def = pyo.Constraint(model.K1, rule=lambda b, k: b.shrink[k] >= float(cur.kv_gib[k]) - b.kv[k])
     model.host = pyo.Constraint(expr=sum(model.h[m] * problem.models[m].weight_gib for m in model.M)
                                 <= st.host_cache_gib)
     # -- stage cost -----------------------------------------------------------------------------------------------
@@ -90,6 +92,9 @@ def build_first_stage(model: pyo.ConcreteModel, problem: PlacementProblem) -> No
         problem.pools[c.pool_index].price_per_hour * hours * c.tp * model.n[c.index]
         for c in cfg if not c.shares_gpus)
     churn = st.churn_usd_per_replica * sum(model.up[k] + model.down[k] for k in model.K)
+    if problem.grow_only:  # a surge adds capacity; taking it from what runs is priced out unless nothing else fits
+        churn = churn + st.surge_removal_usd * sum(model.down[k] for k in model.K) \
+            + st.surge_shrink_usd_per_gib * sum(model.shrink[k] for k in model.K1)
     model.first_stage_cost = pyo.Expression(expr=gpus + churn + st.resize_usd_per_gib * sum(
         model.resize[k] for k in model.K1) + st.host_residency_usd * sum(model.h[m] for m in model.M))
 

@@ -36,6 +36,10 @@ class PlacementSettings:
     offline_usd_per_request: float = 0.0004  # offline work is worth serving on spare capacity, rarely buying GPUs
     churn_usd_per_replica: float = 0.25  # activation or removal of a replica (stability against flapping)
     resize_usd_per_gib: float = 0.001  # changing a replica's KV share
+    # Surge additions (`PlacementProblem.grow_only`): removing a running replica, or taking KV from one, costs this
+    # much — more than the requests a surge's horizon holds, so only a plan that cannot fit otherwise does it.
+    surge_removal_usd: float = 50.0
+    surge_shrink_usd_per_gib: float = 5.0
     host_cache_gib: float = 512.0  # host memory for warm (host-resident) weights, fleet-wide
     host_residency_usd: float = 1e-4  # per model kept warm (breaks ties toward fewer host copies)
     on_demand_max_load: float = 0.05  # models below this share of a replica's capacity may activate on demand
@@ -136,6 +140,10 @@ class PlacementProblem:
     current: CurrentPlacement
     settings: PlacementSettings = field(default_factory=PlacementSettings)
     waiting: frozenset[int] = frozenset()  # models with requests waiting for a replica now: placed, not on demand
+    # A surge re-placement between full ones: what runs keeps running with at least its KV share, and replicas and
+    # KV are added into what is free — moving capacity out from under busy replicas is priced out
+    # (`PlacementSettings.surge_removal_usd`, `surge_shrink_usd_per_gib`).
+    grow_only: bool = False
 
     @property
     def num_scenarios(self) -> int:

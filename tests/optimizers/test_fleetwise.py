@@ -187,3 +187,38 @@ def test_packing_shortfall_counts_cut_shares_and_dropped_replicas_per_pool() -> 
     reserved = with_packing_reserve(problem, short, np.array([2, 0]))
     assert reserved.pools[0].plannable_gib == pytest.approx(problem.pools[0].usable_gib - lost / 2)
     assert reserved.pools[1] == problem.pools[1]
+
+
+def test_a_surge_between_placements_adds_capacity_and_moves_nothing_that_runs() -> None:
+    """`surge_add_only`: observed load far above a model's placed capacity makes the next plan add replicas for it
+    into free memory; every replica of the current plan keeps its GPUs and at least its KV share, and the periodic
+    placement is not reset. By default the surge re-places the fleet."""
+    from core.state import ModelLoad
+
+    fleet = load_fleet(EXAMPLES / "small-hetero.yaml")
+    names = [m.name for m in fleet.models]
+    low = np.full((3, len(names)), 0.3)
+    planner = FleetwisePlanner(deterministic=True, surge_add_only=True)
+    first = planner.plan(fleet, FleetState(time_s=0.0, workers=()), scenario_set(fleet, low), budget_s=2.0)
+    hot = names[0]
+    capacity = sum(1 for r in first.replicas if r.model == hot and r.residency == "active")
+    assert capacity >= 1
+    load = {hot: ModelLoad(hot, request_rate_per_s=40.0, prompt_tokens_mean=1024, output_tokens_mean=256,
+                           last_arrival_s=59.0, num_waiting=200)}
+    state = FleetState(time_s=60.0, workers=(), current_plan=first, load=load)
+    nxt = planner.plan(fleet, state, scenario_set(fleet, low), budget_s=2.0)
+    assert any(r.startswith("added capacity early") and hot in r for r in nxt.reasons)
+    before = {r.replica_id: r for r in first.replicas if r.residency == "active"}
+    after = {r.replica_id: r for r in nxt.replicas if r.residency == "active"}
+    for rid, r in before.items():  # nothing that ran moved or lost KV
+        assert rid in after and after[rid].gpu_ids == r.gpu_ids and after[rid].kv_share_gib >= r.kv_share_gib - 1e-6
+    added = [r for rid, r in after.items() if rid not in before]
+    assert added and all(r.model == hot for r in added)
+    assert not [a for a in nxt.actions if a.kind == "deactivate_model"]
+    _check_memory_and_inventory(fleet, nxt)
+    assert planner._last_full_placement_s == 0.0  # the periodic placement still comes 300 s after the first
+    default = FleetwisePlanner(deterministic=True)
+    default.plan(fleet, FleetState(time_s=0.0, workers=()), scenario_set(fleet, low), budget_s=2.0)
+    replaced = default.plan(fleet, state, scenario_set(fleet, low), budget_s=2.0)
+    assert any(r.startswith("re-placed early") and hot in r for r in replaced.reasons)
+    assert default._last_full_placement_s == 60.0
