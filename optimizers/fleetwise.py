@@ -2,14 +2,15 @@
 
 Each call: (1) liveput plans every spot pool over the scenario horizon and the plan takes its first step (receding
 horizon: every call re-solves from what runs; `optimizers.spot`); (2) re-place the on-demand pools when the
-placement is older than `placement_interval_s` or an event invalidates it (GPUs added or removed, a preemption
-notice, a failed action) — the program covers, per scenario, what the spot tier is not expected to serve; between
-placements, when a model's observed rate outgrows its placed capacity, add the replicas the program asks for
-(`grow_only`) next to what runs, which keeps its GPUs and KV; else keep the current plan's on-demand replicas and
-give a replica to each model whose requests wait with none (`optimizers.on_demand`); (3) pack both onto GPUs and fill the
-memory left into KV shares; (4) order the waiting request groups on the serving replicas (queue planner) with the
-time left; (5) pause and resume offline work (`optimizers.offline`); (6) assemble the plan: actions
-make-before-break with reasons, expected outcome per scenario, solver statistics. Between calls the planner keeps
+placement is older than `placement_interval_s`, an event invalidates it (GPUs added or removed, a preemption
+notice, a failed action) or a model's observed rate outgrows its placed capacity — the program covers, per
+scenario, what the spot tier is not expected to serve; with `surge_add_only`, such a surge between placements only
+adds the replicas the program asks for (`grow_only`) next to what runs, which keeps its GPUs and KV — else keep the
+current plan's on-demand replicas and give a replica to each model whose requests wait with none
+(`optimizers.on_demand`); (3) pack both onto GPUs and fill the memory left into KV shares; (4) order the waiting
+request groups on the serving replicas (queue planner) with the time left; (5) pause and resume offline work
+(`optimizers.offline`); (6) assemble the plan: actions make-before-break with reasons, expected outcome per
+scenario, solver statistics. Between calls the planner keeps
 the time of its last placement and that placement's replicas before the KV fill (what on-demand activations pack
 around)."""
 
