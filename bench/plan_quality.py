@@ -213,7 +213,8 @@ def main() -> None:
     ap.add_argument("--spot-s", type=float, default=1800.0)
     ap.add_argument("--spot-rate", type=float, default=2.0, help="rate scale of the Azure trace on the spot fleet")
     ap.add_argument("--surge-add-only", action="store_true",
-                    help="FleetwisePlanner(surge_add_only=True) for fleetwise, oracle and spotserve (docs/optimizers.md)")
+                    help="FleetwisePlanner(surge_add_only=True) for fleetwise, oracle and spotserve "
+                         "(docs/optimizers.md)")
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help=f"comma-separated subset of {', '.join(SECTIONS)} (the sweep finds its saturation first)")
     args = ap.parse_args()

@@ -8,10 +8,10 @@ valued at the top online class's unmet price, offline work at the offline price:
 online serving leaves on each replica (and are paused first when a GPU is reclaimed, resuming from their KV
 checkpoints: `optimizers.offline`).
 
-Liveput sees the on-demand tier the plan keeps (`OnDemandBase`: per model the SLO capacity and offline throughput
-of the current plan's on-demand replicas) as serving first, so a spot replica is bought only for what that tier
-leaves (`liveput.LiveputInput.uncovered`). The on-demand placement program then covers what the spot tier is not expected to serve (`residual_problem`): per
-scenario, the demand minus the spot replicas' expected service, E[min(demand, surviving replicas × rate)] under the
+Liveput sees the on-demand replicas of the current plan that ride on GPUs held anyway (`on_demand_base`: per model
+their SLO capacity and offline throughput) as serving first, so a spot replica is bought only for what they leave
+(`liveput.LiveputInput.uncovered`). The on-demand placement program then covers what the spot tier is not
+expected to serve (`residual_problem`): per scenario, the demand minus the spot replicas' expected service, E[min(demand, surviving replicas × rate)] under the
 scenario's survivor distribution — so a scenario in which spot GPUs vanish buys on-demand backup, and one in which
 they survive does not. Spot pools are closed to the program (no GPUs), so every spot replica comes from liveput.
 

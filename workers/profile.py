@@ -154,8 +154,9 @@ def measure_served(engine: Engine, model: str, grid: ProfileGrid, unbatched_s: C
     """Serve `load` on `model` (active; the engine idle and stepped by nobody else) through an `EngineLoop`, each
     request submitted at its arrival from this thread, and return every iteration of it, timed by its loop cycle
     where it ran back to back with the previous one and no request arrived in between (`EngineLoop.on_step`: the
-    time between iterations, which is what the simulator's clock advances by), else by its own time. `unbatched_s(prompt, output)`: one request's service time alone (from the grid's fit), which sets
-    the arrival rate."""
+    time between iterations, which is what the simulator's clock advances by), else by its own time.
+    `unbatched_s(prompt, output)`: one request's service time alone (from the grid's fit), which sets the arrival
+    rate."""
     if load.requests <= 0:
         return []
     rng = np.random.default_rng(load.seed)
