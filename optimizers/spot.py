@@ -11,8 +11,8 @@ checkpoints: `optimizers.offline`).
 Liveput sees the on-demand replicas of the current plan that ride on GPUs held anyway (`on_demand_base`: per model
 their SLO capacity and offline throughput) as serving first, so a spot replica is bought only for what they leave
 (`liveput.LiveputInput.uncovered`). The on-demand placement program then covers what the spot tier is not
-expected to serve (`residual_problem`): per scenario, the demand minus the spot replicas' expected service, E[min(demand, surviving replicas × rate)] under the
-scenario's survivor distribution — so a scenario in which spot GPUs vanish buys on-demand backup, and one in which
+expected to serve (`residual_problem`): per scenario, the demand minus the spot replicas' expected service,
+E[min(demand, surviving replicas × rate)] under the scenario's survivor distribution — so a scenario in which spot GPUs vanish buys on-demand backup, and one in which
 they survive does not. Spot pools are closed to the program (no GPUs), so every spot replica comes from liveput.
 
 Both see a reclaimed replica as the planner treats it (`SpotSettings`): the pool announces a removal `notice_s`
@@ -82,8 +82,9 @@ class OnDemandBase:
 
 def on_demand_base(problem: PlacementProblem, replicas: list[RunningReplica]) -> OnDemandBase | None:
     """What the on-demand replicas among `replicas` serve that spot replicas should not be bought for: what GPUs
-    held anyway serve — replicas of spot-servable models whose every GPU is held for another replica — one of a model
-    no spot pool can serve (a large model pins its GPUs), or the GPU's largest tenant (the replica it is held for).
+    held anyway serve — replicas of spot-servable models whose every GPU is held for another replica: one of a
+    model no spot pool can serve (a large model pins its GPUs), or the GPU's largest tenant (the replica it is held
+    for).
     A replica with a GPU of its own, or the largest on its GPU, is left out: that is what a spot replica would
     replace, and once it leaves, the next smaller one becomes the tenant. Spot pools' replicas are left out. None
     when no replica qualifies."""
