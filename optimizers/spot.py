@@ -84,8 +84,7 @@ def on_demand_base(problem: PlacementProblem, replicas: list[RunningReplica]) ->
     """What the on-demand replicas among `replicas` serve that spot replicas should not be bought for: what GPUs
     held anyway serve — replicas of spot-servable models whose every GPU is held for another replica: one of a
     model no spot pool can serve (a large model pins its GPUs), or the GPU's largest tenant (the replica it is held
-    for).
-    A replica with a GPU of its own, or the largest on its GPU, is left out: that is what a spot replica would
+    for). A replica with a GPU of its own, or the largest on its GPU, is left out: that is what a spot replica would
     replace, and once it leaves, the next smaller one becomes the tenant. Spot pools' replicas are left out. None
     when no replica qualifies."""
     if not spot_pool_indices(problem):
