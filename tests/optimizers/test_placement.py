@@ -84,3 +84,23 @@ def test_relaxation_charges_a_served_tail_model_a_whole_replica() -> None:
     served = sum(lp.values[prog.index(model.cap[c.index])] for c in problem.configs_of_model(0))
     replicas = sum(lp.values[prog.index(model.n[c.index])] for c in problem.configs_of_model(0))
     assert served == pytest.approx(0.3, rel=1e-3) and replicas == pytest.approx(1.0, rel=1e-3)
+
+
+def test_grow_only_keeps_what_runs_and_adds_beside_it() -> None:
+    """A surge addition (`grow_only`): removing the running replica or taking its KV is priced out, so the program
+    keeps both and serves the new demand from what is free; the same problem otherwise reclaims them."""
+    from dataclasses import replace
+
+    fleet = make_fleet(
+        pools=[{"name": "h100", "gpu": "H100-SXM", "count": 1, "gpus_per_node": 1}],
+        models=[{"name": "a", "arch": "Llama-3.1-8B", "tp_options": [1], "max_context_tokens": 8192},
+                {"name": "b", "arch": "Llama-3.2-3B", "tp_options": [1], "max_context_tokens": 8192}])
+    problem = build_problem(fleet, scenario_set(fleet, [[0.0, 40.0]]), current=[("a", "h100", 1, 40.0)],
+                            settings=PlacementSettings(time_limit_s=10))
+    a = next(c.index for c in problem.configs if c.model == "a")
+    b = next(c.index for c in problem.configs if c.model == "b")
+    free = solve_block(problem, time_limit_s=10).decision
+    assert free.replicas[a] == 0 or free.kv_gib[a] < 40.0 - 1e-6  # idle: its replica or its KV goes to b
+    grown = solve_block(replace(problem, grow_only=True), time_limit_s=10).decision
+    assert grown.replicas[a] == 1 and grown.kv_gib[a] >= 40.0 - 1e-6
+    assert grown.replicas[b] >= 1  # b is added in the memory a leaves free
