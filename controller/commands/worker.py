@@ -108,10 +108,16 @@ def profile(
 
     grid = ProfileGrid(batch_sizes, prompt_lens, output_tokens, repeats)
     longest = max(sum(pair) for b in grid.batch_sizes for p in grid.prompt_tokens for pair in grid.lengths(b, p))
+    # the served phase's longest request: the longest prompt and twice the output (`workers.profile.measure_served`)
+    served_longest = max(grid.prompt_tokens) + 2 * grid.output_tokens if served_requests else 0
     for name in engine.store.names:
         limit = engine.store.source(name).arch.max_context_tokens
         if longest > limit:
             raise InputError("--prompts", max(grid.prompt_tokens), f"prompt + output tokens within {limit} ({name})")
+        if served_longest > limit:
+            raise InputError("--output-tokens", grid.output_tokens,
+                             f"the served phase's longest prompt + 2 × output tokens within {limit} ({name}); "
+                             "or --served-requests 0")
     results = []
     with Progress(console=out, transient=True, disable=json_out) as bar:
         for name in engine.store.names:

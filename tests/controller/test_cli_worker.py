@@ -25,6 +25,8 @@ def test_profile_writes_a_yaml_with_its_fit_error(tmp_path) -> None:
 def test_bad_options_give_one_line_and_exit_code_2() -> None:
     for args, needle in [(("profile", "--model", "GPT-5"), "--model"),
                          (("profile", "--model", "Tiny-Llama-2L", "--prompts", "8,-1"), "--prompts"),
+                         (("profile", "--model", "Tiny-Llama-2L", "--prompts", "8", "--batches", "1",
+                           "--output-tokens", "600"), "--output-tokens"),  # the served phase would not fit
                          (("worker", "--model", "Tiny-Llama-2L", "--weights", "x=/nowhere"), "--weights"),
                          (("worker", "--model", "Tiny-Llama-2L", "--device", "tpu"), "--device")]:
         result = run_cli(*args)
