@@ -83,8 +83,9 @@ def build_first_stage(model: pyo.ConcreteModel, problem: PlacementProblem) -> No
     model.churn = pyo.Constraint(model.K, rule=lambda b, k: b.n[k] - int(cur.replicas[k]) == b.up[k] - b.down[k])
     model.resize_up = pyo.Constraint(model.K1, rule=lambda b, k: b.resize[k] >= b.kv[k] - float(cur.kv_gib[k]))
     model.resize_dn = pyo.Constraint(model.K1, rule=lambda b, k: b.resize[k] >= float(cur.kv_gib[k]) - b.kv[k])
-    model.shrink = pyo.Var(model.K1, domain=pyo.NonNegativeReals)  # KV taken from what runs (priced when grow_only)
-    model.shrink_def = pyo.Constraint(model.K1, rule=lambda b, k: b.shrink[k] >= float(cur.kv_gib[k]) - b.kv[k])
+    if problem.grow_only:  # KV taken from what runs, priced below
+        model.shrink = pyo.Var(model.K1, domain=pyo.NonNegativeReals)
+        model.shrink_def = pyo.Constraint(model.K1, rule=lambda b, k: b.shrink[k] >= float(cur.kv_gib[k]) - b.kv[k])
     model.host = pyo.Constraint(expr=sum(model.h[m] * problem.models[m].weight_gib for m in model.M)
                                 <= st.host_cache_gib)
     # -- stage cost -----------------------------------------------------------------------------------------------
