@@ -217,13 +217,13 @@ class FleetwisePlanner:
                                     time_limit_s=max(0.2, self.placement_share * budget_s))
         d = placement.decision
         have = np.bincount([r.config_index for r in kept], minlength=len(problem.configs))
+        # the program's replicas at its shares, beyond those of each config that run: the additions
+        extra = np.maximum(d.replicas - have, 0)
         new = []
-        for c in problem.configs:
-            n, extra = int(d.replicas[c.index]), int(d.replicas[c.index]) - int(have[c.index])
-            if extra > 0 and problem.pools[c.pool_index].num_gpus:
-                share = max(c.kv_min_gib, float(d.kv_gib[c.index]) / n) if c.shares_gpus else c.kv_max_gib
-                load = float(d.capacity_rps[c.index]) / n / c.online_rate_max if c.online_rate_max > 0 else 0.0
-                new += [(c, share, load)] * extra
+        for item in replica_items(problem, d.replicas, d.kv_gib, d.capacity_rps, {}):
+            if extra[item.config.index] > 0:
+                extra[item.config.index] -= 1
+                new.append(item)
         if not new:
             return placement, (kept, dropped, packer)
         gpu_ids = {p.name: [g for g in p.gpu_ids() if healthy is None or g in healthy] for p in fleet.pools}

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from optimizers.placement.packing import PackingResult, PlacedReplica, fill_kv, item_for, pack
-from optimizers.placement.problem import PlacementProblem, ReplicaConfig
+from optimizers.placement.packing import PackingResult, PlacedReplica, _Item, fill_kv, item_for, pack
+from optimizers.placement.problem import PlacementProblem
 
 
 def activate_on_demand(problem: PlacementProblem, kept: list[PlacedReplica], base: Mapping[str, PlacedReplica],
@@ -30,18 +30,18 @@ def activate_on_demand(problem: PlacementProblem, kept: list[PlacedReplica], bas
         c = problem.on_demand[index[name]] if name in index and name not in have else None
         if c is not None:
             share = max(c.kv_min_gib, c.online.kv_needed_gib(rate))
-            new.append((c, share, min(1.0, rate / c.online_rate_max) if c.online_rate_max else 0.0))
+            new.append(item_for(c, share, min(1.0, rate / c.online_rate_max) if c.online_rate_max else 0.0))
     if not new:
         return kept, None
     return add_replicas(problem, kept, base, new, gpu_ids, time_limit_s)
 
 
 def add_replicas(problem: PlacementProblem, kept: list[PlacedReplica], base: Mapping[str, PlacedReplica],
-                 new: list[tuple[ReplicaConfig, float, float]], gpu_ids: dict[str, list[str]],
+                 new: list[_Item], gpu_ids: dict[str, list[str]],
                  time_limit_s: float, *, keep_filled: bool = False) -> tuple[list[PlacedReplica], PackingResult]:
     """`kept` at the KV shares the last placement gave them (`base`: its replicas before the KV fill) — or, with
-    `keep_filled`, at the shares they hold now, fill included — on their GPUs where they still fit, plus `new`
-    replicas as (config, KV share, load share), packed first-fit into the room left (a free GPU only when no used
+    `keep_filled`, at the shares they hold now, fill included — on their GPUs where they still fit, plus the `new`
+    replicas (`packing.item_for` / `replica_items`), packed first-fit into the room left (a free GPU only when no used
     one has room); the memory left over is filled into KV shares again."""
     items = []
     for r in kept:
@@ -50,6 +50,5 @@ def add_replicas(problem: PlacementProblem, kept: list[PlacedReplica], base: Map
         load = r0.load_share or (c.online.rate_at(r0.kv_share_gib) / c.online_rate_max if c.online_rate_max else 0.0)
         share = r.kv_share_gib if keep_filled else min(r.kv_share_gib, r0.kv_share_gib)
         items.append(item_for(c, share, load, r.gpu_ids, r.replica_id))
-    items += [item_for(c, share, load) for c, share, load in new]
-    packed = pack(problem, items, gpu_ids, time_limit_s=time_limit_s)
+    packed = pack(problem, items + new, gpu_ids, time_limit_s=time_limit_s)
     return fill_kv(problem, list(packed.replicas)), packed
