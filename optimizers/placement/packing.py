@@ -4,7 +4,8 @@ The program decides counts per (model, pool, TP) and the GPUs a pool spends; thi
 TP groups take whole GPUs of one node (never spanning nodes), best fit by node. TP = 1 replicas are packed onto
 shared GPUs under two capacities per GPU — memory (weights + KV share) and compute (the load share the program gave
 them) — with one replica of a model per GPU (spreading a model's replicas is its fault tolerance). Replicas that
-already run keep their GPUs when they still fit (stability).
+already run keep their GPUs when they still fit, or with a KV share cut by at most `PlacementSettings.keep_in_place_kv_cut` where the new
+share does not (stability: a move reloads the weights and loses the replica's KV).
 
 Two packers: `pack_ffd` (first-fit decreasing, milliseconds) and `pack_cpsat` (OR-Tools CP-SAT, hinted with the
 first-fit packing, so never worse: fewest replicas dropped, then KV shares shrunk, then GPUs, then moves). Measured
@@ -52,7 +53,8 @@ class PackingResult:
     dropped: tuple[str, ...]  # reasons for replicas that did not fit anywhere
     packer: str
     gpus_used: int
-    num_shrunk: int = 0  # shared replicas whose KV share was cut to the minimum to fit (SLO capacity lost)
+    num_shrunk: int = 0  # shared replicas whose KV share was cut to fit anywhere (SLO capacity lost)
+    num_kept_cut: int = 0  # running replicas kept on their GPU with a smaller KV share instead of moving
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,10 @@ def item_for(config: ReplicaConfig, kv_share_gib: float, load_share: float, curr
 class _Pool:
     """Free capacity of one pool's GPUs while packing."""
 
-    def __init__(self, gpu_ids: list[str], gpus_per_node: int, usable_gib: float, max_load: float) -> None:
+    def __init__(self, gpu_ids: list[str], gpus_per_node: int, usable_gib: float, max_load: float,
+                 keep_cut: float = 0.0) -> None:
         self.gpu_ids = gpu_ids
+        self.keep_cut = keep_cut  # share of its KV a running replica may lose to stay on its GPU
         self.node = {g: int(g.rsplit("/", 1)[1]) // gpus_per_node for g in gpu_ids}
         self.memory = {g: usable_gib for g in gpu_ids}
         self.load = {g: max_load for g in gpu_ids}
@@ -103,7 +107,7 @@ class _Pool:
 
     def copy(self) -> _Pool:
         """An independent copy (to try a packing without taking the room)."""
-        other = _Pool([], 1, 0.0, 0.0)
+        other = _Pool([], 1, 0.0, 0.0, self.keep_cut)
         other.gpu_ids, other.node = list(self.gpu_ids), dict(self.node)
         other.memory, other.load = dict(self.memory), dict(self.load)
         other.models, other.whole = {g: set(m) for g, m in self.models.items()}, set(self.whole)
@@ -167,8 +171,8 @@ def _rank(result: PackingResult) -> tuple[int, int, int]:
 
 
 def new_pools(problem: PlacementProblem, gpu_ids: dict[str, list[str]]) -> dict[int, _Pool]:
-    lim = problem.settings.max_gpu_utilization
-    return {p: _Pool(gpu_ids.get(pool.name, []), pool.gpus_per_node, pool.usable_gib, lim)
+    lim, cut = problem.settings.max_gpu_utilization, problem.settings.keep_in_place_kv_cut
+    return {p: _Pool(gpu_ids.get(pool.name, []), pool.gpus_per_node, pool.usable_gib, lim, cut)
             for p, pool in enumerate(problem.pools)}
 
 
@@ -194,26 +198,34 @@ def pack_ffd(problem: PlacementProblem, items: list[_Item], gpu_ids: dict[str, l
     place_tp_groups(problem, items, pools, out, dropped)
     shared = [i for i in items if i.config.shares_gpus]
     done: set[int] = set()
-    num_shrunk = 0
+    num_shrunk = num_kept_cut = 0
     for p, pool in pools.items():
         mine = [i for i in shared if i.config.pool_index == p]
         for index, gpu, item in pack_shared_ffd(mine, pool):
             out.append(placed(problem, item, (gpu,), wanted_kv_gib=mine[index].kv_share_gib))
             done.add(id(mine[index]))
-            num_shrunk += item is not mine[index]
+            cut = item is not mine[index]
+            kept = cut and item.current[:1] == (gpu,)
+            num_kept_cut += kept
+            num_shrunk += cut and not kept
     dropped += [f"{i.config.model}: no GPU of {problem.pools[i.config.pool_index].name} has "
                 f"{shrink(i).memory_gib:.1f} GiB and {shrink(i).load_share:.2f} compute free"
                 for i in shared if id(i) not in done]
-    return PackingResult(tuple(out), tuple(dropped), "ffd", count_gpus(out), num_shrunk)
+    return PackingResult(tuple(out), tuple(dropped), "ffd", count_gpus(out), num_shrunk, num_kept_cut)
 
 
 def pack_shared_ffd(items: list[_Item], pool: _Pool) -> Iterator[tuple[int, str, _Item]]:
     """First-fit decreasing of one pool's shared items (running ones first); takes their room on `pool` and yields
-    (item index, GPU, the item as placed — shrunk to the room of the roomiest GPU when it fits nowhere whole)."""
+    (item index, GPU, the item as placed — kept on its GPU with a somewhat smaller share when only that keeps it
+    there, else shrunk to the room of the roomiest GPU when it fits nowhere whole)."""
     order = sorted(range(len(items)), key=lambda i: (not items[i].current, -items[i].memory_gib))
     for index in order:
         item = items[index]
-        gpu = _first_fit(pool, item)
+        gpu = _first_fit(pool, item, stay=True)
+        if gpu is None and (kept := _keep_in_place(pool, item)) is not None:
+            item, gpu = kept, kept.current[0]
+        if gpu is None:
+            gpu = _first_fit(pool, item)
         if gpu is None:
             item = _shrink_to_fit(pool, item)
             gpu = _first_fit(pool, item)
@@ -222,13 +234,37 @@ def pack_shared_ffd(items: list[_Item], pool: _Pool) -> Iterator[tuple[int, str,
             yield index, gpu, item
 
 
-def _first_fit(pool: _Pool, item: _Item) -> str | None:
+def _first_fit(pool: _Pool, item: _Item, stay: bool = False) -> str | None:
+    """The item's current GPU if it fits there; else (unless `stay`) the fullest open GPU it fits, else a free one."""
     if item.current and item.current[0] in pool.memory and pool.fits(item.current[0], item):
         return item.current[0]
+    if stay:
+        return None
     used = [g for g in pool.gpu_ids if pool.models[g] and pool.fits(g, item)]
     if used:
         return min(used, key=lambda g: pool.memory[g])  # best fit among open GPUs
     return next((g for g in pool.gpu_ids if pool.is_free(g) and pool.fits(g, item)), None)
+
+
+def _keep_in_place(pool: _Pool, item: _Item) -> _Item | None:
+    """A running item with its KV share cut to the room its current GPU has, if that cut is within the pool's
+    `keep_cut` of its share (and above the minimum share); None otherwise."""
+    if not item.current or item.current[0] not in pool.memory or pool.keep_cut <= 0:
+        return None
+    c = item.config
+    share = min(item.kv_share_gib, pool.memory[item.current[0]] - c.weight_gib_per_gpu)
+    if share < max(c.kv_min_gib, (1 - pool.keep_cut) * item.kv_share_gib):
+        return None
+    kept = _with_share(item, share)
+    return kept if pool.fits(item.current[0], kept) else None
+
+
+def _with_share(item: _Item, share: float) -> _Item:
+    """The item at KV share `share` (no larger than its own), its load scaled to the capacity that share has."""
+    c = item.config
+    rate = c.online.rate_at(share)
+    load = min(item.load_share, rate / c.online_rate_max if c.online_rate_max > 0 else 0.0)
+    return replace(item, memory_gib=c.weight_gib_per_gpu + share, kv_share_gib=share, load_share=load)
 
 
 def _shrink_to_fit(pool: _Pool, item: _Item) -> _Item:
@@ -241,17 +277,12 @@ def _shrink_to_fit(pool: _Pool, item: _Item) -> _Item:
     share = min(item.kv_share_gib, max(room, default=0.0))
     if share <= c.kv_min_gib:
         return shrink(item)
-    rate = c.online.rate_at(share)
-    load = min(item.load_share, rate / c.online_rate_max if c.online_rate_max > 0 else 0.0)
-    return replace(item, memory_gib=c.weight_gib_per_gpu + share, kv_share_gib=share, load_share=load)
+    return _with_share(item, share)
 
 
 def shrink(item: _Item) -> _Item:
     """The item with its KV share cut to the minimum (one max-context sequence) and its load scaled to match."""
-    c = item.config
-    rate = c.online.rate_at(c.kv_min_gib)
-    load = min(item.load_share, rate / c.online_rate_max if c.online_rate_max > 0 else 0.0)
-    return replace(item, memory_gib=c.weight_gib_per_gpu + c.kv_min_gib, kv_share_gib=c.kv_min_gib, load_share=load)
+    return _with_share(item, item.config.kv_min_gib)
 
 
 def placed(problem: PlacementProblem, item: _Item, gpus: tuple[str, ...], wanted_kv_gib: float | None = None

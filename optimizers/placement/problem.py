@@ -45,6 +45,9 @@ class PlacementSettings:
     on_demand_max_load: float = 0.05  # models below this share of a replica's capacity may activate on demand
     reaction_s: float = 30.0  # a scenario's on-demand activation starts this long after its demand appears
     max_gpu_utilization: float = 0.90  # compute share a time-shared GPU may be loaded to
+    # A running time-shared replica whose new KV share no longer fits on its GPU stays there with up to this much
+    # less KV rather than move (a move reloads the weights and drops the KV and the requests it holds).
+    keep_in_place_kv_cut: float = 0.25
     time_limit_s: float = 5.0
     mip_gap: float = 0.01
     max_mip_integers: int = 400  # run the full MIP after rounding only below this many integer variables

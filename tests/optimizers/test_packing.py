@@ -89,3 +89,31 @@ def test_unknown_packer_is_an_input_error() -> None:
     problem, items, ids = _bin_packing_trap()
     with pytest.raises(InputError, match="packer"):
         pack(problem, items, ids, packer="magic")
+
+
+def _two_on_one_gpu(second_share: float):
+    """Two running replicas on h100/0 whose new memory needs are 0.55 and `second_share` of the GPU."""
+    problem, items, ids = _bin_packing_trap()
+    usable = problem.pools[0].usable_gib
+    running = []
+    for item, share in zip(items[:2], (0.55, second_share)):
+        kv = share * usable - item.config.weight_gib_per_gpu
+        running.append(replace(item, memory_gib=share * usable, kv_share_gib=kv, current=("h100/0",),
+                               replica_id=f"{item.config.model}@h100/0"))
+    return problem, running, ids
+
+
+def test_a_running_replica_stays_on_its_gpu_with_a_somewhat_smaller_share_rather_than_move() -> None:
+    problem, running, ids = _two_on_one_gpu(0.49)  # 4 % of the GPU over: a small cut of the second one's KV
+    result = pack_ffd(problem, running, ids)
+    assert [r.gpu_ids for r in result.replicas] == [("h100/0",), ("h100/0",)]
+    assert (result.num_kept_cut, result.num_shrunk, result.dropped) == (1, 0, ())
+    cut = next(r for r in result.replicas if r.kv_share_gib < r.wanted_kv_gib)
+    assert cut.wanted_kv_gib - cut.kv_share_gib == pytest.approx(0.04 * problem.pools[0].usable_gib)
+    _check_feasible(problem, result)
+    # without the allowance, or with a cut beyond it, the replica moves to the free GPU at its full share
+    for problem_, running_ in ((replace(problem, settings=replace(problem.settings, keep_in_place_kv_cut=0.0)),
+                                running), _two_on_one_gpu(0.8)[:2]):
+        moved = pack_ffd(problem_, running_, ids)
+        assert sorted(r.gpu_ids for r in moved.replicas) == [("h100/0",), ("h100/1",)]
+        assert moved.num_kept_cut == 0 and all(r.kv_share_gib == r.wanted_kv_gib for r in moved.replicas)
