@@ -4,8 +4,9 @@ The program decides counts per (model, pool, TP) and the GPUs a pool spends; thi
 TP groups take whole GPUs of one node (never spanning nodes), best fit by node. TP = 1 replicas are packed onto
 shared GPUs under two capacities per GPU — memory (weights + KV share) and compute (the load share the program gave
 them) — with one replica of a model per GPU (spreading a model's replicas is its fault tolerance). Replicas that
-already run keep their GPUs when they still fit, or with a KV share cut by at most `PlacementSettings.keep_in_place_kv_cut` where the new
-share does not (stability: a move reloads the weights and loses the replica's KV).
+already run keep their GPUs when they still fit, or stay with a KV share cut by at most
+`PlacementSettings.keep_in_place_kv_cut` where the new share does not (stability: a move reloads the weights and
+loses the replica's KV).
 
 Two packers: `pack_ffd` (first-fit decreasing, milliseconds) and `pack_cpsat` (OR-Tools CP-SAT, hinted with the
 first-fit packing, so never worse: fewest replicas dropped, then KV shares shrunk, then GPUs, then moves). Measured
