@@ -132,16 +132,22 @@ class _Pool:
     def is_free(self, g: str) -> bool:
         return g not in self.whole and not self.models[g]
 
-    def tp_group(self, tp: int, prefer: tuple[str, ...]) -> tuple[str, ...] | None:
-        """`tp` free GPUs of one node: the replica's current ones if free, else the fullest node that has room."""
+    def tp_group(self, tp: int, prefer: tuple[str, ...],
+                 avoid: frozenset[str] = frozenset()) -> tuple[str, ...] | None:
+        """`tp` free GPUs of one node: the replica's current ones if free, else the fullest node that has room —
+        GPUs in `avoid` (held by running time-shared replicas, packed after the groups) only where no node has
+        room without them."""
         if len(prefer) == tp and all(g in self.memory and self.is_free(g) for g in prefer):
             return prefer
-        by_node: dict[int, list[str]] = {}
-        for g in self.gpu_ids:
-            if self.is_free(g):
-                by_node.setdefault(self.node[g], []).append(g)
-        fitting = [gs for gs in by_node.values() if len(gs) >= tp]
-        return tuple(min(fitting, key=len)[:tp]) if fitting else None
+        for skip in (avoid, frozenset()):
+            by_node: dict[int, list[str]] = {}
+            for g in self.gpu_ids:
+                if self.is_free(g) and g not in skip:
+                    by_node.setdefault(self.node[g], []).append(g)
+            fitting = [gs for gs in by_node.values() if len(gs) >= tp]
+            if fitting:
+                return tuple(min(fitting, key=len)[:tp])
+        return None
 
 
 def pack(problem: PlacementProblem, items: list[_Item], gpu_ids: dict[str, list[str]], *, time_limit_s: float = 1.0,
@@ -179,10 +185,12 @@ def new_pools(problem: PlacementProblem, gpu_ids: dict[str, list[str]]) -> dict[
 
 def place_tp_groups(problem: PlacementProblem, items: list[_Item], pools: dict[int, _Pool],
                     out: list[PlacedReplica], dropped: list[str]) -> None:
-    """Whole-GPU TP groups, largest first, on one node each (kept where they run when possible)."""
+    """Whole-GPU TP groups, largest first, on one node each (kept where they run when possible, and off the GPUs
+    running time-shared replicas hold when another node has room: taking those moved them)."""
+    held = frozenset(i.current[0] for i in items if i.config.shares_gpus and i.current)
     for item in sorted((i for i in items if not i.config.shares_gpus), key=lambda i: (-i.config.tp, not i.current)):
         pool = pools[item.config.pool_index]
-        gpus = pool.tp_group(item.config.tp, item.current)
+        gpus = pool.tp_group(item.config.tp, item.current, held)
         if gpus is None:
             dropped.append(f"{item.config.model}: no node of {problem.pools[item.config.pool_index].name} has "
                            f"{item.config.tp} free GPUs for a TP-{item.config.tp} replica")

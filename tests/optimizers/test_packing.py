@@ -6,7 +6,7 @@ import pytest
 from core.errors import InputError
 from optimizers.instances import random_fleet, random_scenarios
 from optimizers.placement.greedy import greedy_placement
-from optimizers.placement.packing import _Item, pack, pack_ffd, replica_items
+from optimizers.placement.packing import _Item, item_for, pack, pack_ffd, replica_items
 from optimizers.placement.problem import build_problem
 from tests.factories import make_fleet
 from tests.optimizers.conftest import scenario_set
@@ -117,3 +117,22 @@ def test_a_running_replica_stays_on_its_gpu_with_a_somewhat_smaller_share_rather
         moved = pack_ffd(problem_, running_, ids)
         assert sorted(r.gpu_ids for r in moved.replicas) == [("h100/0",), ("h100/1",)]
         assert moved.num_kept_cut == 0 and all(r.kv_share_gib == r.wanted_kv_gib for r in moved.replicas)
+
+
+def test_a_new_tp_group_takes_free_gpus_not_those_running_shared_replicas_hold() -> None:
+    """One node of four H100s; a running TP = 1 replica on h100/0 and a new TP = 2 replica: the group goes on two
+    of the three free GPUs (taking h100/0 would move the running replica)."""
+    fleet = make_fleet(pools=[{"name": "h100", "gpu": "H100-SXM", "count": 4, "gpus_per_node": 4}],
+                       models=[{"name": "small", "arch": "Llama-3.2-1B", "tp_options": [1], "max_context_tokens": 2048},
+                               {"name": "big", "arch": "Llama-3.1-8B", "tp_options": [2], "max_context_tokens": 2048}])
+    problem = build_problem(fleet, scenario_set(fleet, np.full((1, 2), 1.0)))
+    small = next(c for c in problem.configs if c.model == "small")
+    big = next(c for c in problem.configs if c.model == "big")
+    running = item_for(small, small.kv_min_gib, 0.1, ("h100/0",), "small@h100/0")
+    result = pack_ffd(problem, [item_for(big, big.kv_max_gib, 0.5), running], {"h100": fleet.pools[0].gpu_ids()})
+    placed = {r.model: r for r in result.replicas}
+    assert placed["small"].replica_id == "small@h100/0" and placed["small"].gpu_ids == ("h100/0",)
+    assert len(placed["big"].gpu_ids) == 2 and "h100/0" not in placed["big"].gpu_ids
+    # with no other room, a group still takes a held GPU (the running replica then moves or is dropped)
+    crowded = pack_ffd(problem, [item_for(big, big.kv_max_gib, 0.5), running], {"h100": ["h100/0", "h100/1"]})
+    assert next(r for r in crowded.replicas if r.model == "big").gpu_ids == ("h100/0", "h100/1")
