@@ -80,6 +80,9 @@ class FleetwisePlanner:
     # stationary bursty workload it adds replicas the next placement removes (0.7 % of replicas moved per plan,
     # 75 % at worst, against 0 %) and on spot fleets it holds more on-demand GPUs; so not the default.
     surge_add_only: bool = False
+    # A surge addition may take the KV fill of running replicas down to this multiple of the KV they use now (and
+    # never below their placement's share), rather than buy GPUs for memory that sits idle.
+    surge_kv_headroom: float = 2.0
     # Re-solves of the placement when packing cannot deliver the memory it counted on in a pool (`_place`), and the
     # shortfall (GiB over all pools) below which a packing is taken as it is.
     repack_rounds: int = 2
@@ -118,16 +121,18 @@ class FleetwisePlanner:
         weights = {m.name: m.weight_gib for m in fleet.models}
         running = running_replicas(state, weights)
         planned = planned_replicas(state, weights) if state.current_plan is not None else running
-        build = lambda floor: build_problem(
+        build = lambda floor, held=None: build_problem(
             fleet, scenarios, book=self.book, healthy=healthy, horizon_intervals=self.horizon_intervals,
-            current=[(r.model, r.pool, r.tp, r.kv_share_gib * (1 if r.tp == 1 else 0)) for r in running],
+            current=[(r.model, r.pool, r.tp, (r.kv_share_gib if held is None else held.get(r.replica_id,
+                     r.kv_share_gib)) * (1 if r.tp == 1 else 0)) for r in running],
             host_models=_host_models(state), settings=self.settings, waiting_rps=_waiting_rps(state, running) | floor)
         problem = build({})
         full = self._must_place(state)
         surge = self._outgrown(problem, state, planned)
         add_only = self.surge_add_only and bool(surge) and not full
+        held = self._held_kv(problem, state, running) if add_only else None
         if surge:  # what is arriving now outweighs the forecast: every scenario carries at least the observed rate
-            problem = replace(build(surge), grow_only=add_only)
+            problem = replace(build(surge, held), grow_only=add_only)
             reasons.append(("added capacity early" if add_only else "re-placed early")
                            + ": observed rate above placed SLO capacity for "
                            + ", ".join(f"{m} ({r:.2f} req/s)" for m, r in sorted(surge.items())))
@@ -146,7 +151,7 @@ class FleetwisePlanner:
             self._placed = {t.replica_id: t for t in targets}
         elif add_only:
             placement, (targets, dropped, packer) = self._add_for_surge(problem, spot, running, planned or running,
-                                                                        fleet, healthy, budget_s)
+                                                                        fleet, healthy, budget_s, held or {})
             stages["placement"] = time.perf_counter() - start - sum(stages.values())
             self._last_placement_s = state.time_s
         else:
@@ -206,11 +211,11 @@ class FleetwisePlanner:
         return rounds[best]
 
     def _add_for_surge(self, problem: PlacementProblem, spot: list[SpotStep], running: list[RunningReplica],
-                       planned: list[RunningReplica], fleet: FleetSpec, healthy: set[str] | None, budget_s: float
-                       ) -> tuple[PlacementResult, tuple[list[PlacedReplica], list[str], str]]:
+                       planned: list[RunningReplica], fleet: FleetSpec, healthy: set[str] | None, budget_s: float,
+                       held: dict[str, float]) -> tuple[PlacementResult, tuple[list[PlacedReplica], list[str], str]]:
         """A surge between full placements: the program (`grow_only`: taking capacity from what runs is priced out)
-        says which replicas to add; what runs keeps its GPUs and the KV it holds, and the additions are packed into
-        the room left (`on_demand.add_replicas`)."""
+        says which replicas to add; what runs keeps its GPUs and the KV it holds (`held`, `_held_kv`), and the
+        additions are packed into the room left (`on_demand.add_replicas`)."""
         pack_s = max(0.0, self.packing_share * budget_s)
         kept, dropped, packer = _targets(problem, None, spot, running, planned, fleet, healthy, pack_s)
         placement = solve_placement(residual_problem(problem, spot),
@@ -227,11 +232,35 @@ class FleetwisePlanner:
         if not new:
             return placement, (kept, dropped, packer)
         gpu_ids = {p.name: [g for g in p.gpu_ids() if healthy is None or g in healthy] for p in fleet.pools}
-        # What runs keeps the KV it holds now (the fill's too: a surge finds its replicas busy, and taking it back
-        # preempted them), so the additions go where memory is free.
-        added, packed = add_replicas(problem, kept, self._placed, new, gpu_ids, pack_s, keep_filled=True)
+        added, packed = add_replicas(problem, kept, self._placed, new, gpu_ids, pack_s, keep_gib=held)
         self._placed.update({r.replica_id: r for r in packed.replicas if r.replica_id not in self._placed})
         return placement, (added, dropped + [f"not placed: {x}" for x in packed.dropped], packed.packer)
+
+    def _held_kv(self, problem: PlacementProblem, state: FleetState, running: list[RunningReplica]
+                 ) -> dict[str, float]:
+        """replica → the KV share a surge leaves it: what it holds now, less the part of the KV fill it does not
+        need — never below the share the last placement gave it, `surge_kv_headroom` × the KV in use, or the share
+        its part of its model's observed rate (split by SLO capacity) needs with `surge_factor` to spare. A surge
+        finds replicas busy: taking memory they use, or will under the observed load, preempts them. A replica with
+        requests waiting, or with no report of the KV in use, keeps all it holds."""
+        index = {(c.model, problem.pools[c.pool_index].name, c.tp): c for c in problem.configs}
+        cap = {r.replica_id: index[(r.model, r.pool, r.tp)].online.rate_at(r.kv_share_gib)
+               for r in running if (r.model, r.pool, r.tp) in index}
+        by_model: dict[str, float] = {}
+        for r in running:
+            by_model[r.model] = by_model.get(r.model, 0.0) + cap.get(r.replica_id, 0.0)
+        out = {}
+        for r in running:
+            placed = self._placed.get(r.replica_id)
+            out[r.replica_id] = r.kv_share_gib
+            if r.kv_used_gib is None or placed is None or r.num_waiting or r.replica_id not in cap:
+                continue
+            load = state.load.get(r.model)
+            rate = (load.request_rate_per_s if load else 0.0) * cap[r.replica_id] / max(by_model[r.model], 1e-9)
+            needed = index[(r.model, r.pool, r.tp)].online.kv_needed_gib(self.surge_kv_headroom * rate)
+            out[r.replica_id] = min(r.kv_share_gib, max(placed.kv_share_gib, needed,
+                                                        self.surge_kv_headroom * r.kv_used_gib))
+        return out
 
     def _on_demand(self, problem, state, running, targets, dropped, packer, fleet, healthy, budget_s, reasons):
         """Between placements: a replica for each model whose requests wait with none (`optimizers.on_demand`)."""

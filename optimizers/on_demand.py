@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
+
 from optimizers.placement.packing import PackingResult, PlacedReplica, _Item, fill_kv, item_for, pack
 from optimizers.placement.problem import PlacementProblem
 
@@ -38,9 +40,11 @@ def activate_on_demand(problem: PlacementProblem, kept: list[PlacedReplica], bas
 
 def add_replicas(problem: PlacementProblem, kept: list[PlacedReplica], base: Mapping[str, PlacedReplica],
                  new: list[_Item], gpu_ids: dict[str, list[str]],
-                 time_limit_s: float, *, keep_filled: bool = False) -> tuple[list[PlacedReplica], PackingResult]:
+                 time_limit_s: float, *, keep_gib: Mapping[str, float] | None = None
+                 ) -> tuple[list[PlacedReplica], PackingResult]:
     """`kept` at the KV shares the last placement gave them (`base`: its replicas before the KV fill) — or, with
-    `keep_filled`, at the shares they hold now, fill included — on their GPUs where they still fit, plus the `new`
+    `keep_gib`, at those shares per replica id (at most what they hold now) — on their GPUs where they still fit,
+    plus the `new`
     replicas (`packing.item_for` / `replica_items`), packed first-fit into the room left (a free GPU only when no used
     one has room); the memory left over is filled into KV shares again."""
     items = []
@@ -48,7 +52,7 @@ def add_replicas(problem: PlacementProblem, kept: list[PlacedReplica], base: Map
         c = problem.configs[r.config_index]
         r0 = base.get(r.replica_id, r)
         load = r0.load_share or (c.online.rate_at(r0.kv_share_gib) / c.online_rate_max if c.online_rate_max else 0.0)
-        share = r.kv_share_gib if keep_filled else min(r.kv_share_gib, r0.kv_share_gib)
+        share = min(r.kv_share_gib, r0.kv_share_gib if keep_gib is None else keep_gib.get(r.replica_id, np.inf))
         items.append(item_for(c, share, load, r.gpu_ids, r.replica_id))
     packed = pack(problem, items + new, gpu_ids, time_limit_s=time_limit_s)
     return fill_kv(problem, list(packed.replicas)), packed

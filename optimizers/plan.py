@@ -35,6 +35,8 @@ class RunningReplica:
     gpu_ids: tuple[str, ...]
     kv_share_gib: float
     memory_gib: float  # per GPU: weights + KV share
+    kv_used_gib: float | None = None  # per GPU: KV its requests hold now (None where no worker reports it)
+    num_waiting: int = 0  # requests queued on it that it has not admitted
 
 
 @dataclass
@@ -61,7 +63,8 @@ def running_replicas(state: FleetState, weight_gib_of: dict[str, float]) -> list
                 continue
             kv = (r.kv_limit_pages or 0) * w.kv_page_bytes / GIB
             out.append(RunningReplica(r.replica_id, r.model, w.pool, w.gpu_type, r.tp, r.gpu_ids or (w.worker_id,),
-                                      kv, weight_gib_of.get(r.model, 0.0) / max(r.tp, 1) + kv))
+                                      kv, weight_gib_of.get(r.model, 0.0) / max(r.tp, 1) + kv,
+                                      r.kv_pages_used * w.kv_page_bytes / GIB, r.num_waiting))
     if out or state.current_plan is None:
         return out
     return planned_replicas(state, weight_gib_of)

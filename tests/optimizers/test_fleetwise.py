@@ -222,3 +222,39 @@ def test_a_surge_between_placements_adds_capacity_and_moves_nothing_that_runs() 
     replaced = default.plan(fleet, state, scenario_set(fleet, low), budget_s=2.0)
     assert any(r.startswith("re-placed early") and hot in r for r in replaced.reasons)
     assert default._last_full_placement_s == 60.0
+
+
+def test_a_surge_takes_only_the_kv_fill_running_replicas_neither_use_nor_need() -> None:
+    """`_held_kv`: what a surge addition may take from a running replica's filled share — down to the share its
+    placement gave it, twice the KV in use, or what its part of the observed rate needs twice over, whichever is
+    largest; a replica with requests waiting, or whose KV in use is not reported, keeps everything."""
+    from dataclasses import replace
+
+    from core.state import ModelLoad
+    from optimizers.placement.packing import PlacedReplica
+    from optimizers.plan import RunningReplica
+
+    fleet = load_fleet(EXAMPLES / "small-hetero.yaml")
+    names = [m.name for m in fleet.models]
+    problem = build_problem(fleet, scenario_set(fleet, np.full((1, len(names)), 0.3)))
+    config = next(c for c in problem.configs if c.shares_gpus and problem.pools[c.pool_index].name == "h100")
+    model, pool = config.model, problem.pools[config.pool_index]
+    planner = FleetwisePlanner(deterministic=True, surge_add_only=True)
+    rid = f"{model}@h100/0"
+    planner._placed = {rid: PlacedReplica(rid, model, pool.name, pool.gpu_type, 1, ("h100/0",), 8.0,
+                                          config.weight_gib_per_gpu + 8.0, 0.1, config.index)}
+    filled = RunningReplica(rid, model, pool.name, pool.gpu_type, 1, ("h100/0",), 40.0,
+                            config.weight_gib_per_gpu + 40.0, kv_used_gib=3.0)
+
+    def held(replica, rate):
+        load = {model: ModelLoad(model, rate, 1024, 256, None)}
+        return planner._held_kv(problem, FleetState(time_s=60.0, workers=(), load=load), [replica])[rid]
+
+    assert held(filled, 0.0) == pytest.approx(8.0)  # idle: back to its placement's share
+    assert held(replace(filled, kv_used_gib=6.0), 0.0) == pytest.approx(12.0)  # twice what it uses
+    rate = 0.5 * config.online.rate_at(20.0)
+    busy = config.online.kv_needed_gib(2 * rate)
+    assert 12.0 < busy < 40.0
+    assert held(filled, rate) == pytest.approx(busy)  # what twice its load needs
+    assert held(replace(filled, num_waiting=3), 0.0) == 40.0
+    assert held(replace(filled, kv_used_gib=None), 0.0) == 40.0
