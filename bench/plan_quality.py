@@ -212,9 +212,10 @@ def main() -> None:
                          "trajectory of re-placements can swing a point by several points of attainment")
     ap.add_argument("--spot-s", type=float, default=1800.0)
     ap.add_argument("--spot-rate", type=float, default=2.0, help="rate scale of the Azure trace on the spot fleet")
-    ap.add_argument("--surge-add-only", action="store_true",
-                    help="FleetwisePlanner(surge_add_only=True) for fleetwise, oracle and spotserve "
-                         "(docs/optimizers.md)")
+    ap.add_argument("--surges", choices=("default", "add", "replace"), default="default",
+                    help="how fleetwise, oracle and spotserve meet a surge between placements: the planner's default "
+                         "(add, except on fleets with spot pools), always add (FleetwisePlanner(surge_add_only=True)) "
+                         "or always re-place (surge_add_only=False); docs/optimizers.md, \"Surges\"")
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help=f"comma-separated subset of {', '.join(SECTIONS)} (the sweep finds its saturation first)")
     args = ap.parse_args()
@@ -231,7 +232,7 @@ def main() -> None:
                  + (longtail_jobs(args.longtail_s * scale) if "longtail" in sections else [])
                  + (stability_jobs(900 * scale) if "stability" in sections else [])
                  + (spot_jobs(args.spot_s * scale, args.spot_rate, Path(tmp)) if "liveput" in sections else []))
-        options = {"surge_add_only": True} if args.surge_add_only else None
+        options = {"add": {"surge_add_only": True}, "replace": {"surge_add_only": False}}.get(args.surges)
         for job in first:
             job["planner_options"] = options
         done = run_jobs(first, args.jobs)
@@ -242,14 +243,14 @@ def main() -> None:
             sweep = sweep_jobs("sweep", POLICY_ORDER, points, args.sweep_s * scale, tuple(range(args.sweep_seeds)))
             done += run_jobs([job | {"planner_options": options} for job in sweep], args.jobs)
     results = {"command": "python bench/plan_quality.py" + (" --quick" if args.quick else "")
-               + (" --surge-add-only" if args.surge_add_only else "")
+               + ("" if args.surges == "default" else f" --surges {args.surges}")
                + ("" if sections == set(SECTIONS) else f" --sections {args.sections}"),
                "saturation_rate_scale": saturation, "sweep_points": points, "wall_s": time.perf_counter() - started,
                "args": vars(args), "runs": [_jsonable(d) for d in done]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     # a partial run writes beside the full results, never over them
     stem = "plan_quality" if sections == set(SECTIONS) else "plan_quality_" + "_".join(sorted(sections))
-    stem += "_surge_add_only" if args.surge_add_only else ""
+    stem += "" if args.surges == "default" else f"_surges_{args.surges}"
     report(results, RESULTS / f"{stem}.png")
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
 

@@ -4,9 +4,9 @@ Each call: (1) liveput plans every spot pool over the scenario horizon and the p
 horizon: every call re-solves from what runs; `optimizers.spot`); (2) re-place the on-demand pools when the
 placement is older than `placement_interval_s`, an event invalidates it (GPUs added or removed, a preemption
 notice, a failed action) or a model's observed rate outgrows its placed capacity — the program covers, per
-scenario, what the spot tier is not expected to serve; with `surge_add_only`, such a surge between placements only
-adds the replicas the program asks for (`grow_only`) next to what runs, which keeps its GPUs and KV — else keep the
-current plan's on-demand replicas and give a replica to each model whose requests wait with none
+scenario, what the spot tier is not expected to serve; such a surge between placements only adds the replicas the
+program asks for (`grow_only`) next to what runs, which keeps its GPUs and the KV it uses (`surge_add_only`; on
+fleets with spot pools a surge re-places by default) — else keep the current plan's on-demand replicas and give a replica to each model whose requests wait with none
 (`optimizers.on_demand`); (3) pack both onto GPUs and fill the memory left into KV shares; (4) order the waiting
 request groups on the serving replicas (queue planner) with the time left; (5) pause and resume offline work
 (`optimizers.offline`); (6) assemble the plan: actions make-before-break with reasons, expected outcome per
@@ -76,10 +76,11 @@ class FleetwisePlanner:
     # the long tail, re-placing for such bursts reshuffled the tail every 30 s)
     surge_min_rps: float = 1.0
     # Surges between full placements only add replicas next to what runs (`_add_for_surge`) instead of re-placing
-    # the fleet. Measured (docs/optimizers.md, "Surges"): 99.9 % instead of 94 % at 1.5-1.6x saturation, but on a
-    # stationary bursty workload it adds replicas the next placement removes (0.7 % of replicas moved per plan,
-    # 75 % at worst, against 0 %) and on spot fleets it holds more on-demand GPUs; so not the default.
-    surge_add_only: bool = False
+    # the fleet: True, False, or None — add unless the fleet has a spot pool. Measured (docs/optimizers.md,
+    # "Surges"): 99.9 % instead of 94.5 % at 1.5-1.6x saturation at the same cost, the long tail 99.9 % on fewer
+    # GPUs; on spot fleets attainment rose too (g4dn 92.9 -> 98.6 %), but on Parcae p3 SLO goodput per GPU-hour
+    # fell 10 %, and against the reactive controller (which adds too) liveput's margin fell to 1.03-1.05x.
+    surge_add_only: bool | None = None
     # A surge addition may take the KV fill of running replicas down to this multiple of the KV they use now (and
     # never below their placement's share), rather than buy GPUs for memory that sits idle.
     surge_kv_headroom: float = 2.0
@@ -129,7 +130,7 @@ class FleetwisePlanner:
         problem = build({})
         full = self._must_place(state)
         surge = self._outgrown(problem, state, planned)
-        add_only = self.surge_add_only and bool(surge) and not full
+        add_only = self._adds_on_surge(problem) and bool(surge) and not full
         held = self._held_kv(problem, state, running) if add_only else None
         if surge:  # what is arriving now outweighs the forecast: every scenario carries at least the observed rate
             problem = replace(build(surge, held), grow_only=add_only)
@@ -236,13 +237,20 @@ class FleetwisePlanner:
         self._placed.update({r.replica_id: r for r in packed.replicas if r.replica_id not in self._placed})
         return placement, (added, dropped + [f"not placed: {x}" for x in packed.dropped], packed.packer)
 
+    def _adds_on_surge(self, problem: PlacementProblem) -> bool:
+        """Whether a surge between placements only adds (`surge_add_only`; None: unless a pool is spot)."""
+        if self.surge_add_only is not None:
+            return self.surge_add_only
+        return not any(p.spot for p in problem.pools)
+
     def _held_kv(self, problem: PlacementProblem, state: FleetState, running: list[RunningReplica]
                  ) -> dict[str, float]:
         """replica → the KV share a surge leaves it: what it holds now, less the part of the KV fill it does not
         need — never below the share the last placement gave it, `surge_kv_headroom` × the KV in use, or the share
         its part of its model's observed rate (split by SLO capacity) needs with `surge_factor` to spare. A surge
         finds replicas busy: taking memory they use, or will under the observed load, preempts them. A replica with
-        requests waiting, or with no report of the KV in use, keeps all it holds."""
+        no report of the KV in use keeps all it holds. (Keeping all for a replica with a request waiting, too, kept
+        a 56 GiB fill of which 0.6 GiB was in use, and the addition bought two A100s instead.)"""
         index = {(c.model, problem.pools[c.pool_index].name, c.tp): c for c in problem.configs}
         cap = {r.replica_id: index[(r.model, r.pool, r.tp)].online.rate_at(r.kv_share_gib)
                for r in running if (r.model, r.pool, r.tp) in index}
@@ -253,7 +261,7 @@ class FleetwisePlanner:
         for r in running:
             placed = self._placed.get(r.replica_id)
             out[r.replica_id] = r.kv_share_gib
-            if r.kv_used_gib is None or placed is None or r.num_waiting or r.replica_id not in cap:
+            if r.kv_used_gib is None or placed is None or r.replica_id not in cap:
                 continue
             load = state.load.get(r.model)
             rate = (load.request_rate_per_s if load else 0.0) * cap[r.replica_id] / max(by_model[r.model], 1e-9)

@@ -36,7 +36,6 @@ class RunningReplica:
     kv_share_gib: float
     memory_gib: float  # per GPU: weights + KV share
     kv_used_gib: float | None = None  # per GPU: KV its requests hold now (None where no worker reports it)
-    num_waiting: int = 0  # requests queued on it that it has not admitted
 
 
 @dataclass
@@ -64,7 +63,7 @@ def running_replicas(state: FleetState, weight_gib_of: dict[str, float]) -> list
             kv = (r.kv_limit_pages or 0) * w.kv_page_bytes / GIB
             out.append(RunningReplica(r.replica_id, r.model, w.pool, w.gpu_type, r.tp, r.gpu_ids or (w.worker_id,),
                                       kv, weight_gib_of.get(r.model, 0.0) / max(r.tp, 1) + kv,
-                                      r.kv_pages_used * w.kv_page_bytes / GIB, r.num_waiting))
+                                      r.kv_pages_used * w.kv_page_bytes / GIB))
     if out or state.current_plan is None:
         return out
     return planned_replicas(state, weight_gib_of)

@@ -190,15 +190,15 @@ def test_packing_shortfall_counts_cut_shares_and_dropped_replicas_per_pool() -> 
 
 
 def test_a_surge_between_placements_adds_capacity_and_moves_nothing_that_runs() -> None:
-    """`surge_add_only`: observed load far above a model's placed capacity makes the next plan add replicas for it
-    into free memory; every replica of the current plan keeps its GPUs and at least its KV share, and the periodic
-    placement is not reset. By default the surge re-places the fleet."""
+    """Observed load far above a model's placed capacity makes the next plan add replicas for it into free memory
+    (the default on a fleet without spot pools); every replica of the current plan keeps its GPUs and at least its
+    KV share, and the periodic placement is not reset. With `surge_add_only=False` the surge re-places the fleet."""
     from core.state import ModelLoad
 
     fleet = load_fleet(EXAMPLES / "small-hetero.yaml")
     names = [m.name for m in fleet.models]
     low = np.full((3, len(names)), 0.3)
-    planner = FleetwisePlanner(deterministic=True, surge_add_only=True)
+    planner = FleetwisePlanner(deterministic=True)
     first = planner.plan(fleet, FleetState(time_s=0.0, workers=()), scenario_set(fleet, low), budget_s=2.0)
     hot = names[0]
     capacity = sum(1 for r in first.replicas if r.model == hot and r.residency == "active")
@@ -217,17 +217,17 @@ def test_a_surge_between_placements_adds_capacity_and_moves_nothing_that_runs() 
     assert not [a for a in nxt.actions if a.kind == "deactivate_model"]
     _check_memory_and_inventory(fleet, nxt)
     assert planner._last_full_placement_s == 0.0  # the periodic placement still comes 300 s after the first
-    default = FleetwisePlanner(deterministic=True)
-    default.plan(fleet, FleetState(time_s=0.0, workers=()), scenario_set(fleet, low), budget_s=2.0)
-    replaced = default.plan(fleet, state, scenario_set(fleet, low), budget_s=2.0)
+    replacing = FleetwisePlanner(deterministic=True, surge_add_only=False)
+    replacing.plan(fleet, FleetState(time_s=0.0, workers=()), scenario_set(fleet, low), budget_s=2.0)
+    replaced = replacing.plan(fleet, state, scenario_set(fleet, low), budget_s=2.0)
     assert any(r.startswith("re-placed early") and hot in r for r in replaced.reasons)
-    assert default._last_full_placement_s == 60.0
+    assert replacing._last_full_placement_s == 60.0
 
 
 def test_a_surge_takes_only_the_kv_fill_running_replicas_neither_use_nor_need() -> None:
     """`_held_kv`: what a surge addition may take from a running replica's filled share — down to the share its
     placement gave it, twice the KV in use, or what its part of the observed rate needs twice over, whichever is
-    largest; a replica with requests waiting, or whose KV in use is not reported, keeps everything."""
+    largest; a replica whose KV in use is not reported keeps everything."""
     from dataclasses import replace
 
     from core.state import ModelLoad
@@ -256,5 +256,4 @@ def test_a_surge_takes_only_the_kv_fill_running_replicas_neither_use_nor_need() 
     busy = config.online.kv_needed_gib(2 * rate)
     assert 12.0 < busy < 40.0
     assert held(filled, rate) == pytest.approx(busy)  # what twice its load needs
-    assert held(replace(filled, num_waiting=3), 0.0) == 40.0
     assert held(replace(filled, kv_used_gib=None), 0.0) == 40.0
