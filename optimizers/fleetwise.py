@@ -1,18 +1,17 @@
 """`FleetwisePlanner`: the `fleetwise` policy — liveput for spot pools, placement, queues and offline work, in one plan.
 
 Each call: (1) liveput plans every spot pool over the scenario horizon and the plan takes its first step (receding
-horizon: every call re-solves from what runs; `optimizers.spot`); (2) re-place the on-demand pools when the
-placement is older than `placement_interval_s`, an event invalidates it (GPUs added or removed, a preemption
-notice, a failed action) or a model's observed rate outgrows its placed capacity — the program covers, per
-scenario, what the spot tier is not expected to serve; such a surge between placements only adds the replicas the
-program asks for (`grow_only`) next to what runs, which keeps its GPUs and the KV it uses (`surge_add_only`; on
-fleets with spot pools a surge re-places by default) — else keep the current plan's on-demand replicas and give a replica to each model whose requests wait with none
-(`optimizers.on_demand`); (3) pack both onto GPUs and fill the memory left into KV shares; (4) order the waiting
-request groups on the serving replicas (queue planner) with the time left; (5) pause and resume offline work
-(`optimizers.offline`); (6) assemble the plan: actions make-before-break with reasons, expected outcome per
-scenario, solver statistics. Between calls the planner keeps
-the time of its last placement and that placement's replicas before the KV fill (what on-demand activations pack
-around)."""
+horizon: every call re-solves from what runs; `optimizers.spot`); (2) re-place the on-demand pools when the placement
+is older than `placement_interval_s`, an event invalidates it (GPUs added or removed, a preemption notice, a failed
+action) or a model's observed rate outgrows its placed capacity — the program covers, per scenario, what the spot tier
+is not expected to serve; such a surge between placements only adds the replicas the program asks for (`grow_only`)
+next to what runs, which keeps its GPUs and the KV it uses (`surge_add_only`; on fleets with spot pools a surge
+re-places by default) — else keep the current plan's on-demand replicas and give a replica to each model whose
+requests wait with none (`optimizers.on_demand`); (3) pack both onto GPUs and fill the memory left into KV shares; (4)
+order the waiting request groups on the serving replicas (queue planner) with the time left; (5) pause and resume
+offline work (`optimizers.offline`); (6) assemble the plan: actions make-before-break with reasons, expected outcome
+per scenario, solver statistics. Between calls the planner keeps the time of its last placement and that placement's
+replicas before the KV fill (what on-demand activations pack around)."""
 
 from __future__ import annotations
 
@@ -81,8 +80,9 @@ class FleetwisePlanner:
     # GPUs; on spot fleets attainment rose too (g4dn 92.9 -> 98.6 %), but on Parcae p3 SLO goodput per GPU-hour
     # fell 10 %, and against the reactive controller (which adds too) liveput's margin fell to 1.03-1.05x.
     surge_add_only: bool | None = None
-    # A surge addition may take the KV fill of running replicas down to this multiple of the KV they use now (and
-    # never below their placement's share), rather than buy GPUs for memory that sits idle.
+    # A surge addition may take the KV fill of running replicas, rather than buy GPUs for memory that sits idle,
+    # down to this multiple of the KV they use now and of what their part of the observed rate needs (never below
+    # their placement's share: `_held_kv`).
     surge_kv_headroom: float = 2.0
     # Re-solves of the placement when packing cannot deliver the memory it counted on in a pool (`_place`), and the
     # shortfall (GiB over all pools) below which a packing is taken as it is.
@@ -247,7 +247,7 @@ class FleetwisePlanner:
                  ) -> dict[str, float]:
         """replica → the KV share a surge leaves it: what it holds now, less the part of the KV fill it does not
         need — never below the share the last placement gave it, `surge_kv_headroom` × the KV in use, or the share
-        its part of its model's observed rate (split by SLO capacity) needs with `surge_factor` to spare. A surge
+        `surge_kv_headroom` × its part of its model's observed rate (split by SLO capacity) needs. A surge
         finds replicas busy: taking memory they use, or will under the observed load, preempts them. A replica with
         no report of the KV in use keeps all it holds. (Keeping all for a replica with a request waiting, too, kept
         a 56 GiB fill of which 0.6 GiB was in use, and the addition bought two A100s instead.)"""

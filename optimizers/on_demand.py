@@ -44,9 +44,8 @@ def add_replicas(problem: PlacementProblem, kept: list[PlacedReplica], base: Map
                  ) -> tuple[list[PlacedReplica], PackingResult]:
     """`kept` at the KV shares the last placement gave them (`base`: its replicas before the KV fill) — or, with
     `keep_gib`, at those shares per replica id (at most what they hold now) — on their GPUs where they still fit,
-    plus the `new`
-    replicas (`packing.item_for` / `replica_items`), packed first-fit into the room left (a free GPU only when no used
-    one has room); the memory left over is filled into KV shares again."""
+    plus the `new` replicas (`packing.item_for` / `replica_items`), packed first-fit into the room left (a free GPU
+    only when no used one has room); the memory left over is filled into KV shares again."""
     items = []
     for r in kept:
         c = problem.configs[r.config_index]
