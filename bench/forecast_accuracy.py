@@ -160,6 +160,11 @@ def trailing_mean(x: np.ndarray, k: int) -> np.ndarray:
     return pd.Series(x).rolling(k, min_periods=1).mean().to_numpy()
 
 
+def level_gaps(x: np.ndarray, ks: tuple[int, ...]) -> list[np.ndarray]:
+    """Distance of the level to its trailing means over `ks` intervals, at every origin."""
+    return [trailing_mean(x, k) - x for k in ks]
+
+
 def pooled_features(c: np.ndarray, lead: int) -> tuple[np.ndarray, np.ndarray]:
     """Features of one client's h-step change at every origin, in units of its trailing-day mean (the scale):
     distance of the level to its 3/6/12/36-interval and 1-day means, yesterday's change over the same h steps,
@@ -168,7 +173,7 @@ def pooled_features(c: np.ndarray, lead: int) -> tuple[np.ndarray, np.ndarray]:
     scale = np.maximum(trailing_mean(c, DAY), 1.0)
     day_ago_target = np.r_[np.zeros(DAY - lead), c[: n - DAY + lead]]
     day_ago = np.r_[np.zeros(DAY), c[: n - DAY]]
-    cols = [trailing_mean(c, k) - c for k in (3, 6, 12, 36, DAY)]
+    cols = level_gaps(c, (3, 6, 12, 36, DAY))
     cols += [day_ago_target - day_ago, day_ago_target - c, np.diff(c, prepend=c[0])]
     return np.stack(cols, axis=1) / scale[:, None], scale
 
@@ -198,7 +203,7 @@ def total_features(y: np.ndarray, lead: int) -> np.ndarray:
     """Features of the total's h-step change at every origin: distance of the level to its 3/6/12/36-interval,
     1-day and 2-day means, and to the value one day before the target time."""
     day_ago_target = np.r_[np.full(DAY - lead, y[0]), y[: len(y) - DAY + lead]]
-    cols = [trailing_mean(y, k) - y for k in (3, 6, 12, 36, DAY, 2 * DAY)] + [day_ago_target - y]
+    cols = level_gaps(y, (3, 6, 12, 36, DAY, 2 * DAY)) + [day_ago_target - y]
     return np.stack(cols, axis=1)
 
 

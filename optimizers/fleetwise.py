@@ -251,9 +251,7 @@ class FleetwisePlanner:
         finds replicas busy: taking memory they use, or will under the observed load, preempts them. A replica with
         no report of the KV in use keeps all it holds. (Keeping all for a replica with a request waiting, too, kept
         a 56 GiB fill of which 0.6 GiB was in use, and the addition bought two A100s instead.)"""
-        index = {(c.model, problem.pools[c.pool_index].name, c.tp): c for c in problem.configs}
-        cap = {r.replica_id: index[(r.model, r.pool, r.tp)].online.rate_at(r.kv_share_gib)
-               for r in running if (r.model, r.pool, r.tp) in index}
+        cap = {r.replica_id: rate for r in running if (rate := _slo_capacity(problem, r)) is not None}
         by_model: dict[str, float] = {}
         for r in running:
             by_model[r.model] = by_model.get(r.model, 0.0) + cap.get(r.replica_id, 0.0)
@@ -265,7 +263,7 @@ class FleetwisePlanner:
                 continue
             load = state.load.get(r.model)
             rate = (load.request_rate_per_s if load else 0.0) * cap[r.replica_id] / max(by_model[r.model], 1e-9)
-            needed = index[(r.model, r.pool, r.tp)].online.kv_needed_gib(self.surge_kv_headroom * rate)
+            needed = problem.config_for(r.model, r.pool, r.tp).online.kv_needed_gib(self.surge_kv_headroom * rate)
             out[r.replica_id] = min(r.kv_share_gib, max(placed.kv_share_gib, needed,
                                                         self.surge_kv_headroom * r.kv_used_gib))
         return out
@@ -292,12 +290,10 @@ class FleetwisePlanner:
         missed), with that rate: they re-place early, at most once per `min_surge_gap_s`."""
         if self._last_placement_s is None or state.time_s - self._last_placement_s < self.min_surge_gap_s:
             return {}
-        index = {(c.model, problem.pools[c.pool_index].name, c.tp): c for c in problem.configs}
         capacity: dict[str, float] = {}
         for r in planned:
-            c = index.get((r.model, r.pool, r.tp))
-            if c is not None:
-                capacity[r.model] = capacity.get(r.model, 0.0) + c.online.rate_at(r.kv_share_gib)
+            if (rate := _slo_capacity(problem, r)) is not None:
+                capacity[r.model] = capacity.get(r.model, 0.0) + rate
         return {model: load.request_rate_per_s for model, load in state.load.items()
                 if load.request_rate_per_s > self.surge_factor * capacity.get(model, 0.0) > 0
                 and load.request_rate_per_s - capacity[model] >= self.surge_min_rps}
@@ -360,12 +356,11 @@ def _targets(problem: PlacementProblem, placement: PlacementResult | None, spot:
     """Pack the placement and the spot steps onto GPUs; without a new placement, keep the on-demand replicas of the
     current plan (`planned`: the placement being carried out — its activations may still be waiting for drains,
     and keeping only what already runs would abandon them) and pack only the spot steps."""
-    index = {(c.model, problem.pools[c.pool_index].name, c.tp): c.index for c in problem.configs}
     spot_pools = {problem.pools[s.pool_index].name for s in spot}
     current: dict[int, list[tuple[str, tuple[str, ...]]]] = {}
     for r in running:
-        if (k := index.get((r.model, r.pool, r.tp))) is not None:
-            current.setdefault(k, []).append((r.replica_id, r.gpu_ids))
+        if (c := problem.config_for(r.model, r.pool, r.tp)) is not None:
+            current.setdefault(c.index, []).append((r.replica_id, r.gpu_ids))
     items = []
     for step in spot:  # whole GPUs per replica: the largest KV share
         kv = np.array([c.kv_max_gib for c in problem.configs]) * step.counts
@@ -373,8 +368,8 @@ def _targets(problem: PlacementProblem, placement: PlacementResult | None, spot:
     kept: list[PlacedReplica] = []
     if placement is None:
         kept = [PlacedReplica(r.replica_id, r.model, r.pool, r.gpu_type, r.tp, r.gpu_ids, r.kv_share_gib,
-                              r.memory_gib, 0.0, index[(r.model, r.pool, r.tp)]) for r in planned
-                if (r.model, r.pool, r.tp) in index and r.pool not in spot_pools]
+                              r.memory_gib, 0.0, c.index) for r in planned
+                if (c := problem.config_for(r.model, r.pool, r.tp)) is not None and r.pool not in spot_pools]
         if not items:
             return kept, [], "kept"
     else:
@@ -401,6 +396,12 @@ def _packed_decision(problem: PlacementProblem, replicas: list[PlacedReplica]
             kv[c.index] += r.kv_share_gib
             shared[c.pool_index].update(r.gpu_ids)
     return counts, kv, np.array([len(s) for s in shared], dtype=float)
+
+
+def _slo_capacity(problem: PlacementProblem, r: RunningReplica) -> float | None:
+    """req/s a running replica serves within SLO at the KV share it holds (None: no configuration for it)."""
+    c = problem.config_for(r.model, r.pool, r.tp)
+    return None if c is None else c.online.rate_at(r.kv_share_gib)
 
 
 def _plannable_gpus(fleet: FleetSpec, state: FleetState) -> set[str] | None:

@@ -93,9 +93,9 @@ def on_demand_base(problem: PlacementProblem, replicas: list[RunningReplica]) ->
     spot_servable = {m for m in range(len(problem.models))
                      if any(problem.pools[c.pool_index].spot and c.online_rate_max > 0
                             for c in problem.configs_of_model(m))}
-    configs = {(c.model, problem.pools[c.pool_index].name, c.tp): c for c in problem.configs
-               if not problem.pools[c.pool_index].spot}
-    on_demand = [r for r in replicas if (r.model, r.pool, r.tp) in configs and r.gpu_ids]
+    configs = {r.replica_id: c for r in replicas if (c := problem.config_for(r.model, r.pool, r.tp)) is not None
+               and not problem.pools[c.pool_index].spot}
+    on_demand = [r for r in replicas if r.replica_id in configs and r.gpu_ids]
     pinned = {g for r in on_demand if models[r.model] not in spot_servable for g in r.gpu_ids}
     tenant: dict[str, RunningReplica] = {}  # GPU → its largest replica
     for r in on_demand:
@@ -106,7 +106,7 @@ def on_demand_base(problem: PlacementProblem, replicas: list[RunningReplica]) ->
     for r in on_demand:
         m = models[r.model]
         if m in spot_servable and all(g in pinned or tenant[g] is not r for g in r.gpu_ids):
-            c = configs[(r.model, r.pool, r.tp)]
+            c = configs[r.replica_id]
             online[m] += c.online.rate_at(r.kv_share_gib)
             offline[m] += c.offline_rate_per_s
     return OnDemandBase(online, offline) if online.any() or offline.any() else None

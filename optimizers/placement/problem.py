@@ -164,6 +164,15 @@ class PlacementProblem:
     def configs_of_model(self, m: int) -> list[ReplicaConfig]:
         return self._by_model.get(m, [])
 
+    def config_for(self, model: str, pool: str, tp: int) -> ReplicaConfig | None:
+        """The config that serves `model` on `tp` GPUs of pool `pool` (what a running replica is an instance of);
+        None where the program has none."""
+        return self._by_key.get((model, pool, tp))
+
+    @cached_property
+    def _by_key(self) -> dict[tuple[str, str, int], ReplicaConfig]:
+        return {(c.model, self.pools[c.pool_index].name, c.tp): c for c in self.configs}
+
     @cached_property
     def _by_pool(self) -> dict[int, list[ReplicaConfig]]:
         out: dict[int, list[ReplicaConfig]] = {}
