@@ -287,7 +287,8 @@ class FleetwisePlanner:
     def _outgrown(self, problem: PlacementProblem, state: FleetState, planned: list[RunningReplica]
                   ) -> dict[str, float]:
         """Models whose observed rate exceeds their placed SLO capacity by `surge_factor` (a surge the forecast
-        missed), with that rate: they re-place early, at most once per `min_surge_gap_s`."""
+        missed), with that rate: they re-place early, at most once per `min_surge_gap_s`. The rate counts offline
+        arrivals too: they run in the same batches as online ones and slow them (docs/optimizers.md, "Surges")."""
         if self._last_placement_s is None or state.time_s - self._last_placement_s < self.min_surge_gap_s:
             return {}
         capacity: dict[str, float] = {}
