@@ -89,7 +89,7 @@ class ReplicaLifecycle:
         members = tuple(w for g in rep.gpu_ids[1:] if (w := self.hooks.worker(g)) is not None)
         self.scheduler.add_model(name, rep.layout, limit_pages=rep.kv_limit_pages, revision=revision,
                                  active=False, preemption_costs=preemption_costs(rep.lm),
-                                 mirrors=tuple(m.pool for m in members))
+                                 mirrors=tuple(m.pool for m in members), latency=rep.lm)
         self._lm[name] = rep.lm
         self._swap_s_per_token[name] = rep.lm.kv_bytes_per_token / rep.tp / rep.lm.kv_swap_bytes_per_s
         if members:

@@ -1,7 +1,7 @@
 """Which model runs next when several time-share a device (one model's batch per iteration).
 
-Each model with runnable work has a due time — for its queue head the arrival plus `urgency_fraction` of the TTFT
-target, for its running online sequences the start of its last iteration plus that fraction of the smallest TPOT
+Each model with runnable work has a due time — for its queue head (its first online sequence, if any) the arrival
+plus `urgency_fraction` of the TTFT target, for its running online sequences the start of its last iteration plus that fraction of the smallest TPOT
 target, and for offline-only work `offline_period_s` after it last ran. Models whose work is overdue run first, then
 models with online work, then offline-only models; within each class models take turns (the one that ran least
 recently goes next). So a new request is admitted within an iteration or two, every model's decodes keep moving, a
@@ -39,7 +39,7 @@ class ModelChoice(SchedulerBase):
         """When the model's work is due, and whether it is online work."""
         cfg = self.config
         due, online = math.inf, False
-        head = st.queue.peek()
+        head = st.queue.peek_online() or st.queue.peek()  # online work queued behind offline work is still due
         if head is not None:
             ttft = head.ttft_deadline_s - head.arrival_s
             if ttft < math.inf:

@@ -20,6 +20,7 @@ One object, one concept; its parts live in modules of their own, each documentin
 - `workers.model_choice` — which model runs next (due times, overdue first, turns);
 - `workers.batching` — one model's batch (running first, then admission in queue-policy order);
 - `workers.preemption` — victims and how they give up KV (pause, swap, recompute);
+- `workers.harvest` — offline work sized by the time online TPOT targets leave (ConServe);
 - `workers.decode_runs`, `workers.rotations` — runs of decode batches (one model repeating; models taking turns);
 - `workers.queue_actions` — the actions above;
 - `workers.scheduler_base` — the state they share.
@@ -33,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping
 
 from core.errors import InputError
+from core.latency import LatencyModel
 from workers.batching import BatchFormation
 from workers.kv_pool import KVLayout, KVPool
 from workers.model_choice import ModelChoice
@@ -65,14 +67,17 @@ class Scheduler(QueueActions, BatchFormation, ModelChoice, Rotations):
     # -- models ------------------------------------------------------------------------------------------------
     def add_model(self, model: str, layout: KVLayout, *, limit_pages: int | None = None, revision: int = 0,
                   active: bool = True, policy: QueuePolicy = "fcfs",
-                  preemption_costs: PreemptionCosts | None = None, mirrors: tuple[KVPool, ...] = ()) -> None:
+                  preemption_costs: PreemptionCosts | None = None, mirrors: tuple[KVPool, ...] = (),
+                  latency: LatencyModel | None = None) -> None:
         """Make a model resident: its KV joins the pool, its sequences may be queued. `active=False` queues them
         without running them (weights still loading). `mirrors`: the pools of the other devices of a TP group
-        (see workers.kv_pool)."""
+        (see workers.kv_pool). `latency`: its iteration times here, which size its offline work
+        (workers.harvest)."""
         if model in self._models:
             raise InputError("model", model, "a model not yet resident on this device")
         self.pool.add_model(model, layout, limit_pages=limit_pages, revision=revision, mirrors=mirrors)
-        self._models[model] = ModelState(model, layout, WaitQueue(policy), preemption_costs, active)
+        self._models[model] = ModelState(model, layout, WaitQueue(policy), preemption_costs, active,
+                                         latency=latency)
 
     def set_active(self, model: str, active: bool) -> None:
         """Start (or stop) running a model's batches; its queue is kept either way."""

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from core.errors import InputError
+from core.latency import LatencyModel
 from workers.kv_pool import KVLayout, KVPool
 from workers.sequence import (
     Batch,
@@ -43,6 +44,7 @@ class ModelState:
     last_run_s: float = -math.inf
     min_tpot_s: float | None = None  # cache over running online sequences; None: recompute
     prefilled: bool = False  # its last batch had prefill chunks (running sequences may still be prefilling)
+    latency: LatencyModel | None = None  # iteration times on this device (workers.harvest); None: not known
 
     @property
     def has_work(self) -> bool:

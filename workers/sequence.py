@@ -206,6 +206,7 @@ class WaitQueue:
     def __init__(self, policy: QueuePolicy = "fcfs", group_ids: Iterable[str] = ()) -> None:
         self._members: dict[int, Sequence] = {}
         self._heap: list[tuple[float, float, int, int, Sequence]] = []
+        self._online: list[tuple[float, float, int, int, Sequence]] = []  # the online members, same order
         self.set_policy(policy, group_ids)
 
     def set_policy(self, policy: QueuePolicy, group_ids: Iterable[str] = ()) -> None:
@@ -217,6 +218,7 @@ class WaitQueue:
         members = list(self._members.values())
         self._members.clear()
         self._heap.clear()
+        self._online.clear()
         for seq in members:
             self.push(seq)
 
@@ -232,14 +234,27 @@ class WaitQueue:
     def push(self, seq: Sequence) -> None:
         seq.queue_gen += 1
         self._members[seq.seq_id] = seq
-        heapq.heappush(self._heap, (self._key(seq), seq.arrival_s, seq.seq_id, seq.queue_gen, seq))
+        entry = (self._key(seq), seq.arrival_s, seq.seq_id, seq.queue_gen, seq)
+        heapq.heappush(self._heap, entry)
+        if seq.online:
+            online = self._online
+            heapq.heappush(online, entry)
+            if len(online) > 2 * len(self._members) + 64:  # stale entries of a heap nobody peeks: drop them
+                online[:] = [e for e in online if e[3] == e[4].queue_gen and e[4].seq_id in self._members]
+                heapq.heapify(online)
 
     def discard(self, seq: Sequence) -> None:
         if self._members.pop(seq.seq_id, None) is not None:
             seq.queue_gen += 1
 
     def peek(self) -> Sequence | None:
-        heap = self._heap
+        return self._head(self._heap)
+
+    def peek_online(self) -> Sequence | None:
+        """The first online member in policy order (offline work queued ahead of it may be waiting for room)."""
+        return self._head(self._online)
+
+    def _head(self, heap: list[tuple[float, float, int, int, Sequence]]) -> Sequence | None:
         while heap:
             entry = heap[0]
             seq = entry[4]
@@ -278,6 +293,9 @@ class SchedulerConfig:
     preempt_mode: PreemptMode | None = None  # force a mode; None: swap iff cheaper (PreemptionCosts)
     urgency_fraction: float = 0.5  # share of the TTFT / TPOT targets by which work is due (model choice)
     offline_period_s: float = 1.0  # offline-only work runs at least this often
+    # Offline work in a model's batches keeps its steady decode iteration within this share of the tightest online
+    # TPOT target (workers.harvest; needs the model's latency model). None: only KV and the token budget limit it.
+    harvest_fraction: float | None = 0.5
 
     def __post_init__(self) -> None:
         for name in ("max_num_batched_tokens", "max_num_seqs"):
@@ -291,6 +309,8 @@ class SchedulerConfig:
             raise InputError("urgency_fraction", self.urgency_fraction, "a fraction in (0, 1]")
         if self.offline_period_s <= 0:
             raise InputError("offline_period_s", self.offline_period_s, "seconds > 0")
+        if self.harvest_fraction is not None and not 0 < self.harvest_fraction <= 1:
+            raise InputError("harvest_fraction", self.harvest_fraction, "a fraction in (0, 1], or None")
 
     @property
     def chunk_cap(self) -> int:

@@ -27,7 +27,7 @@ from core.requests import Request
 from simulator.config import SimConfig
 from simulator.worker import LocalHooks, SimulatedWorker
 from tests.simulator.conftest import small_fleet
-from workers.scheduler import SeqStatus
+from workers.scheduler import SchedulerConfig, SeqStatus
 
 # Simple coefficients so that times can be computed by hand: an iteration costs 10 ms, plus 1 ms per prefill token
 # and 2 ms per decoding sequence; loading takes 4 s from disk and 1 s from host memory.
@@ -252,6 +252,27 @@ def test_offline_work_pauses_and_resumes_without_recompute() -> None:
     act(w, ResumeOffline(replica_id="chat@h100/0"), seq=2)
     hooks.kernel.run()
     assert hooks.finished == [seq] and seq.num_recomputed_tokens == 0 and seq.num_preemptions == 1
+
+
+def test_offline_work_leaves_online_tpot_its_budget_and_without_harvesting_it_does_not() -> None:
+    """60 batch requests decode when an interactive one (TPOT 100 ms) arrives: with harvesting (workers.harvest)
+    the steady iteration is cut to half its TPOT (10 ms + 2 ms per sequence: 20 sequences); without, all 61 decode
+    together at 132 ms per token."""
+    tpots = {}
+    for fraction in (0.5, None):
+        (w, _), hooks = setup(scheduler=SchedulerConfig(harvest_fraction=fraction))
+        activate(w)
+        hooks.kernel.run()
+        now = hooks.kernel.now_s
+        for i in range(60):
+            w.submit(request(i, now, prompt=20, output=400, cls="batch"))
+        hooks.kernel.run(until_s=now + 2.0)
+        w.submit(request(100, now + 2.0, prompt=20, output=50))
+        hooks.kernel.run()
+        (online,) = [s for s in hooks.finished if s.seq_id == 100]
+        assert len(hooks.finished) == 61
+        tpots[fraction] = online.tpot_s
+    assert tpots[0.5] <= 0.05 + 0.005 and tpots[None] > 0.1
 
 
 def test_swap_out_holds_requests_on_host_until_swapped_in() -> None:

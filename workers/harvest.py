@@ -1,0 +1,117 @@
+"""Harvesting: offline work runs in an online model's batches only within the time its TPOT targets leave (ConServe).
+
+The engine runs a model's offline (batch) sequences in the same iterations as its online ones, so every running
+offline sequence lengthens every decode step the online sequences wait on; admitting online work first is not
+enough. With the model's latency model (`Scheduler.add_model(..., latency=...)`, core.latency) and
+`SchedulerConfig.harvest_fraction`, batch formation sizes offline work by predicted iteration time. While the model
+has online work with a TPOT target (running, or queued), its *steady* iteration — every running sequence decoding
+at its current context, `LatencyModel.iteration_s` — is kept within `harvest_fraction` × the tightest such target:
+
+- an offline sequence is admitted only if the steady iteration with it stays within that budget and this
+  iteration has time left for its first prefill chunk; online sequences queued behind it are still admitted;
+- a running offline sequence's prefill chunk is cut to the time this iteration has left (at least one token, so
+  it never holds KV without progress);
+- an online sequence admitted past the budget pauses running offline sequences, latest first, until the steady
+  iteration fits again or none is left. Offline KV is checkpointed to host each step (workers.preemption), so
+  pausing costs no recompute.
+
+The checks run only when a batch is built, and they change nothing a repeated decode batch would see (a run needs
+an empty queue and no prefills; workers.decode_runs), so the executors' one-decision-per-run contract holds. Contexts
+grow between admissions; the fraction's headroom absorbs that. Other resident models' turns also delay an online
+sequence, and the budget does not count them. With no latency model, or no online TPOT target, offline work is
+limited by KV and the token budget alone, as before.
+
+Pure Python (no torch): the simulator and the real engine share it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from core.latency import LatencyModel
+from workers.preemption import Preemption
+from workers.scheduler_base import ModelState
+from workers.sequence import Batch, Sequence
+
+
+@dataclass(slots=True)
+class HarvestGate:
+    """One batch's offline budget: the steady iteration of a model's running sequences against its TPOT budget."""
+
+    lm: LatencyModel
+    budget_s: float  # harvest_fraction × the tightest online TPOT target
+    fraction: float
+    decode_seqs: int  # the running sequences, each decoding
+    kv_tokens: int  # their contexts
+
+    def steady_s(self, decode_seqs: int = 0, kv_tokens: int = 0) -> float:
+        """The steady iteration, with `decode_seqs` more sequences of `kv_tokens` more context."""
+        return self.lm.iteration_s(decode_seqs=self.decode_seqs + decode_seqs, kv_tokens=self.kv_tokens + kv_tokens)
+
+    def add(self, seq: Sequence) -> None:
+        self.decode_seqs += 1
+        self.kv_tokens += seq.num_tokens
+        self.tighten(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        self.decode_seqs -= 1
+        self.kv_tokens -= seq.num_tokens
+
+    def tighten(self, seq: Sequence) -> None:
+        if seq.online and self.fraction * seq.tpot_target_s < self.budget_s:
+            self.budget_s = self.fraction * seq.tpot_target_s
+
+    def admits(self, seq: Sequence) -> bool:
+        """An offline sequence's steady decode fits the budget."""
+        return self.steady_s(1, seq.num_tokens) <= self.budget_s
+
+    def chunk(self, batch: Batch, start: int, n: int) -> int:
+        """Prefill tokens [start, start + m) of an offline sequence that this iteration has time for, m ≤ n (0: none).
+        The iteration is the steady one plus the batch's prefill chunks so far."""
+        lm = self.lm
+        left = (self.budget_s - self.steady_s() - lm.c_prefill_s * batch.prefill_tokens
+                - lm.c_attn_s * batch.prefill_attn)
+        if left <= 0:
+            return 0
+        # c_prefill·m + c_attn·(m·start + m(m+1)/2) ≤ left, solved for m
+        a, b = lm.c_attn_s / 2, lm.c_prefill_s + lm.c_attn_s * (start + 0.5)
+        if a > 0:
+            m = (-b + math.sqrt(b * b + 4 * a * left)) / (2 * a)
+        else:
+            m = left / b if b > 0 else n
+        return min(n, int(m))
+
+
+class Harvest(Preemption):
+    """Mixin of `Scheduler`: the offline budget of a batch being built (see the module docstring)."""
+
+    def _harvest_gate(self, st: ModelState) -> HarvestGate | None:
+        """The budget of `st`'s next batch, or None when nothing limits its offline work (no latency model, no
+        online TPOT target among its running or queued sequences, harvesting off)."""
+        fraction, lm = self.config.harvest_fraction, st.latency
+        if fraction is None or lm is None:
+            return None
+        tpot = st.min_tpot_s
+        if tpot is None:
+            tpot = st.min_tpot_s = min((s.tpot_target_s for s in st.running), default=math.inf)
+        head = st.queue.peek_online()
+        if head is not None and head.tpot_target_s < tpot:
+            tpot = head.tpot_target_s
+        if tpot == math.inf:
+            return None
+        return HarvestGate(lm, fraction * tpot, fraction, len(st.running), sum(s.num_tokens for s in st.running))
+
+    def _yield_offline(self, st: ModelState, gate: HarvestGate) -> bool:
+        """Pause running offline sequences, latest first, until the steady iteration fits the budget; whether any
+        was paused."""
+        if gate.steady_s() <= gate.budget_s:
+            return False
+        victims = sorted((s for s in st.running if not s.online), key=Sequence.victim_key)
+        paused = False
+        while victims and gate.steady_s() > gate.budget_s:
+            victim = victims.pop()
+            gate.remove(victim)
+            self._preempt(victim)
+            paused = True
+        return paused
