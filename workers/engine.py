@@ -9,6 +9,9 @@ Every public method takes `self.lock`, so the HTTP agent's threads and the stepp
 at any time; a call waits at most one iteration. Weight loading runs outside the lock (`activate`), so the other
 models keep serving while one loads.
 
+Given latency profiles (`fleetwise profile`), the scheduler sizes each model's offline work by the time its online
+TPOT targets leave (workers.harvest); without one for a model, KV and the token budget alone limit it.
+
 Memory: the KV page buffer is allocated once (`kv_pages` pages shared by all models); weights of active models must
 fit in `memory_gib` next to it.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -26,6 +29,7 @@ from core.actions import Residency
 from core.catalog import GIB
 from core.errors import InputError
 from core.fleet import SLOClass
+from core.latency import LatencyModel
 from core.requests import Request
 from core.state import group_id
 from core.status import ReplicaStatus, SubmitResult, WorkerStatus
@@ -93,8 +97,10 @@ class Engine:
 
     def __init__(self, config: EngineConfig, models: Iterable[ModelSource],
                  slo_classes: Iterable[SLOClass] = DEFAULT_SLO_CLASSES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 profiles: Mapping[tuple[str, str, int], LatencyModel] | None = None) -> None:
         self.config = config
+        self.profiles = dict(profiles or {})  # (arch, gpu_type, tp) → iteration times (core.latency.load_profiles)
         self.device = torch.device(config.device)
         self.clock = clock
         self.lock = threading.RLock()
@@ -125,12 +131,16 @@ class Engine:
         block = fit_block_size(per_token, self.config.page_bytes, self.config.max_block_tokens)
         return PagedKVLayout(arch.num_layers, arch.num_kv_heads, arch.head_dim, block, self.config.page_bytes, dtype)
 
+    def latency(self, model: str) -> LatencyModel | None:
+        """The model's latency profile on this device (one GPU), if one was given."""
+        return self.profiles.get((self.store.source(model).arch.name, self.config.gpu_type, 1))
+
     def ensure_scheduled(self, model: str) -> None:
         """Register the model's KV layout with the scheduler and pool (inactive until its weights are on device)."""
         with self.lock:
             if not self.scheduler.has_model(model):
                 layout = self.layout(model)
-                self.scheduler.add_model(model, pool_layout(layout), active=False)
+                self.scheduler.add_model(model, pool_layout(layout), active=False, latency=self.latency(model))
                 self.memory.add_model(model, layout)
 
     def activate(self, model: str, *, replica_id: str | None = None) -> ActivationTiming:

@@ -16,6 +16,7 @@ from rich.table import Table
 from controller.console import out, print_json
 from core.catalog import MODEL_CATALOG
 from core.errors import InputError
+from core.latency import load_profiles, save_profiles
 
 if TYPE_CHECKING:
     from workers.engine import Engine
@@ -49,13 +50,16 @@ def worker(
     host_kv_gib: Annotated[float, typer.Option(help="Host memory for swapped/checkpointed KV, GiB.", min=0)] = 0.25,
     activate: Annotated[bool, typer.Option(help="Load every model onto the device at start.")] = True,
     threads: ThreadsOpt = 0,
+    profile: Annotated[Path | None, typer.Option(
+        help="Latency profile YAML (`fleetwise profile`) of this device: offline requests then run only in the time "
+             "the online requests' TPOT targets leave.")] = None,
 ) -> None:
     """Serve one device: the control API (WorkerClient), OpenAI /v1/completions and Prometheus /metrics."""
     from workers.agent import create_app, serve_in_thread
     from workers.control import LocalWorkerClient
 
     engine = _engine(model, weights, seed, worker_id, device, gpu_type, memory_gib, kv_pages, page_kib,
-                     host_kv_gib, threads)
+                     host_kv_gib, threads, profile)
     if activate:
         for name in engine.store.names:
             timing = engine.activate(name)
@@ -103,7 +107,6 @@ def profile(
     batch_sizes, prompt_lens = _ints("--batches", batches), _ints("--prompts", prompts)
     engine = _engine(model, weights, seed, worker_id, device, gpu_type, memory_gib, kv_pages, page_kib, 0.25,
                      threads)
-    from core.latency import save_profiles
     from workers.profile import ProfileGrid, ServedLoad, profile_model
 
     grid = ProfileGrid(batch_sizes, prompt_lens, output_tokens, repeats)
@@ -135,10 +138,12 @@ def profile(
 
 
 def _engine(models: list[str], weights: list[str] | None, seed: int, worker_id: str, device: str, gpu_type: str,
-            memory_gib: float, kv_pages: int, page_kib: int, host_kv_gib: float, threads: int) -> Engine:
+            memory_gib: float, kv_pages: int, page_kib: int, host_kv_gib: float, threads: int,
+            profile: Path | None = None) -> Engine:
     specs = _model_specs(models, weights or [])  # bad options fail here, before torch is imported
     if device != "auto" and device != "cpu" and not device.startswith("cuda"):
         raise InputError("--device", device, "auto, cpu, cuda or cuda:N")
+    profiles = load_profiles(profile) if profile is not None else None
     import torch
 
     from workers.engine import Engine, EngineConfig
@@ -152,7 +157,11 @@ def _engine(models: list[str], weights: list[str] | None, seed: int, worker_id: 
     config = EngineConfig(worker_id=worker_id, pool=worker_id.split("/")[0], gpu_type=_gpu_type(gpu_type, dev),
                           device=dev, memory_gib=memory_gib, kv_pages=kv_pages, page_bytes=page_kib * 1024,
                           host_kv_gib=host_kv_gib)
-    return Engine(config, sources)
+    if profiles is not None and not any((arch, config.gpu_type, 1) in profiles for _, arch, _ in specs):
+        raise InputError("--profile", str(profile), f"profiles on {config.gpu_type} at TP 1 of a served model's "
+                         f"architecture ({', '.join(sorted({a for _, a, _ in specs}))}); it has "
+                         f"{', '.join(sorted(f'{a} on {g} at TP {t}' for a, g, t in profiles)) or 'none'}")
+    return Engine(config, sources, profiles=profiles)
 
 
 def _model_specs(models: list[str], weights: list[str]) -> list[tuple[str, str, Path | None]]:

@@ -51,3 +51,18 @@ def test_worker_serves_on_a_free_port() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_worker_profile_that_fits_no_served_model_or_is_no_profile_gives_one_line_and_exit_code_2(tmp_path) -> None:
+    from core.latency import LatencyModel, save_profiles
+
+    other = tmp_path / "other.yaml"
+    save_profiles(other, [LatencyModel(arch="Llama-3.1-8B", gpu_type="H100-SXM", tp=1, c0_s=0.01, c_prefill_s=0.0,
+                                       c_attn_s=0.0, c_decode_s=0.001, c_kv_s=0.0, disk_to_host_s=1.0,
+                                       host_to_gpu_s=1.0, kv_swap_bytes_per_s=1e9, kv_bytes_per_token=1024)])
+    junk = tmp_path / "junk.yaml"
+    junk.write_text("kind: Fleet\n")
+    for path, needle in ((other, "Llama-3.1-8B on H100-SXM at TP 1"), (junk, "LatencyProfiles")):
+        result = run_cli("worker", "--model", "Tiny-Llama-2L", "--device", "cpu", "--profile", str(path))
+        assert result.returncode == 2 and needle in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

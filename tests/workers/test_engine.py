@@ -141,3 +141,31 @@ def test_eos_ends_a_completion_unless_ignored() -> None:
         assert handle.finish_reason == "stop" and handle.tokens == expected[: expected.index(eos) + 1]
     else:
         assert handle.finish_reason == "length" and handle.tokens == expected
+
+
+def test_with_a_latency_profile_offline_requests_yield_to_online_tpot_and_outputs_stay_exact() -> None:
+    from core.latency import LatencyModel
+    from tests.workers.engines import SOURCES
+    from workers.engine import Engine, EngineConfig
+
+    # 10 ms per iteration and 20 ms per decoding sequence: within half the interactive TPOT (200 ms), 4 sequences.
+    lm = LatencyModel(arch="Tiny-Llama-2L", gpu_type="CPU", tp=1, c0_s=0.01, c_prefill_s=0.0, c_attn_s=0.0,
+                      c_decode_s=0.02, c_kv_s=0.0, disk_to_host_s=1.0, host_to_gpu_s=1.0, kv_swap_bytes_per_s=1e9,
+                      kv_bytes_per_token=1024)
+    engine = Engine(EngineConfig(kv_pages=16, page_bytes=32 * 1024, max_num_batched_tokens=256), SOURCES[:1],
+                    profiles={("Tiny-Llama-2L", "CPU", 1): lm})
+    engine.activate("a")
+    assert engine.latency("a") is lm
+    batch = [engine.submit(request(i, "a", "batch", prompt=8, output=30))[1] for i in range(1, 7)]
+    for _ in range(3):
+        engine.step()
+    running = engine.scheduler._models["a"].running
+    assert len(running) == 6  # no online work: offline requests take what KV allows
+    _, online = engine.submit(request(10, "a", "interactive", prompt=8, output=10))
+    engine.step()
+    assert len(running) == 4 and any(s.seq_id == 10 for s in running)
+    engine.run_until_idle()
+    for handle in batch:
+        assert handle.num_recomputed_tokens == 0 and handle.tokens == dense_tokens("a", handle.prompt_token_ids, 30)
+    assert sum(h.num_preemptions for h in batch) == 3  # the three latest paused once, resumed from checkpoints
+    assert online.tokens == dense_tokens("a", online.prompt_token_ids, 10)
