@@ -4,8 +4,11 @@ The engine runs a model's offline (batch) sequences in the same iterations as it
 offline sequence lengthens every decode step the online sequences wait on; admitting online work first is not
 enough. With the model's latency model (`Scheduler.add_model(..., latency=...)`, core.latency) and
 `SchedulerConfig.harvest_fraction`, batch formation sizes offline work by predicted iteration time. While the model
-has online work with a TPOT target (running, or queued), its *steady* iteration — every running sequence decoding
-at its current context, `LatencyModel.iteration_s` — is kept within `harvest_fraction` × the tightest such target:
+has online work with a TPOT target (running, or queued) — or another model on the device has running online work —
+its *steady* iteration (every running sequence decoding at its current context, `LatencyModel.iteration_s`) is kept
+within `harvest_fraction` × the tightest such target on the device, less the steady iterations of the other models
+running there: models time-sharing a device decode in turns, so an online sequence's TPOT is a round of every
+running model's iteration, and offline work in any of them lengthens it:
 
 - an offline sequence is admitted only if the steady iteration with it stays within that budget and this
   iteration has time left for its first prefill chunk; online sequences queued behind it are still admitted;
@@ -17,9 +20,9 @@ at its current context, `LatencyModel.iteration_s` — is kept within `harvest_f
 
 The checks run only when a batch is built, and they change nothing a repeated decode batch would see (a run needs
 an empty queue and no prefills; workers.decode_runs), so the executors' one-decision-per-run contract holds. Contexts
-grow between admissions; the fraction's headroom absorbs that. Other resident models' turns also delay an online
-sequence, and the budget does not count them. With no latency model, or no online TPOT target, offline work is
-limited by KV and the token budget alone, as before.
+grow between admissions; the fraction's headroom absorbs that. An online arrival pauses offline work of its own
+model only; the other models' offline work yields at their next admission. With no latency model, or no online TPOT
+target on the device, offline work is limited by KV and the token budget alone, as before.
 
 Pure Python (no torch): the simulator and the real engine share it.
 """
@@ -40,9 +43,10 @@ class HarvestGate:
     """One batch's offline budget: the steady iteration of a model's running sequences against its TPOT budget."""
 
     lm: LatencyModel
-    budget_s: float  # harvest_fraction × the tightest online TPOT target
+    budget_s: float  # harvest_fraction × the tightest online TPOT target on the device, less `others_s`
     fraction: float
-    decode_seqs: int  # the running sequences, each decoding
+    others_s: float  # the steady iterations of the other models running on the device (one round of turns)
+    decode_seqs: int  # the model's running sequences, each decoding
     kv_tokens: int  # their contexts
 
     def steady_s(self, decode_seqs: int = 0, kv_tokens: int = 0) -> float:
@@ -59,8 +63,8 @@ class HarvestGate:
         self.kv_tokens -= seq.num_tokens
 
     def tighten(self, seq: Sequence) -> None:
-        if seq.online and self.fraction * seq.tpot_target_s < self.budget_s:
-            self.budget_s = self.fraction * seq.tpot_target_s
+        if seq.online and self.fraction * seq.tpot_target_s - self.others_s < self.budget_s:
+            self.budget_s = self.fraction * seq.tpot_target_s - self.others_s
 
     def admits(self, seq: Sequence) -> bool:
         """An offline sequence's steady decode fits the budget."""
@@ -88,7 +92,8 @@ class Harvest(Preemption):
 
     def _harvest_gate(self, st: ModelState) -> HarvestGate | None:
         """The budget of `st`'s next batch, or None when nothing limits its offline work (no latency model, no
-        online TPOT target among its running or queued sequences, harvesting off)."""
+        online TPOT target among its running or queued sequences or the device's other running ones, harvesting
+        off)."""
         fraction, lm = self.config.harvest_fraction, st.latency
         if fraction is None or lm is None:
             return None
@@ -98,9 +103,21 @@ class Harvest(Preemption):
         head = st.queue.peek_online()
         if head is not None and head.tpot_target_s < tpot:
             tpot = head.tpot_target_s
+        others_s = 0.0
+        for other in self._models.values():
+            if other is st or not other.running:
+                continue
+            t = other.min_tpot_s
+            if t is None:
+                t = other.min_tpot_s = min(s.tpot_target_s for s in other.running)
+            tpot = min(tpot, t)
+            if other.latency is not None:
+                others_s += other.latency.iteration_s(decode_seqs=len(other.running),
+                                                      kv_tokens=sum(s.num_tokens for s in other.running))
         if tpot == math.inf:
             return None
-        return HarvestGate(lm, fraction * tpot, fraction, len(st.running), sum(s.num_tokens for s in st.running))
+        return HarvestGate(lm, fraction * tpot - others_s, fraction, others_s, len(st.running),
+                           sum(s.num_tokens for s in st.running))
 
     def _yield_offline(self, st: ModelState, gate: HarvestGate) -> bool:
         """Pause running offline sequences, latest first, until the steady iteration fits the budget; whether any

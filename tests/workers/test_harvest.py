@@ -144,3 +144,23 @@ def test_wait_queue_peek_online_skips_offline_members_and_keeps_no_stale_entries
         q.discard(s)
     assert len(q._online) <= 2 * len(q) + 65
     assert math.isinf(off.tpot_target_s)
+
+
+def test_the_budget_is_a_round_of_the_device_s_models_so_offline_work_yields_to_another_model_s_online_work() -> None:
+    sched = Scheduler(KVPool(256, page_bytes=PAGE, host_capacity_bytes=1 << 20), SchedulerConfig())
+    sched.add_model("on", LAYOUT, latency=LM)
+    sched.add_model("off", LAYOUT, latency=LM)
+    a, b = (Sequence(i, "on", 1, 50, 0.0, ttft_deadline_s=1.0, tpot_target_s=TPOT) for i in (1, 2))
+    for s in (a, b):
+        sched.add(s)
+    batch = sched.schedule(0.0)
+    assert batch.model == "on"
+    sched.on_batch_done(batch, 0.01)
+    offs = [Sequence(10 + i, "off", 1, 50, 0.01, priority=9, online=False) for i in range(6)]
+    for s in offs:
+        sched.add(s)
+    batch = sched.schedule(0.01)
+    # "on" decodes its 2 sequences in 30 ms of every round; of the 50 ms budget, "off" gets 20 ms: 10 ms per
+    # iteration and 10 ms for its one sequence.
+    assert batch.model == "off" and [p.seq.seq_id for p in batch.prefills] == [10]
+    assert all(s.status is SeqStatus.WAITING for s in offs[1:])
