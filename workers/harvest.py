@@ -1,4 +1,4 @@
-"""Harvesting: offline work runs in an online model's batches only within the time its TPOT targets leave (ConServe).
+"""Harvesting: offline work runs beside online work only within the time online TPOT targets leave (ConServe).
 
 The engine runs a model's offline (batch) sequences in the same iterations as its online ones, so every running
 offline sequence lengthens every decode step the online sequences wait on; admitting online work first is not
@@ -40,7 +40,8 @@ from workers.sequence import Batch, Sequence
 
 @dataclass(slots=True)
 class HarvestGate:
-    """One batch's offline budget: the steady iteration of a model's running sequences against its TPOT budget."""
+    """One batch's offline budget: the steady iteration of a model's running sequences against the device's TPOT
+    budget."""
 
     lm: LatencyModel
     budget_s: float  # harvest_fraction × the tightest online TPOT target on the device, less `others_s`
