@@ -52,6 +52,9 @@ class SpotModel:
     online_rate_per_s: tuple[float, ...]  # SLO capacity of one replica per TP option (req/s)
     offline_rate_per_s: tuple[float, ...]  # throughput of one replica per TP option (req/s)
     load_s: tuple[float, ...]  # weight load time (host → GPU) per TP option
+    # req/s (online and offline together) within the engines' harvest budget per TP option; None: offline work
+    # takes all the compute online work leaves
+    harvest_rate_per_s: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,8 @@ def served_usd(inp: LiveputInput, m: int, o: int, t: int, n_max: int) -> np.ndar
     online_left, offline_left = inp.uncovered(m, inp.online_rps[:, m, t], inp.offline_rps[:, m, t])
     online = np.minimum(online_left[:, None], on_cap)  # (S, k)
     spare = np.where(on_cap > 0, 1 - online / np.maximum(on_cap, 1e-12), 0) * k * model.offline_rate_per_s[o]
+    if model.harvest_rate_per_s is not None:  # beside online work, offline work gets the harvest budget's rest
+        spare = np.where(online_left[:, None] > 0, np.maximum(0.0, k * model.harvest_rate_per_s[o] - online), spare)
     offline = np.minimum(offline_left[:, None], spare)
     return (online * inp.online_usd_per_request + offline * inp.offline_usd_per_request) * inp.interval_s
 

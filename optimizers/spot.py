@@ -168,7 +168,8 @@ def liveput_input(problem: PlacementProblem, p: int, demand: np.ndarray, availab
     `settings` None: reclaimed replicas are not re-hosted within an interval; `base` None: no on-demand tier."""
     pool = problem.pools[p]
     options = [{c.tp: c for c in problem.configs_of_model(m) if c.pool_index == p} for m in range(len(problem.models))]
-    models = tuple(_spot_model(problem.models[m].name, opts, problem.current.host_models)
+    models = tuple(_spot_model(problem.models[m].name, opts, problem.current.host_models,
+                               problem.settings.harvest_fraction is not None)
                    for m, opts in enumerate(options))
     online = np.array([c.online for c in problem.classes])
     rates = demand if demand.shape[0] else np.zeros((1, len(problem.models), len(problem.classes), 1))
@@ -187,14 +188,16 @@ def liveput_input(problem: PlacementProblem, p: int, demand: np.ndarray, availab
         base_offline_rps=None if base is None else base.offline_rps), options
 
 
-def _spot_model(name: str, options: dict[int, ReplicaConfig], host_models: frozenset[str]) -> SpotModel:
+def _spot_model(name: str, options: dict[int, ReplicaConfig], host_models: frozenset[str],
+                harvest: bool = True) -> SpotModel:
     """A model's replica options on the pool; a model that does not fit there gets a TP option of no value."""
     if not options:
         return SpotModel(name, (1,), (0.0,), (0.0,), (0.0,))
     tps = tuple(sorted(options))
     load = tuple(options[t].activate_host_s if name in host_models else options[t].activate_cold_s for t in tps)
     return SpotModel(name, tps, tuple(options[t].online_rate_max for t in tps),
-                     tuple(options[t].offline_rate_per_s for t in tps), load)
+                     tuple(options[t].offline_rate_per_s for t in tps), load,
+                     tuple(options[t].harvest_rate_per_s for t in tps) if harvest else None)
 
 
 def _current(now: tuple[int, int] | None, options: dict[int, ReplicaConfig], num_gpus: int) -> tuple[int, int]:
@@ -224,6 +227,8 @@ def expected_service(problem: PlacementProblem, inp: LiveputInput, options: list
         online_left, offline_left = inp.uncovered(m, peak_online[:, m], peak_offline[:, m])
         served = np.minimum(online_left[:, None], k * c.online_rate_max)
         spare = np.where(k > 0, k - served / max(c.online_rate_max, 1e-12), 0.0) * c.offline_rate_per_s
+        if problem.settings.harvest_fraction is not None:  # beside online work: the harvest budget's rest
+            spare = np.where(online_left[:, None] > 0, np.maximum(0.0, k * c.harvest_rate_per_s - served), spare)
         online[:, m] = (pmf * served).sum(axis=1)
         offline[:, m] = (pmf * np.minimum(offline_left[:, None], spare)).sum(axis=1)
     return online, offline

@@ -198,11 +198,17 @@ def _online_balance(b: pyo.Block, problem: PlacementProblem, m: int, classes: li
 
 
 def _offline_balance(b: pyo.Block, problem: PlacementProblem, m: int, classes: list[int], s: int) -> object:
-    """Offline work runs in the compute the online capacity leaves: throughput × (replicas − online share)."""
+    """Offline work runs in the compute the online capacity leaves: throughput × (replicas − online share); beside
+    online demand, within the engines' harvest budget: the harvest rate × replicas − the online capacity."""
     wanted = [c for c in classes if (m, c) in b.MC]
     if not wanted:
         return pyo.Constraint.Skip
     top = b.model()
+    online = [c for c in range(len(problem.classes)) if problem.classes[c].online]
+    if problem.settings.harvest_fraction is not None and float(problem.demand_rps[s, m, online].sum()) > 0:
+        spare = sum(float(problem.survival[s, c.index]) * (c.harvest_rate_per_s * top.n[c.index] - top.cap[c.index])
+                    for c in problem.configs_of_model(m) if c.online_rate_max > 0)
+        return sum(float(problem.demand_rps[s, m, c]) - b.u[m, c] for c in wanted) <= spare
     terms = [(float(problem.survival[s, c.index]) * c.offline_rate_per_s, c) for c in problem.configs_of_model(m)
              if c.online_rate_max > 0]
     spare = sum(rate * top.n[c.index] - rate / c.online_rate_max * top.cap[c.index] for rate, c in terms)

@@ -10,6 +10,7 @@ pool's memory and their load shares into its compute), TP > 1 replicas take whol
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -34,6 +35,10 @@ class PlacementSettings:
 
     unmet_usd_per_request: float = 0.02  # priority-0 online request; class p pays this / (1 + p)
     offline_usd_per_request: float = 0.0004  # offline work is worth serving on spare capacity, rarely buying GPUs
+    # The engines' offline budget beside online work (workers.sequence.SchedulerConfig.harvest_fraction): a replica
+    # with online work runs offline work only while its steady decode iteration stays within this share of the
+    # TPOT target. None: offline work takes all the compute online work leaves.
+    harvest_fraction: float | None = 0.5
     churn_usd_per_replica: float = 0.25  # activation or removal of a replica (stability against flapping)
     resize_usd_per_gib: float = 0.001  # changing a replica's KV share
     # Surge additions (`PlacementProblem.grow_only`): removing a running replica, or taking KV from one, costs this
@@ -104,6 +109,9 @@ class ReplicaConfig:
     kv_max_gib: float  # all memory the weights leave
     online: CapacityTable  # SLO-feasible req/s against the KV share
     offline_rate_per_s: float  # throughput-bound req/s at the full share (no latency target)
+    # req/s (online and offline together) whose steady decode fits the harvest budget: beside online work, offline
+    # work gets this less the online load (PlacementSettings.harvest_fraction; the offline rate when None)
+    harvest_rate_per_s: float
     activate_host_s: float
     activate_cold_s: float
 
@@ -277,9 +285,14 @@ def build_configs(fleet: FleetSpec, pools: tuple[PoolInfo, ...], loads: list[Loa
                 limits = replace(settings.limits, time_shared=tp == 1)  # TP = 1 replicas may share their GPU
                 online = capacity_table(lat, loads[m_idx], per_tok, kv_min, kv_max, slos[m_idx], limits)
                 offline = capacity_table(lat, loads[m_idx], per_tok, kv_min, kv_max, None, settings.limits)
+                harvest = offline.max_rate_per_s
+                if settings.harvest_fraction is not None and slos[m_idx] is not None:
+                    budget = SLOTarget(math.inf, settings.harvest_fraction * slos[m_idx].tpot_s)
+                    harvest = min(harvest, capacity_table(lat, loads[m_idx], per_tok, kv_min, kv_max, budget,
+                                                          settings.limits).max_rate_per_s)
                 configs.append(ReplicaConfig(
                     len(configs), model.name, m_idx, p_idx, tp, row.weight_gib_per_gpu, kv_min, kv_max, online,
-                    offline.max_rate_per_s, lat.activate_from_host_s, lat.activate_from_cold_s))
+                    offline.max_rate_per_s, harvest, lat.activate_from_host_s, lat.activate_from_cold_s))
     return tuple(configs)
 
 
