@@ -119,3 +119,20 @@ def test_spot_is_bought_only_for_what_the_on_demand_tier_leaves() -> None:
     assert plan_liveput(covered).path[0] == ((1, 0),)  # the on-demand tier serves it all
     part = replace(inp, base_online_rps=np.array([6.0]), base_offline_rps=np.array([0.0]))
     assert plan_liveput(part).path[0][0][1] < plan_liveput(inp).path[0][0][1]
+
+
+def test_beside_online_work_offline_work_gets_only_the_harvest_budget_s_rest() -> None:
+    """One TP-1 model: 4 req/s of SLO capacity, 8 req/s offline alone, 3 req/s within the harvest budget."""
+    from optimizers.liveput import served_usd
+
+    def value(harvest, online):
+        spec = (SpotModel("m", (1,), (4.0,), (8.0,), (5.0,), harvest),)
+        inp = LiveputInput(16, 60.0, spec, np.ones(1), np.full((1, 1), 16.0), np.full((1, 1, 1), online),
+                           np.full((1, 1, 1), 100.0), online_usd_per_request=0.0, offline_usd_per_request=1.0)
+        return served_usd(inp, 0, 0, 0, 2)[0] / 60.0  # offline req/s served by 0, 1, 2 replicas
+
+    # 2 req/s online on two replicas: all the compute online work leaves (8 × 1.5), or the harvest rest (3 × 2 − 2)
+    assert value(None, 2.0) == pytest.approx([0.0, 4.0, 12.0])
+    assert value((3.0,), 2.0) == pytest.approx([0.0, 1.0, 4.0])
+    # no online work: the full offline rate
+    assert value((3.0,), 0.0) == pytest.approx([0.0, 8.0, 16.0])

@@ -127,3 +127,17 @@ def test_no_spot_replica_for_a_model_the_held_on_demand_gpus_serve(fleet) -> Non
     steps = plan_spot_pools(*args, base=OnDemandBase(online, offline))
     assert spot_1b(steps) == 0 and steps[0].online_rps[:, m].sum() == 0  # nothing left to serve, no residual cut
     assert spot_1b(plan_spot_pools(*args, policy="reactive", base=OnDemandBase(online, offline))) >= 1
+
+
+def test_the_harvest_rate_is_what_half_the_tpot_holds_and_off_it_is_the_offline_rate(fleet) -> None:
+    from optimizers.placement.problem import PlacementSettings
+
+    sc = _scenarios(fleet, [32])
+    harvested = build_problem(fleet, sc)
+    whole = build_problem(fleet, sc, settings=PlacementSettings(harvest_fraction=None))
+    # Within half the TPOT target a replica serves at most its throughput; where decode time binds before the
+    # compute does (qwen-14b on one A100: 3.23 req/s offline alone), less.
+    assert all(0 < c.harvest_rate_per_s <= c.offline_rate_per_s for c in harvested.configs)
+    qwen = next(c for c in harvested.configs if c.model == "qwen-14b" and c.tp == 1)
+    assert qwen.harvest_rate_per_s < 0.8 * qwen.offline_rate_per_s
+    assert all(c.harvest_rate_per_s == c.offline_rate_per_s for c in whole.configs)
