@@ -166,10 +166,18 @@ def served_usd(inp: LiveputInput, m: int, o: int, t: int, n_max: int) -> np.ndar
     online_left, offline_left = inp.uncovered(m, inp.online_rps[:, m, t], inp.offline_rps[:, m, t])
     online = np.minimum(online_left[:, None], on_cap)  # (S, k)
     spare = np.where(on_cap > 0, 1 - online / np.maximum(on_cap, 1e-12), 0) * k * model.offline_rate_per_s[o]
-    if model.harvest_rate_per_s is not None:  # beside online work, offline work gets the harvest budget's rest
-        spare = np.where(online_left[:, None] > 0, np.maximum(0.0, k * model.harvest_rate_per_s[o] - online), spare)
+    if model.harvest_rate_per_s is not None:
+        spare = within_harvest(spare, k, online, online_left, model.harvest_rate_per_s[o])
     offline = np.minimum(offline_left[:, None], spare)
     return (online * inp.online_usd_per_request + offline * inp.offline_usd_per_request) * inp.interval_s
+
+
+def within_harvest(spare: np.ndarray, k: np.ndarray, online: np.ndarray, online_left: np.ndarray,
+                   harvest_rate: float) -> np.ndarray:
+    """Offline req/s k replicas serve beside `online` req/s under the engines' harvest budget: where the scenario
+    has online demand, what `harvest_rate` per replica leaves of it (`ReplicaConfig.harvest_rate_per_s`); else
+    `spare`, the compute online work leaves."""
+    return np.where(online_left[:, None] > 0, np.maximum(0.0, k * harvest_rate - online), spare)
 
 
 def gpu_usd(inp: LiveputInput, tp: int, n_max: int) -> np.ndarray:

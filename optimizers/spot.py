@@ -38,6 +38,7 @@ from optimizers.liveput import (
     reactive_config,
     replica_value,
     survivor_pmf,
+    within_harvest,
 )
 from optimizers.placement.problem import PlacementProblem, ReplicaConfig
 from optimizers.plan import RunningReplica
@@ -227,8 +228,8 @@ def expected_service(problem: PlacementProblem, inp: LiveputInput, options: list
         online_left, offline_left = inp.uncovered(m, peak_online[:, m], peak_offline[:, m])
         served = np.minimum(online_left[:, None], k * c.online_rate_max)
         spare = np.where(k > 0, k - served / max(c.online_rate_max, 1e-12), 0.0) * c.offline_rate_per_s
-        if problem.settings.harvest_fraction is not None:  # beside online work: the harvest budget's rest
-            spare = np.where(online_left[:, None] > 0, np.maximum(0.0, k * c.harvest_rate_per_s - served), spare)
+        if problem.settings.harvest_fraction is not None:
+            spare = within_harvest(spare, k, served, online_left, c.harvest_rate_per_s)
         online[:, m] = (pmf * served).sum(axis=1)
         offline[:, m] = (pmf * np.minimum(offline_left[:, None], spare)).sum(axis=1)
     return online, offline

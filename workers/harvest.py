@@ -98,27 +98,18 @@ class Harvest(Preemption):
         fraction, lm = self.config.harvest_fraction, st.latency
         if fraction is None or lm is None:
             return None
-        tpot = st.min_tpot_s
-        if tpot is None:
-            tpot = st.min_tpot_s = min((s.tpot_target_s for s in st.running), default=math.inf)
+        tpot = st.online_tpot_s()
         head = st.queue.peek_online()
         if head is not None and head.tpot_target_s < tpot:
             tpot = head.tpot_target_s
         others_s = 0.0
         for other in self._models.values():
-            if other is st or not other.running:
-                continue
-            t = other.min_tpot_s
-            if t is None:
-                t = other.min_tpot_s = min(s.tpot_target_s for s in other.running)
-            tpot = min(tpot, t)
-            if other.latency is not None:
-                others_s += other.latency.iteration_s(decode_seqs=len(other.running),
-                                                      kv_tokens=sum(s.num_tokens for s in other.running))
+            if other is not st and other.running:
+                tpot = min(tpot, other.online_tpot_s())
+                others_s += other.steady_s()
         if tpot == math.inf:
             return None
-        return HarvestGate(lm, fraction * tpot - others_s, fraction, others_s, len(st.running),
-                           sum(s.num_tokens for s in st.running))
+        return HarvestGate(lm, fraction * tpot - others_s, fraction, others_s, len(st.running), st.context_tokens())
 
     def _yield_offline(self, st: ModelState, gate: HarvestGate) -> bool:
         """Pause running offline sequences, latest first, until the steady iteration fits the budget; whether any

@@ -1,8 +1,8 @@
 """Which model runs next when several time-share a device (one model's batch per iteration).
 
 Each model with runnable work has a due time — for its queue head (its first online sequence, if any) the arrival
-plus `urgency_fraction` of the TTFT target, for its running online sequences the start of its last iteration plus that fraction of the smallest TPOT
-target, and for offline-only work `offline_period_s` after it last ran. Models whose work is overdue run first, then
+plus `urgency_fraction` of the TTFT target, for its running online sequences the start of its last iteration plus
+that fraction of the smallest TPOT target, and for offline-only work `offline_period_s` after it last ran. Models whose work is overdue run first, then
 models with online work, then offline-only models; within each class models take turns (the one that ran least
 recently goes next). So a new request is admitted within an iteration or two, every model's decodes keep moving, a
 model falling behind its targets gets more turns, and no model starves — not even under overload, where
@@ -47,9 +47,7 @@ class ModelChoice(SchedulerBase):
             else:
                 due = st.last_run_s + cfg.offline_period_s
         if st.running:
-            tpot = st.min_tpot_s
-            if tpot is None:
-                tpot = st.min_tpot_s = min(s.tpot_target_s for s in st.running)
+            tpot = st.online_tpot_s()
             if tpot < math.inf:
                 online = True
                 running_due = st.last_run_s + cfg.urgency_fraction * tpot

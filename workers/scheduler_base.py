@@ -50,6 +50,22 @@ class ModelState:
     def has_work(self) -> bool:
         return bool(self.running) or bool(len(self.queue))
 
+    def online_tpot_s(self) -> float:
+        """The tightest TPOT target of its running sequences (inf: none online), cached in `min_tpot_s`."""
+        if self.min_tpot_s is None:
+            self.min_tpot_s = min((s.tpot_target_s for s in self.running), default=math.inf)
+        return self.min_tpot_s
+
+    def steady_s(self) -> float:
+        """Its steady iteration: every running sequence decoding at its current context (0 without a latency
+        model)."""
+        if self.latency is None:
+            return 0.0
+        return self.latency.iteration_s(decode_seqs=len(self.running), kv_tokens=self.context_tokens())
+
+    def context_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.running)
+
 
 class SchedulerBase:
     """A device's scheduling state over one shared `KVPool` (see workers.scheduler for the contract)."""
