@@ -59,11 +59,17 @@ class PlacementSettings:
     # HiGHS checks its time limit only between phases of the root node; started with less time than this, the full
     # MIP overran a 1 s budget by up to 0.9 s (bench/solver_scaling.py) and rarely improved the incumbent.
     min_full_mip_s: float = 1.0
+    # A program this small whose incumbent leaves more than `short_of_lp_rps` of online demand unserved beyond what
+    # the LP relaxation leaves gets the full MIP whatever is left of the budget, in deterministic solves too: its
+    # root takes milliseconds (a spot fleet's 11 integers: 23 ms; a sweep fleet's 46: 8-380 ms), and rounding plus
+    # the LP neighbourhood had starved a model the fleet could serve (docs/optimizers.md, "Small programs").
+    small_mip_integers: int = 64
+    short_of_lp_rps: float = 0.05
     max_models_per_block: int = 48  # decomposition: models per sub-program when the fleet is larger
     # Deterministic solving (simulations, benchmarks): the phases up to the LP neighbourhood run and stop on work
     # limits — MIP nodes here, CP-SAT's deterministic time for packing — with time limits kept only as a safety
-    # net, and the full MIP is left out (`solve_block`), so a plan depends on its inputs and not on the machine's
-    # load. Live planning keeps wall-clock budgets.
+    # net, and the full MIP is left out except to rescue a small program (`solve_block`), so a plan depends on its
+    # inputs and not on the machine's load. Live planning keeps wall-clock budgets.
     deterministic: bool = False
     deterministic_mip_nodes: int = 30
     limits: EngineLimits = field(default_factory=EngineLimits)

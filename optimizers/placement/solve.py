@@ -58,7 +58,9 @@ def solve_block(problem: PlacementProblem, *, time_limit_s: float, warm: Placeme
        start — each completed by a small MIP over the shared GPUs and residencies; the best is the incumbent;
     3. the LP's neighbourhood (RENS): a sub-MIP whose replica counts may only take the floor or ceiling of the LP
        value (or the incumbent's), solved from the incumbent — small, so it usually finishes within the budget;
-    4. the full MIP from the best solution, when at least `settings.min_full_mip_s` is left.
+    4. the full MIP from the best solution, when at least `settings.min_full_mip_s` is left — or whatever is left
+       (deterministic solves included) on a program of at most `settings.small_mip_integers` integers whose
+       incumbent leaves more online demand unserved than the relaxation (`settings.short_of_lp_rps`).
     The result is never worse than the warm start; `gap` is measured against the LP bound.
     """
     start = time.perf_counter()
@@ -83,10 +85,15 @@ def solve_block(problem: PlacementProblem, *, time_limit_s: float, warm: Placeme
                           max_nodes=nodes, **_neighbourhood(prog, n_cols, lp.values, best.values))
         if rens.objective is not None and rens.objective < best.objective - 1e-9:
             best, source = rens, "lp-neighbourhood"
-    # Deterministic solves stop here: HiGHS has no work limit on a MIP's root (cuts, heuristics), which took 0.4-3 s
-    # on 12-model instances, so a full MIP can only be limited by time.
-    if best is not None and not st.deterministic and left() >= st.min_full_mip_s \
-            and prog.integer.sum() <= st.max_mip_integers:
+    # Deterministic solves stop here, as a rule: HiGHS has no work limit on a MIP's root (cuts, heuristics), which
+    # took 0.4-3 s on 12-model instances, so a full MIP can only be limited by time. The exception is a small
+    # program whose incumbent leaves online demand unserved that the relaxation serves (`_short_of_lp`): its root
+    # takes milliseconds, and service is at stake, so it gets the full MIP in every mode, within what is left.
+    integers = int(prog.integer.sum())
+    rescue = best is not None and integers <= st.small_mip_integers and left() > 0.05 \
+        and _short_of_lp(problem, model, prog, best, lp) > st.short_of_lp_rps
+    if best is not None and (rescue or not st.deterministic and left() >= st.min_full_mip_s
+                             and integers <= st.max_mip_integers):
         mip = prog.solve(time_limit_s=left(), mip_gap=problem.settings.mip_gap, start=best.values, max_nodes=nodes)
         if mip.objective is not None and mip.objective < best.objective - 1e-9:
             best, source = mip, "mip"
@@ -98,6 +105,26 @@ def solve_block(problem: PlacementProblem, *, time_limit_s: float, warm: Placeme
     status = "optimal" if gap is not None and gap <= problem.settings.mip_gap else "feasible"
     return _extract(model, problem, status, gap, time.perf_counter() - start, (prog.num_columns, prog.num_rows),
                     f"{warm_name}; best from {source}", float(best.objective))
+
+
+def _short_of_lp(problem: PlacementProblem, model: pyo.ConcreteModel, prog: CompiledProgram, best: Solution,
+                 lp: Solution) -> float:
+    """Expected online req/s the incumbent leaves unserved beyond what the LP relaxation leaves (0 without an LP):
+    rounding that starves a model the fleet could serve."""
+    if lp.values is None:
+        return 0.0
+    online = [c.online for c in problem.classes]
+    cols, weights = [], []
+    for s in model.S:
+        block = model.scenario[s]
+        for m, c in block.MC:
+            if online[c]:
+                cols.append(prog.index(block.u[m, c]))
+                weights.append(float(problem.weights[s]))
+    if not cols:
+        return 0.0
+    w, idx = np.array(weights), np.array(cols)
+    return float(w @ best.values[idx] - w @ lp.values[idx])
 
 
 def _node_limit(problem: PlacementProblem) -> int | None:

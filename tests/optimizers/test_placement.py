@@ -1,4 +1,5 @@
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -42,6 +43,31 @@ def test_solver_matches_exhaustive_enumeration_on_a_small_instance() -> None:
     problem = _small_problem([[20.0, 3.0], [30.0, 1.0], [10.0, 5.0]])
     result = solve_block(problem, time_limit_s=20)
     assert result.objective_usd == pytest.approx(_brute_force(problem), rel=2e-3)
+
+
+@pytest.mark.parametrize("seed,gpus,models,load", [(5, 6, 3, 0.8), (6, 8, 2, 1.0), (8, 6, 3, 0.8)])
+def test_a_small_program_that_rounding_starves_gets_the_full_mip_in_deterministic_solves(seed, gpus, models,
+                                                                                        load) -> None:
+    """Instances where LP rounding and the LP neighbourhood left online demand unserved that the relaxation serves,
+    3-50 % above the optimum: a program this small is rescued by the full MIP (`PlacementSettings.small_mip_integers`,
+    `short_of_lp_rps`), deterministic solves included."""
+    from optimizers.instances import random_fleet, random_scenarios
+    from optimizers.placement.highs import CompiledProgram
+    from optimizers.placement.model import build_model
+    from optimizers.placement.solve import solve_placement
+
+    fleet = random_fleet(gpus, models, seed=seed)
+    problem = build_problem(fleet, random_scenarios(fleet, 4, seed=seed, load=load),
+                            settings=PlacementSettings(deterministic=True))
+    prog = CompiledProgram(build_model(problem))
+    assert prog.integer.sum() <= problem.settings.small_mip_integers
+    optimum = prog.solve(time_limit_s=60, mip_gap=1e-6).objective
+    without = solve_placement(replace(problem, settings=replace(problem.settings, short_of_lp_rps=np.inf)),
+                              time_limit_s=2.0)
+    assert without.objective_usd > optimum * (1 + problem.settings.mip_gap)
+    result = solve_placement(problem, time_limit_s=2.0)
+    assert result.warm_start.endswith("best from mip")
+    assert result.objective_usd <= optimum * (1 + problem.settings.mip_gap) + 1e-6
 
 
 def test_more_demand_than_the_fleet_holds_is_priced_not_infeasible() -> None:
