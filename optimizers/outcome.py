@@ -33,8 +33,7 @@ def expected_outcome(problem: PlacementProblem, decision: PlacementDecision, unm
         for c, cls in enumerate(problem.classes):
             total = demand[:, c].sum()
             per_class[cls.name] = float(1 - unmet_rps[s, :, c].sum() / total) if total > 0 else 1.0
-        online = np.array([c.online for c in problem.classes])
-        served = (demand - unmet_rps[s])[:, online].sum(axis=1)
+        served = (demand - unmet_rps[s])[:, problem.online_mask].sum(axis=1)
         total = demand.sum()
         scenarios.append(ScenarioOutcome(
             scenario=s, weight=float(problem.weights[s]),

@@ -172,7 +172,7 @@ def liveput_input(problem: PlacementProblem, p: int, demand: np.ndarray, availab
     models = tuple(_spot_model(problem.models[m].name, opts, problem.current.host_models,
                                problem.settings.harvest_fraction is not None)
                    for m, opts in enumerate(options))
-    online = np.array([c.online for c in problem.classes])
+    online = problem.online_mask
     rates = demand if demand.shape[0] else np.zeros((1, len(problem.models), len(problem.classes), 1))
     current = tuple(_current(running.get((problem.models[m].name, pool.name)), options[m], pool.num_gpus)
                     for m in range(len(problem.models)))
@@ -240,7 +240,7 @@ def residual_problem(problem: PlacementProblem, steps: list[SpotStep]) -> Placem
     service (spread over a model's classes in proportion to their demand)."""
     if not steps:
         return problem
-    online_mask = np.array([c.online for c in problem.classes])
+    online_mask = problem.online_mask
     demand = problem.demand_rps.copy()
     for mask, served in ((online_mask, sum(s.online_rps for s in steps)),
                          (~online_mask, sum(s.offline_rps for s in steps))):

@@ -201,10 +201,14 @@ class PlacementProblem:
             out.setdefault(c.model_index, []).append(c)
         return out
 
+    @cached_property
+    def online_mask(self) -> np.ndarray:
+        """(C,) which SLO classes are online (have latency targets)."""
+        return np.array([c.online for c in self.classes], dtype=bool)
+
     def online_demand(self) -> np.ndarray:
         """(S, M) online requests/s."""
-        mask = np.array([c.online for c in self.classes])
-        return self.demand_rps[:, :, mask].sum(axis=2)
+        return self.demand_rps[:, :, self.online_mask].sum(axis=2)
 
     @cached_property
     def on_demand(self) -> tuple[ReplicaConfig | None, ...]:
@@ -222,8 +226,7 @@ class PlacementProblem:
                          if od is not None and mean[m] <= limit * od.online_rate_max and m not in self.waiting)
 
     def offline_demand(self) -> np.ndarray:
-        mask = np.array([not c.online for c in self.classes])
-        return self.demand_rps[:, :, mask].sum(axis=2)
+        return self.demand_rps[:, :, ~self.online_mask].sum(axis=2)
 
 
 def with_packing_reserve(problem: PlacementProblem, shortfall_gib: np.ndarray, gpus: np.ndarray) -> PlacementProblem:

@@ -113,7 +113,7 @@ def _short_of_lp(problem: PlacementProblem, model: pyo.ConcreteModel, prog: Comp
     rounding that starves a model the fleet could serve."""
     if lp.values is None:
         return 0.0
-    online = [c.online for c in problem.classes]
+    online = problem.online_mask
     cols, weights = [], []
     for s in model.S:
         block = model.scenario[s]
@@ -358,8 +358,7 @@ def _extract(model: pyo.ConcreteModel, problem: PlacementProblem, status: str, g
 
 def _served_by_config(problem: PlacementProblem, cap: np.ndarray, unmet: np.ndarray) -> np.ndarray:
     """(S, K) online req/s per config: each model's served load in proportion to its configs' surviving capacity."""
-    online = np.array([c.online for c in problem.classes])
-    served_model = (problem.demand_rps - unmet)[:, :, online].sum(axis=2)  # (S, M)
+    served_model = (problem.demand_rps - unmet)[:, :, problem.online_mask].sum(axis=2)  # (S, M)
     live = problem.survival * cap[None, :]  # (S, K)
     out = np.zeros_like(live)
     for m in range(len(problem.models)):
