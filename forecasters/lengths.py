@@ -20,7 +20,7 @@ of the sum of a group's remaining output tokens — what the queue planner needs
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -247,20 +247,31 @@ class GroupLengths:
 
     With a conditional model, every request of the group is predicted at the group's mean prompt length;
     otherwise the (model, class) empirical distribution stands for each. Requests are independent, so the
-    group's mean and variance are n times one request's (the planner applies the CLT or a gamma itself).
+    group's mean and variance are n times one request's (the planner applies the CLT or a gamma itself). The
+    empirical moments are computed once per pair: the planner asks for every group of every plan, and a day of
+    telemetry holds millions of samples.
     """
 
     empirical: EmpiricalLengths
     conditional: ConditionalLengths | None = None
+    _moments: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict, init=False, repr=False)
 
     def __call__(self, model: str, slo_class: str, num_requests: int, prompt_tokens: int) -> tuple[float, float]:
         if num_requests <= 0:
             return 0.0, 0.0
         if self.conditional is not None:
             one = self.conditional.predict_for(model, slo_class, np.array([prompt_tokens / num_requests]))
+            mean, var = float(one.mean()[0]), float(one.var()[0])
         else:
+            mean, var = self._empirical_moments(model, slo_class)
+        return num_requests * mean, num_requests * var
+
+    def _empirical_moments(self, model: str, slo_class: str) -> tuple[float, float]:
+        key = (model, slo_class)
+        if key not in self._moments:
             one = LengthBatch.empirical(self.empirical.output_samples(model, slo_class))
-        return float(num_requests * one.mean()[0]), float(num_requests * one.var()[0])
+            self._moments[key] = (float(one.mean()[0]), float(one.var()[0]))
+        return self._moments[key]
 
 
 def group_remaining_output(lengths: EmpiricalLengths, model: str, slo_class: str, generated_so_far: np.ndarray, *,

@@ -22,11 +22,12 @@ from typing import Any, TypeVar
 
 from controller.fleet_settings import fleet_settings
 from controller.replan.execute import execute_plan
-from controller.replan.observe import Observed, observe
+from controller.replan.observe import Observed, observe, observed_lengths
 from controller.runtime import Controller, FleetRuntime
 from core.fleet import FleetSpec
 from core.forecast import Forecast, ScenarioSet
 from core.plan import Plan
+from core.protocols import Planner
 from core.requests import RequestTable
 from db.fleets import fleet_spec
 from db.forecasts import save_forecast
@@ -114,7 +115,7 @@ def _stages(ctl: Controller, runtime: FleetRuntime, stages: _Stages, cycle_id: s
     scenarios, forecast_ids = stages.run("forecast", forecast_and_store, ctl, runtime, obs)
     planner = runtime.planner(policy or settings.policy, obs.spec, obs.spec_digest)
     budget = budget_s or ctl.settings.plan_budget_s
-    plan: Plan = stages.run("plan", planner.plan, obs.spec, obs.state, scenarios, budget)
+    plan: Plan = stages.run("plan", _plan, planner, obs, scenarios, budget)
     stages.run("store", _store, ctl, obs, plan, settings.advisory)
     base = {"cycle_id": cycle_id, "fleet": runtime.name, "trigger": trigger, "plan_id": plan.plan_id,
                 "advisory": settings.advisory, "forecast_ids": tuple(forecast_ids), "inputs_digest": plan.input_digest}
@@ -161,6 +162,16 @@ def make_scenarios(ctl: Controller, runtime: FleetRuntime, spec: FleetSpec, spec
     scenarios = runtime.builder.build(history, now_s, seed=runtime.num_cycles)
     forecasts = [f.forecast(s.forecast_horizon) for f in runtime.builder.forecasters]
     return scenarios, forecasts
+
+
+def _plan(planner: Planner, obs: Observed, scenarios: ScenarioSet, budget_s: float) -> Plan:
+    """The plan; a `FleetwisePlanner`'s queue planner first gets the group lengths the telemetry knows
+    (`observed_lengths`), as the what-if `fleetwise` policy's does."""
+    from optimizers.fleetwise import FleetwisePlanner
+
+    if isinstance(planner, FleetwisePlanner):
+        planner.lengths = observed_lengths(obs.history, obs.outcomes)
+    return planner.plan(obs.spec, obs.state, scenarios, budget_s)
 
 
 def _store(ctl: Controller, obs: Observed, plan: Plan, advisory: bool) -> None:

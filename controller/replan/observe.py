@@ -26,6 +26,7 @@ from db.plans import latest_plan, to_plan
 from db.telemetry import RequestOutcomes, read_telemetry
 from db.workers import latest_worker_statuses, record_worker_statuses
 from executors import WorkerSet
+from forecasters.lengths import EmpiricalLengths, GroupLengths
 
 CURRENT_STATUSES = ("applied", "applying")
 
@@ -107,6 +108,22 @@ def model_loads(history: RequestTable, outcomes: RequestOutcomes, now_s: float, 
             last_arrival_s=float(history.arrival_s[rows].max()) if rows.any() else None,
         )
     return loads
+
+
+def observed_lengths(history: RequestTable, outcomes: RequestOutcomes) -> GroupLengths | None:
+    """The queue planner's length model (`forecasters.lengths.GroupLengths`) from the output lengths the telemetry
+    knows: requests that completed, and imported arrivals (outcome `unknown`), which carry the trace's true
+    lengths. Dropped, rejected and cancelled requests produced no whole output and are left out. None when no
+    request qualifies: the planner then works from the scenarios' mean lengths. This is what the what-if
+    `fleetwise` policy gives its planner (`controller.whatif.predictive.ObservedLengths`), so a what-if run
+    predicts the queue orders the live cycle makes."""
+    if len(history) == 0:
+        return None
+    outcome = outcomes.labels("outcome")
+    known = (outcome == "completed") | (outcome == "unknown")
+    if not known.any():
+        return None
+    return GroupLengths(EmpiricalLengths.fit(history.take(np.flatnonzero(known))))
 
 
 def _unserved_models(history: RequestTable, outcomes: RequestOutcomes, statuses: list[WorkerStatus], now: float,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from controller.replan.observe import _unserved_models
+from controller.replan.observe import _unserved_models, observed_lengths
 from core.actions import Residency
 from core.requests import RequestTable
 from core.state import EventKind
@@ -43,3 +43,17 @@ def test_no_drops_no_events() -> None:
         output_tokens=np.array([5]), model_names=("a",), slo_names=("interactive",))
     outcomes = RequestOutcomes.from_columns(outcome=["completed"])
     assert _unserved_models(table, outcomes, [], now=100.0, window_s=60.0) == []
+
+
+def test_observed_lengths_learn_from_completed_and_imported_requests_only() -> None:
+    table = RequestTable.from_columns(
+        arrival_s=np.arange(4.0), model_idx=np.zeros(4, int), slo_idx=np.zeros(4, int),
+        prompt_tokens=np.full(4, 10), output_tokens=np.array([100, 300, 9000, 200]), model_names=("a",),
+        slo_names=("interactive",))
+    outcomes = RequestOutcomes.from_columns(outcome=["completed", "unknown", "dropped", "cancelled"])
+    lengths = observed_lengths(table, outcomes)
+    assert lengths is not None
+    assert lengths("a", "interactive", 2, 20) == (400.0, 2 * 100.0**2)  # 100 and 300: mean 200, variance 10,000
+    none_known = RequestOutcomes.from_columns(outcome=["dropped", "rejected", "dropped", "cancelled"])
+    assert observed_lengths(table, none_known) is None
+    assert observed_lengths(table.take(np.zeros(4, bool)), RequestOutcomes.from_columns(outcome=[])) is None

@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
+import numpy as np
+import pytest
 from sqlalchemy import select
 
 from controller.backends import BackendRegistry, FleetBackend
+from controller.replan.cycle import run_cycle
 from controller.replan.scheduler import ReplanScheduler
 from controller.runtime import Controller
+from core.requests import RequestTable
 from db.fleets import put_fleet
+from db.ingest import ingest_requests
 from db.models import ReplanRunRow
 from db.runs import list_replan_runs
+from db.telemetry import RequestOutcomes
+from optimizers.fleetwise import FleetwisePlanner
 from tests.controller.conftest import FLEET, closed_port, make_controller, small_fleet
 
 
@@ -95,3 +103,32 @@ def test_cron_ticks_drive_cycles_in_one_controller_of_two(db_url: str) -> None:
     assert all(s.num_ticks >= 2 for s in schedulers)
     for c in ctls:
         c.close()
+
+
+def test_the_fleetwise_planner_gets_the_output_lengths_the_telemetry_knows(db_url: str) -> None:
+    """The live cycle hands its queue planner the group lengths of completed requests (the what-if policy's
+    `ObservedLengths`); dropped requests, which produced no whole output, are left out."""
+    ctl = with_fleets(make_controller(db_url), FLEET)
+    rng = np.random.default_rng(5)
+    n = 300
+    now = ctl.clock.now()
+    table = RequestTable.from_columns(
+        arrival_s=np.sort(now - 1500 + rng.uniform(0, 1400, n)), model_idx=np.arange(n) % 2,
+        slo_idx=(np.arange(n) % 5 == 0).astype(int), prompt_tokens=rng.integers(50, 2000, n),
+        output_tokens=rng.integers(10, 400, n), model_names=("chat", "small"), slo_names=("interactive", "batch"))
+    dropped = np.arange(n) % 7 == 3
+    table = replace(table, output_tokens=np.where(dropped, 50_000, table.output_tokens))
+    outcomes = RequestOutcomes.from_columns(outcome=np.where(dropped, "dropped", "completed").tolist(),
+                                            drop_reason=[("no_replica" if d else None) for d in dropped])
+    try:
+        with ctl.sessions.begin() as s:
+            ingest_requests(s, fleet=FLEET, table=table, outcomes=outcomes)
+        result = run_cycle(ctl, FLEET, trigger="manual", policy="fleetwise")
+        assert result.outcome in ("planned", "unchanged"), result
+        planner = next(p for p in ctl.fleet(FLEET).planners.values() if isinstance(p, FleetwisePlanner))
+        rows = (table.model_idx == 0) & (table.slo_idx == 0) & ~dropped
+        out = table.output_tokens[rows].astype(float)
+        mean, var = planner.lengths("chat", "interactive", 3, 900)
+        assert mean == pytest.approx(3 * out.mean()) and var == pytest.approx(3 * out.var())
+    finally:
+        ctl.close()
