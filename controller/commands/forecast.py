@@ -75,6 +75,9 @@ def forecast(
     if horizon_s < interval_s:
         raise InputError("--horizon", horizon, f"at least one interval ({interval})")
     steps = round(horizon_s / interval_s)
+    if not trace.exists():
+        raise InputError("--trace", str(trace), "an existing request trace, ServeGen folder or availability trace",
+                         problem=f"no such file or folder: {trace}")
     source = load_source(trace, interval_s=interval_s, model=model)
     if source.kind == "availability":
         report = _availability_report(source, steps)

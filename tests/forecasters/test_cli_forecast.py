@@ -71,3 +71,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], m
     res = run_cli("forecast", "--trace", str(canonical(tmp_path)), *args)
     assert res.returncode == 2
     assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+def test_cli_missing_trace_names_the_option(tmp_path: Path) -> None:
+    res = run_cli("forecast", "--trace", str(tmp_path / "missing.csv"), "--interval", "1m", "--horizon", "10m")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().startswith("error: --trace: no such file or folder") and "missing.csv" in res.stderr
