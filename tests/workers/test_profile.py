@@ -87,6 +87,29 @@ def test_intake_is_timed_through_the_engine_loop_which_is_stopped_afterwards() -
     assert engine.run_until_idle() and not engine.has_work
 
 
+class LoadArrivesEngine(SlowIntakeEngine):
+    """Iterations take `LOAD_S` longer from the `after`-th on: other work starting on the machine mid-probe."""
+
+    after = 18
+
+    def _work(self, batch):
+        if self.num_steps >= self.after:
+            time.sleep(LOAD_S)
+        return super()._work(batch)
+
+
+LOAD_S = 0.03
+
+
+def test_intake_stays_put_when_the_machine_gets_busier_during_the_probes() -> None:
+    """Each probe is paired with a warm twin run right after it, so load that arrives halfway slows both alike; timed
+    in two phases (all probes, then all twins) the twins would all be slowed and the intake come out at 0."""
+    engine = LoadArrivesEngine(make_engine(activate=()).config, SOURCES)
+    engine.activate("a")
+    engine.after = engine.num_steps + 18  # four iterations per probe: load arrives after 4½ of the 9 probes
+    assert INTAKE_S / 2 < admission_s(engine, "a", probes=8, gap_s=0.01) < INTAKE_S + 0.01
+
+
 def test_served_phase_times_back_to_back_iterations_by_their_loop_cycle() -> None:
     """Served traffic through the engine loop: every iteration is recorded; one that ran right after another with no
     arrival in between costs the time between their ends (at least its own time), the others their own time."""
