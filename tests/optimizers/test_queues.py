@@ -1,10 +1,18 @@
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from optimizers.queue_milp import solve_positions
-from optimizers.queues import GroupJob, QueueSettings, Server, order_groups, residual_tokens, server_cost
+from optimizers.queues import (
+    GroupJob,
+    QueueSettings,
+    Server,
+    best_order,
+    order_groups,
+    residual_tokens,
+    server_cost,
+)
 
 
 def _jobs(rng, n, models=("a", "b")):
@@ -31,20 +39,47 @@ def test_local_search_never_worse_than_edf_and_keeps_every_group() -> None:
         assert all(out[i].model == servers[k].model for i in order)
 
 
-def test_small_milp_finds_the_best_order_by_enumeration() -> None:
-    server = Server("r", "a", 1000.0)
-    jobs = [GroupJob(f"g{i}", "a", 1, m, 0.0, s, w) for i, (m, s, w) in
-            enumerate([(3000, 4.0, 1.0), (500, 1.0, 4.0), (2000, 9.0, 1.0), (1000, 2.0, 2.0)])]
-    order = solve_positions(jobs, server, time_limit_s=5.0)
+def _random_replica(rng, n: int) -> tuple[list[GroupJob], Server]:
+    """Groups of up to 3 models, some offline, on a replica with work running and 0, 0.5 or 2 s per model swap."""
+    models = ["a", "b", "c"][:int(rng.integers(1, 4))]
+    jobs = []
+    for i in range(n):
+        k, mean = int(rng.integers(1, 40)), float(rng.uniform(50, 400))
+        slack = float(rng.uniform(0.5, 20)) if rng.random() < 0.85 else float("inf")
+        jobs.append(GroupJob(f"g{i}", str(rng.choice(models)), k, k * mean, k * mean**2 * float(rng.uniform(0.2, 2)),
+                             slack, float(4.0 ** -rng.integers(0, 3))))
+    server = Server("r", str(rng.choice(models)), float(rng.uniform(500, 4000)),
+                    busy_tokens=float(rng.uniform(0, 3000)), swap_s=float(rng.choice([0.0, 0.5, 2.0])))
+    return jobs, server
 
-    def lateness(o):
-        t, total = 0.0, 0.0
-        for i in o:
-            t += jobs[i].mean_tokens / server.tokens_per_s
-            total += jobs[i].weight * max(0.0, t - jobs[i].slack_s)
-        return total
 
-    assert lateness(order) == min(lateness(list(p)) for p in itertools.permutations(range(4)))
+def test_best_order_is_the_enumerated_optimum() -> None:
+    rng = np.random.default_rng(1)
+    settings = QueueSettings()
+    for _ in range(80):
+        jobs, server = _random_replica(rng, int(rng.integers(1, 7)))
+        order = best_order(jobs, server, settings)
+        assert sorted(order) == list(range(len(jobs)))
+        optimum = min(server_cost(jobs, server, list(p), settings) for p in itertools.permutations(range(len(jobs))))
+        assert server_cost(jobs, server, order, settings) == pytest.approx(optimum, rel=1e-9, abs=1e-9)
+
+
+def test_the_search_orders_every_small_replica_exactly() -> None:
+    """Replicas with at most `exact_max_groups` groups end in their best order, which the neighbour swaps and
+    regroupings alone miss on these instances."""
+    rng = np.random.default_rng(7)
+    settings = QueueSettings(deterministic=True)
+    gaps = []
+    for _ in range(6):
+        jobs, server = _random_replica(rng, 7)
+        server = Server(server.replica_id, server.model, server.tokens_per_s, busy_tokens=server.busy_tokens,
+                        swap_s=2.0)
+        optimum = min(server_cost(jobs, server, list(p), settings) for p in itertools.permutations(range(7)))
+        _, best = order_groups(jobs, [server], budget_s=1.0, settings=settings)
+        assert best.cost == pytest.approx(optimum, rel=1e-9, abs=1e-9)
+        _, local = order_groups(jobs, [server], budget_s=1.0, settings=replace(settings, exact_max_groups=0))
+        gaps.append(local.cost - optimum)
+    assert max(gaps) > 0.1  # the local search alone stops short somewhere
 
 
 def test_small_groups_use_the_skewed_distribution() -> None:
@@ -72,9 +107,12 @@ def test_search_packs_same_model_groups_where_edf_pays_a_swap_at_every_change() 
     jobs = [GroupJob(g, m, 1, 1000.0, 1.0, slack, 1.0) for g, m, slack in spec]
     settings = QueueSettings()
     _, edf = order_groups(jobs, [server], budget_s=0.0)
-    out, best = order_groups(jobs, [server], budget_s=1.0)
     optimum = min(server_cost(jobs, server, list(p), settings) for p in itertools.permutations(range(len(jobs))))
     assert edf.cost == pytest.approx(5.0, abs=1e-3)  # every group after the first misses
+    # The local search's moves alone (as on replicas with more groups than `exact_max_groups`) get there too.
+    out, best = order_groups(jobs, [server], budget_s=1.0, settings=replace(settings, exact_max_groups=0))
     assert best.cost == pytest.approx(optimum, abs=1e-6) and optimum < edf.cost - 3
     assert best.steps.get("regroup", 0) >= 1
     assert [out[i].model for i in best.orders[0]][:3] == ["a", "a", "a"]
+    out, best = order_groups(jobs, [server], budget_s=1.0)
+    assert best.cost == pytest.approx(optimum, abs=1e-6) and best.steps.get("exact") == 1
