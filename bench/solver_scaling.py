@@ -45,7 +45,15 @@ from optimizers.outcome import class_mix
 from optimizers.placement.packing import pack, replica_items
 from optimizers.placement.problem import PlacementSettings, build_problem
 from optimizers.placement.solve import solve_block, solve_placement
-from optimizers.queues import GroupJob, QueueSettings, Server, best_order, order_groups, server_cost
+from optimizers.queues import (
+    GroupJob,
+    QueueSettings,
+    Server,
+    best_order,
+    edf_start,
+    order_groups,
+    server_cost,
+)
 from optimizers.spot import SpotSettings
 
 RESULTS = ROOT / "bench" / "results"
@@ -203,9 +211,8 @@ def bench_exact_order(groups: int, n: int) -> dict:
         order, w, c = _timed(lambda: best_order(jobs, server))  # noqa: B023
         wall.append(w)
         cpu.append(c)
-        edf_order = sorted(range(groups), key=lambda i: jobs[i].slack_s)
         exact.append(server_cost(jobs, server, order, QueueSettings()))
-        edf.append(server_cost(jobs, server, edf_order, QueueSettings()))
+        edf.append(server_cost(jobs, server, edf_start(jobs, [server])[0], QueueSettings()))
     return {**_stats(wall, cpu), "expected_misses": float(np.mean(exact)), "edf_expected_misses": float(np.mean(edf)),
             "groups": groups}
 
