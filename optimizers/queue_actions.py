@@ -85,7 +85,7 @@ def plan_queues(state: FleetState, fleet: FleetSpec, targets: list[PlacedReplica
         plan.reasons.append(f"re-estimated {late} running request(s) past their predicted p99 output length")
     jobs = [_job(g, state, fleet, lengths, settings) for g in state.groups if any(s.model == g.model for s in servers)]
     jobs, best = order_groups(jobs, servers, budget_s=budget_s, settings=settings)
-    plan.name = "edf+local-search" + ("+milp" if best.steps.get("milp") else "")
+    plan.name = "edf+local-search" + ("+exact" if best.steps.get("exact") else "")
     for k, order in enumerate(best.orders):
         rid = servers[k].replica_id
         ids = list(dict.fromkeys(jobs[i].group_id.split("#")[0] for i in order))

@@ -10,7 +10,7 @@ number of requests that miss their TTFT deadline, weighted by class priority.
 Search (anytime): EDF on the least-loaded replica of the group's model → local search (move a group to another
 replica, swap neighbours, regroup same-model groups on a replica that swaps models, split a large group so its head
 goes first) → the exact best order, by dynamic programming over subsets, on each replica with few groups
-(`best_order`). Evictions: when the head group of a replica is predicted late and lower-priority requests are
+(`best_order`), and of every stretch of a few consecutive groups on larger ones (`best_window`). Evictions: when the head group of a replica is predicted late and lower-priority requests are
 decoding there, evict them by KV swap-out or recompute, whichever the latency model says is cheaper.
 Running requests whose output has passed their predicted p99 are re-estimated (mean residual life of a lognormal).
 """
@@ -35,6 +35,7 @@ class QueueSettings:
     clt_min_requests: int = 30  # normal approximation from this many requests ahead (QLM); gamma below
     split_min_requests: int = 8  # groups this large may be split
     exact_max_groups: int = 10  # the exact order (`best_order`) on replicas with at most this many groups
+    window_groups: int = 8  # larger replicas: the exact order of every stretch of this many (`best_window`)
     priority_weight_base: float = 4.0  # class of priority p weighs base^(−p)
     violation_to_evict: float = 0.5  # evict when the head group misses with at least this probability
     p99_z: float = 2.326
@@ -78,6 +79,7 @@ class Assignment:
     evaluations: int = 0
     steps: dict[str, int] = field(default_factory=dict)
     exact: dict[int, frozenset[int]] = field(default_factory=dict)  # server → the groups last put in best order
+    windowed: dict[int, tuple[int, ...]] = field(default_factory=dict)  # server → its last order no window improves
 
 
 def violation_probabilities(jobs: Sequence[GroupJob], server: Server, order: Sequence[int],
@@ -164,20 +166,29 @@ def order_groups(jobs: list[GroupJob], servers: Sequence[Server], *, budget_s: f
 
 def _improve_once(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, rng,
                   deadline: float) -> bool:
-    """One pass over the servers with expected misses: neighbour swaps, regrouping by model, and moves of the
-    latest-missing group to another server of its model."""
+    """One pass over the servers with expected misses: the exact order of small replicas (regrouping by model and
+    neighbour swaps on larger ones without windows) and moves of the latest-missing group to another server of its
+    model; then the exact windows of the larger replicas, which cost more, so every server has had its cheap moves
+    before the deadline can fall."""
     improved = False
-    for k in rng.permutation(len(servers)):
+    large = []
+    for k in map(int, rng.permutation(len(servers))):
         if time.perf_counter() >= deadline:
-            break
+            return improved
         if costs[k] <= 1e-9:
             continue
-        if 2 < len(best.orders[k]) <= settings.exact_max_groups:
-            improved |= _exact(jobs, servers, best, costs, settings, int(k))
+        n = len(best.orders[k])
+        if 2 < n <= settings.exact_max_groups:
+            improved |= _exact(jobs, servers, best, costs, settings, k)
+        elif n > settings.exact_max_groups and settings.window_groups > 1:
+            large.append(k)
         else:
-            improved |= _swap_neighbours(jobs, servers, best, costs, settings, int(k))
-            improved |= _regroup(jobs, servers, best, costs, settings, int(k))
-        improved |= _move_from(jobs, servers, best, costs, settings, int(k))
+            improved |= _swap_neighbours(jobs, servers, best, costs, settings, k)
+        improved |= _regroup(jobs, servers, best, costs, settings, k)
+        improved |= _move_from(jobs, servers, best, costs, settings, k)
+    for k in large:
+        if len(best.orders[k]) > settings.exact_max_groups:
+            improved |= _windows(jobs, servers, best, costs, settings, k, deadline)
     return improved
 
 
@@ -316,6 +327,26 @@ def _exact(jobs, servers, best: Assignment, costs: list[float], settings: QueueS
     return True
 
 
+def _windows(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, k: int,
+             deadline: float) -> bool:
+    """Server k's order with every stretch of `window_groups` consecutive groups in its best order (`best_window`),
+    the stretches overlapping by half, front to back. An order that no stretch improves is not swept again."""
+    if tuple(best.orders[k]) == best.windowed.get(k):
+        return False
+    width = settings.window_groups
+    step = max(width // 2, 1)
+    improved = False
+    for start in range(0, max(len(best.orders[k]) - width, 0) + step, step):
+        if time.perf_counter() >= deadline:
+            return improved
+        cand = best_window(jobs, servers[k], best.orders[k], start, width, settings)
+        if cand != best.orders[k]:
+            improved |= _try(jobs, servers, best, costs, settings, k, cand, "window")
+    if not improved:
+        best.windowed[k] = tuple(best.orders[k])
+    return improved
+
+
 def best_order(jobs: Sequence[GroupJob], server: Server, settings: QueueSettings = QueueSettings()) -> list[int]:
     """The order of `jobs` on `server` with the fewest expected weighted misses (`server_cost`), exactly.
 
@@ -324,25 +355,64 @@ def best_order(jobs: Sequence[GroupJob], server: Server, settings: QueueSettings
     swaps it waits for, which depends on the order ahead only through the model served last and the swaps so far.
     So the state is (set, last model, swaps), 2ⁿ · models · (n + 1) of them, evaluated a layer of equal-sized sets
     at a time; ~1 ms at 6 groups, ~15 ms at 10 on one core. Returns positions into `jobs`."""
+    return _dp_order(jobs, server, settings, _Ahead(model=server.model), [])
+
+
+def best_window(jobs: Sequence[GroupJob], server: Server, order: Sequence[int], start: int, width: int,
+                settings: QueueSettings = QueueSettings()) -> list[int]:
+    """`order` with its positions `[start, start + width)` in their best order, the groups before and after them
+    kept in place; exact for that window. The groups ahead of the window enter as a fixed start (their sums, the
+    model served last, the swaps so far); the groups after it depend on the window only through its sums, which
+    every order of it shares, and through the model it ends on and the swaps it makes, so their misses are priced
+    per (last model, swaps) at the DP's end. Indices in and out are into `jobs`."""
+    window = list(order[start:start + width])
+    ahead = _Ahead.of(jobs, server, order[:start])
+    inner = _dp_order([jobs[i] for i in window], server, settings, ahead,
+                      [jobs[i] for i in order[start + width:]])
+    return list(order[:start]) + [window[x] for x in inner] + list(order[start + width:])
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """What the groups served before a stretch of the order leave it: their tokens and requests (beyond the
+    server's running work), the model served last and the swaps made."""
+
+    mean: float = 0.0
+    var: float = 0.0
+    n: int = 0
+    model: str = ""
+    swaps: int = 0
+
+    @classmethod
+    def of(cls, jobs: Sequence[GroupJob], server: Server, served: Sequence[int]) -> _Ahead:
+        return cls(float(sum(jobs[i].mean_tokens for i in served)), float(sum(jobs[i].var_tokens for i in served)),
+                   int(sum(jobs[i].num_requests for i in served)), jobs[served[-1]].model if served else server.model,
+                   _switches(jobs, server, list(served)))
+
+
+def _dp_order(jobs: Sequence[GroupJob], server: Server, settings: QueueSettings, ahead: _Ahead,
+              after: Sequence[GroupJob]) -> list[int]:
+    """The DP of `best_order` for the groups `jobs` served after `ahead` and before the groups `after` (whose
+    misses count too). Returns positions into `jobs`."""
     n = len(jobs)
     if n <= 1:
         return list(range(n))
-    names = list(dict.fromkeys([server.model, *(j.model for j in jobs)]))
-    top = n if server.swap_s > 0 and len(names) > 1 else 0  # the most swaps a group can wait for
+    names = list(dict.fromkeys([ahead.model, *(j.model for j in jobs)]))
+    top = n if server.swap_s > 0 and len(names) > 1 else 0  # the most swaps a group of the window can wait for
     if not top:
-        names = names[:1]  # swaps cost nothing: which model ran last does not matter
+        names = names[:1]  # swaps cost nothing, or the window ends on one model whatever its order
     model = np.array([names.index(j.model) if top else 0 for j in jobs])
     weight = np.array([j.weight * j.num_requests for j in jobs], dtype=np.float64)
     masks = np.arange(1 << n)
     bits = (masks[:, None] >> np.arange(n)) & 1
-    ahead_mean = server.busy_tokens + bits @ np.array([j.mean_tokens for j in jobs], dtype=np.float64)
-    ahead_var = bits @ np.array([j.var_tokens for j in jobs], dtype=np.float64)
-    ahead_n = bits @ np.array([j.num_requests for j in jobs])
+    ahead_mean = server.busy_tokens + ahead.mean + bits @ np.array([j.mean_tokens for j in jobs], dtype=np.float64)
+    ahead_var = ahead.var + bits @ np.array([j.var_tokens for j in jobs], dtype=np.float64)
+    ahead_n = ahead.n + bits @ np.array([j.num_requests for j in jobs])
     # miss[mask, j, s]: group j served right after the set `mask`, having waited for s swaps (its own included).
     swaps = np.arange(top + 1)
     miss = weight[None, :, None] * miss_probability(
         ahead_mean[:, None, None], ahead_var[:, None, None], ahead_n[:, None, None],
-        np.array([j.slack_s for j in jobs])[None, :, None], swaps[None, None, :] * server.swap_s,
+        np.array([j.slack_s for j in jobs])[None, :, None], (ahead.swaps + swaps)[None, None, :] * server.swap_s,
         server.tokens_per_s, settings)
     value = np.full((1 << n, len(names), top + 1), np.inf)
     value[0, 0, 0] = 0.0
@@ -360,10 +430,11 @@ def best_order(jobs: Sequence[GroupJob], server: Server, settings: QueueSettings
                 cand[:, 1:] = np.minimum(cand[:, 1:], others[:, :-1] + miss[sets, j, 1:])
             target = sets | (1 << j)
             value[target, m, :] = np.minimum(value[target, m, :], cand)
+    mask = (1 << n) - 1
+    end = value[mask] + (_after_misses(jobs, server, settings, ahead, after, names, top) if top and after else 0.0)
+    last, s = np.unravel_index(int(np.argmin(end)), end.shape)
     # Walk back from the best final state to the group served last, and so on.
     order: list[int] = []
-    mask = (1 << n) - 1
-    last, s = np.unravel_index(int(np.argmin(value[mask])), value[mask].shape)
     while mask:
         v = value[mask, last, s]
         for j in range(n):
@@ -384,6 +455,30 @@ def best_order(jobs: Sequence[GroupJob], server: Server, settings: QueueSettings
         else:
             raise AssertionError("best_order: no predecessor reproduces the optimum")
     return order[::-1]
+
+
+def _after_misses(jobs: Sequence[GroupJob], server: Server, settings: QueueSettings, ahead: _Ahead,
+                  after: Sequence[GroupJob], names: list[str], top: int) -> np.ndarray:
+    """(models, top + 1): the weighted misses of the groups `after` a window that ends on model `names[m]`
+    having made `s` swaps (the window's sums are the same in every order)."""
+    mean = np.array([j.mean_tokens for j in after])
+    var = np.array([j.var_tokens for j in after])
+    count = np.array([j.num_requests for j in after])
+    weight = np.array([j.weight * j.num_requests for j in after])
+    base_mean = server.busy_tokens + ahead.mean + sum(j.mean_tokens for j in jobs)
+    base_var = ahead.var + sum(j.var_tokens for j in jobs)
+    base_n = ahead.n + sum(j.num_requests for j in jobs)
+    ahead_mean = base_mean + np.concatenate([[0.0], np.cumsum(mean)[:-1]])
+    ahead_var = base_var + np.concatenate([[0.0], np.cumsum(var)[:-1]])
+    ahead_n = base_n + np.concatenate([[0], np.cumsum(count)[:-1]])
+    slack = np.array([j.slack_s for j in after])
+    out = np.empty((len(names), top + 1))
+    for m, name in enumerate(names):
+        own = np.cumsum([j.model != (name if k == 0 else after[k - 1].model) for k, j in enumerate(after)])
+        waits = (ahead.swaps + np.arange(top + 1)[:, None] + own[None, :]) * server.swap_s
+        out[m] = (miss_probability(ahead_mean[None, :], ahead_var[None, :], ahead_n[None, :], slack[None, :],
+                                   waits, server.tokens_per_s, settings) * weight[None, :]).sum(axis=1)
+    return out
 
 
 def residual_tokens(mean: float, var: float, generated: int, p99_z: float) -> tuple[float, bool]:
