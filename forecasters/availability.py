@@ -13,10 +13,19 @@ is preempted within one interval with probability `1 - exp(-hazard · interval)`
 
 With fewer than `min_samples` resolved origins the forecaster falls back to binomial survival: each GPU up now
 survives h intervals with probability `exp(-hazard · h · interval)`, no replacements (named in the forecast).
+
+Counts are integers, so a band between fixed quantiles covers whole steps of probability: the p10–p90 band holds
+"no change" plus a step either side at +1 interval, 88 % on the Parcae p3 trace. `band` gives the adaptive band
+instead, by adaptive conformal inference (Gibbs & Candès, NeurIPS 2021): its miss rate α starts at
+1 − `band_level` and, as each earlier band's outcome resolves, moves by `band_gamma` · (1 − `band_level` − miss),
+and the band is the distribution's [α/2, 1 − α/2] quantiles. Over T resolved outcomes at one interval ahead its
+share of misses stays within (1 + γ)/(γ·T) of 1 − `band_level` whatever the data (their bound); a count
+that stays put more often than `band_level` keeps it at the one-count band, which covers more.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +43,9 @@ class AvailabilityConfig:
     window: int = 240  # recent origins whose h-step changes form the distribution (4 h of 1-minute intervals)
     min_samples: int = 30  # fewer resolved origins: binomial-survival fallback
     prior_hazard_per_hour: float = 0.1  # prior preemption rate, weighted as one GPU-hour of exposure
+    band_level: float = 0.8  # target coverage of the adaptive band (`adaptive_bands`)
+    band_gamma: float = 0.05  # step of its miss rate per resolved outcome
+    band_origins: int = 720  # recent origins the forecaster's band adapts over (12 h of 1-minute intervals)
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,6 +153,18 @@ class AvailabilityForecaster:
         """`core.protocols.Forecaster`: the distribution's summary as a `Forecast` of GPUs."""
         return self.distribution(horizon, quantiles).forecast
 
+    def band(self, horizon: int) -> np.ndarray:
+        """(horizon, 2): the adaptive `band_level` band of available GPUs per future interval, its level learned
+        from the misses of the bands it would have given over the last `band_origins` origins."""
+        if len(self._y) == 0:
+            raise RuntimeError("call fit() before forecasting")
+        out = np.empty((horizon, 2))
+        start = max(len(self._y) - self.config.band_origins, 0)
+        for h in range(1, horizon + 1):
+            lo, hi = adaptive_bands(self._y, h, capacity=int(self.capacity or 0), config=self.config, start=start)
+            out[h - 1] = lo[-1], hi[-1]
+        return out
+
 
 def rolling_change_quantiles(y: np.ndarray, lead: int, levels: Sequence[float], *, window: int,
                              min_samples: int, capacity: int) -> dict[float, np.ndarray]:
@@ -194,6 +218,9 @@ class AvailabilityScore:
     # Calibration of the whole distribution: expected share of randomised PITs in [0.1, 0.9] (80 % when
     # calibrated; `backtest.pit_coverage`). None for point-only baselines.
     pit_coverage_p10_p90: float | None = None
+    width_p10_p90: float | None = None  # mean width of the p10–p90 band (GPUs)
+    coverage_adaptive: float | None = None  # the adaptive band's coverage (`adaptive_bands`; target band_level)
+    width_adaptive: float | None = None
 
 
 def backtest_availability(counts: np.ndarray, leads: Sequence[int], *, capacity: int, first_origin: int = 10,
@@ -210,16 +237,61 @@ def backtest_availability(counts: np.ndarray, leads: Sequence[int], *, capacity:
                                          min_samples=config.min_samples, capacity=capacity)
         inside = (actual >= bands[0.1][origins]) & (actual <= bands[0.9][origins])
         below, at = change_cdf(y, h, origins, capacity=capacity, config=config)
-        points = {
-            "empirical_change": (bands[0.5][origins], float(np.mean(inside)), pit_coverage(below, at, 0.1, 0.9)),
-            "persistence": (y[origins], None, None),
-            "arima(1,1,0)": (arima[origins, h - 1], None, None),
-        }
-        for name, (point, coverage, pit) in points.items():
+        lo, hi = adaptive_bands(y, h, capacity=capacity, config=config, start=first_origin)
+        bands_of = {"empirical_change": (float(np.mean(inside)), pit_coverage(below, at, 0.1, 0.9),
+                                         float(np.mean(bands[0.9][origins] - bands[0.1][origins])),
+                                         float(np.mean((actual >= lo[origins]) & (actual <= hi[origins]))),
+                                         float(np.mean(hi[origins] - lo[origins])))}
+        points = {"empirical_change": bands[0.5][origins], "persistence": y[origins],
+                  "arima(1,1,0)": arima[origins, h - 1]}
+        for name, point in points.items():
             err = np.abs(point - actual)
+            coverage, pit, width, adaptive, adaptive_width = bands_of.get(name, (None,) * 5)
             out.append(AvailabilityScore(name, h, float(err.mean()), float(err.sum() / max(actual.sum(), 1.0)),
-                                         coverage, int(origins.size), pit))
+                                         coverage, int(origins.size), pit, width, adaptive, adaptive_width))
     return out
+
+
+def adaptive_bands(y: np.ndarray, lead: int, *, capacity: int, config: AvailabilityConfig = AvailabilityConfig(),
+                   start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi): the adaptive `band_level` band for `lead` intervals ahead made at every origin from `start` on
+    (NaN before), each from the distribution `AvailabilityForecaster` gives there (module docstring).
+
+    The miss rate starts at 1 − `band_level` at `start` and moves as each band's outcome resolves (`lead` origins
+    later): a band that missed lowers it by γ·`band_level` (the next bands widen), one that held raises it by
+    γ·(1 − `band_level`), up to 1. A rate at or below 0 gives the whole range [0, capacity]; at 1, the median."""
+    y = np.asarray(y, dtype=np.float64)
+    change = y[lead:] - y[:-lead]
+    lo, hi = np.full(len(y), np.nan), np.full(len(y), np.nan)
+    target = 1.0 - config.band_level
+    alpha, missed = target, np.zeros(len(y), dtype=bool)
+    for t in range(start, len(y)):
+        if t - lead >= start:  # capped at 1 (the median alone), so a count that stays put for hours does not
+            # pile up a rate that the misses of a later volatile hour would take as long to bring down
+            alpha = min(alpha + config.band_gamma * (target - missed[t - lead]), 1.0)
+        if alpha <= 0:
+            lo[t], hi[t] = 0.0, float(capacity)
+        else:
+            values = np.sort(_predictive(y, change, lead, t, capacity=capacity, config=config))
+            lo[t] = values[_inverse_cdf_rank(values.size, alpha / 2)]
+            hi[t] = values[_inverse_cdf_rank(values.size, 1 - alpha / 2)]
+        if t + lead < len(y):
+            missed[t] = not lo[t] <= y[t + lead] <= hi[t]
+    return lo, hi
+
+
+def _inverse_cdf_rank(n: int, q: float) -> int:
+    """Index into n sorted values of the smallest whose empirical CDF reaches q."""
+    return min(max(math.ceil(q * n - 1e-9) - 1, 0), n - 1)
+
+
+def _predictive(y: np.ndarray, change: np.ndarray, lead: int, t: int, *, capacity: int,
+                config: AvailabilityConfig) -> np.ndarray:
+    """Samples of the count `lead` intervals after origin t as `AvailabilityForecaster` sees it there: the count
+    now plus the h-step changes resolved by then (at most `window`), clipped to [0, capacity]; the count now alone
+    with fewer than `min_samples` of them (`change[s]` resolves at origin s + lead)."""
+    resolved = change[max(t - lead - config.window + 1, 0): max(t - lead + 1, 0)]
+    return np.clip(y[t] + resolved, 0, capacity) if resolved.size >= config.min_samples else y[t:t + 1]
 
 
 def change_cdf(y: np.ndarray, lead: int, origins: np.ndarray, *, capacity: int,
@@ -229,11 +301,10 @@ def change_cdf(y: np.ndarray, lead: int, origins: np.ndarray, *, capacity: int,
     clipped to `[0, capacity]`. Origins with fewer than `min_samples` resolved changes forecast a point mass at
     the count now (as the backtest's bands do)."""
     y = np.asarray(y, dtype=np.float64)
-    change = y[lead:] - y[:-lead]  # change[s]: resolved at origin s + lead
+    change = y[lead:] - y[:-lead]
     below, at = np.empty(len(origins)), np.empty(len(origins))
     for i, t in enumerate(origins):
-        resolved = change[max(t - lead - config.window + 1, 0): max(t - lead + 1, 0)]
-        values = np.clip(y[t] + resolved, 0, capacity) if resolved.size >= config.min_samples else y[t:t + 1]
+        values = _predictive(y, change, lead, int(t), capacity=capacity, config=config)
         actual = y[t + lead]
         below[i], at[i] = np.mean(values <= actual - 1), np.mean(values <= actual)
     return below, at

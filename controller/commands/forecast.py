@@ -174,6 +174,8 @@ def _availability_report(source: SeriesSource, steps: int) -> Report:
             row["coverage"].setdefault("p10-p90", []).append(s.coverage_p10_p90)
         if s.pit_coverage_p10_p90 is not None:  # calibration of the integer-count distribution (randomised PIT)
             row["coverage"].setdefault("pit p10-p90", []).append(s.pit_coverage_p10_p90)
+        if s.coverage_adaptive is not None:
+            row["coverage"].setdefault("adaptive", []).append(s.coverage_adaptive)
     for row in rows.values():
         row["coverage"] = {k: sum(v) / len(v) for k, v in row["coverage"].items()}
     dist = f.distribution(steps)
@@ -184,6 +186,11 @@ def _availability_report(source: SeriesSource, steps: int) -> Report:
                                      min_samples=f.config.min_samples, capacity=capacity)
     origins = np.arange(10, len(y) - 1)
     report.backtest = (origins, bands[0.5][origins], {q: b[origins] for q, b in bands.items()})
+    band = f.band(steps)
+    shown = sorted({1, (steps + 1) // 2, steps})
+    report.notes.append(f"adaptive {f.config.band_level:.0%} band (its level learned from its own past misses): "
+                        + ", ".join(f"+{_fmt_duration(h * source.children.interval_s)} "
+                                    f"[{band[h - 1, 0]:.0f}, {band[h - 1, 1]:.0f}]" for h in shown))
     report.notes.append(f"preemption hazard {dist.hazard_per_hour:.3f} per GPU-hour "
                         f"(P(removed within one interval) = {dist.preempt_prob_per_interval:.4f}); "
                         f"point forecast = p50; capacity taken as the trace's maximum, {capacity}")
@@ -205,7 +212,8 @@ def _backtest_table(report: Report) -> Table:
     keys = ["p10-p90", "p90"]
     if report.kind == "availability":  # integer counts: a band covers whole steps; the PIT says if it is calibrated
         t.add_column("PIT p10–p90", justify="right")
-        keys.append("pit p10-p90")
+        t.add_column("adaptive 80 %", justify="right")
+        keys += ["pit p10-p90", "adaptive"]
     for r in report.rows:
         key = "mae_by_lead" if report.kind == "availability" else "wape_by_lead"
         cells = [f"{r[key][h]:.3f}" if report.kind == "availability" else f"{100 * r[key][h]:.1f}%" for h in shown]
