@@ -10,8 +10,9 @@ number of requests that miss their TTFT deadline, weighted by class priority.
 Search (anytime): EDF on the least-loaded replica of the group's model → local search (move a group to another
 replica, swap neighbours, regroup same-model groups on a replica that swaps models, split a large group so its head
 goes first) → the exact best order, by dynamic programming over subsets, on each replica with few groups
-(`best_order`), and of every stretch of a few consecutive groups on larger ones (`best_window`). Evictions: when the head group of a replica is predicted late and lower-priority requests are
-decoding there, evict them by KV swap-out or recompute, whichever the latency model says is cheaper.
+(`best_order`), and of every stretch of a few consecutive groups on larger ones (`best_window`). Evictions: when
+the head group of a replica is predicted late and lower-priority requests are decoding there, evict them by KV
+swap-out or recompute, whichever the latency model says is cheaper.
 Running requests whose output has passed their predicted p99 are re-estimated (mean residual life of a lognormal).
 """
 
@@ -166,10 +167,10 @@ def order_groups(jobs: list[GroupJob], servers: Sequence[Server], *, budget_s: f
 
 def _improve_once(jobs, servers, best: Assignment, costs: list[float], settings: QueueSettings, rng,
                   deadline: float) -> bool:
-    """One pass over the servers with expected misses: the exact order of small replicas (regrouping by model and
-    neighbour swaps on larger ones without windows) and moves of the latest-missing group to another server of its
-    model; then the exact windows of the larger replicas, which cost more, so every server has had its cheap moves
-    before the deadline can fall."""
+    """One pass over the servers with expected misses: the exact order of each small replica, neighbour swaps on
+    larger ones (exact windows instead above `exact_max_groups`), regrouping by model, and moves of the
+    latest-missing group to another server of its model. The windows cost more, so they run after the loop: every
+    server has had its cheaper moves before the deadline can fall."""
     improved = False
     large = []
     for k in map(int, rng.permutation(len(servers))):

@@ -105,7 +105,8 @@ def _moving_pool(seed: int, minutes: int = 3000) -> np.ndarray:
     rng = np.random.default_rng(seed)
     y = [20.0]
     for _ in range(minutes - 1):
-        step = rng.choice([-2, -1, 0, 1, 2], p=[0.1, 0.2, 0.4, 0.2, 0.1]) - np.sign(y[-1] - 20) * (rng.random() < 0.1)
+        step = rng.choice([-2, -1, 0, 1, 2], p=[0.1, 0.2, 0.4, 0.2, 0.1])
+        step -= np.sign(y[-1] - 20) * (rng.random() < 0.1)
         y.append(float(np.clip(y[-1] + step, 0, 40)))
     return np.array(y)
 

@@ -78,7 +78,8 @@ def test_the_search_orders_every_small_replica_exactly() -> None:
         optimum = min(server_cost(jobs, server, list(p), settings) for p in itertools.permutations(range(7)))
         _, best = order_groups(jobs, [server], budget_s=1.0, settings=settings)
         assert best.cost == pytest.approx(optimum, rel=1e-9, abs=1e-9)
-        _, local = order_groups(jobs, [server], budget_s=1.0, settings=replace(settings, exact_max_groups=0, window_groups=0))
+        moves_only = replace(settings, exact_max_groups=0, window_groups=0)
+        _, local = order_groups(jobs, [server], budget_s=1.0, settings=moves_only)
         gaps.append(local.cost - optimum)
     assert max(gaps) > 0.1  # the local search alone stops short somewhere
 
@@ -151,7 +152,8 @@ def test_search_packs_same_model_groups_where_edf_pays_a_swap_at_every_change() 
     optimum = min(server_cost(jobs, server, list(p), settings) for p in itertools.permutations(range(len(jobs))))
     assert edf.cost == pytest.approx(5.0, abs=1e-3)  # every group after the first misses
     # The local search's moves alone (no exact order, no windows) get there too.
-    out, best = order_groups(jobs, [server], budget_s=1.0, settings=replace(settings, exact_max_groups=0, window_groups=0))
+    moves_only = replace(settings, exact_max_groups=0, window_groups=0)
+    out, best = order_groups(jobs, [server], budget_s=1.0, settings=moves_only)
     assert best.cost == pytest.approx(optimum, abs=1e-6) and optimum < edf.cost - 3
     assert best.steps.get("regroup", 0) >= 1
     assert [out[i].model for i in best.orders[0]][:3] == ["a", "a", "a"]
