@@ -15,12 +15,13 @@ With fewer than `min_samples` resolved origins the forecaster falls back to bino
 survives h intervals with probability `exp(-hazard · h · interval)`, no replacements (named in the forecast).
 
 Counts are integers, so a band between fixed quantiles covers whole steps of probability: the p10–p90 band holds
-"no change" plus a step either side at +1 interval, 88 % on the Parcae p3 trace. `band` gives the adaptive band
-instead, by adaptive conformal inference (Gibbs & Candès, NeurIPS 2021): its miss rate α starts at
-1 − `band_level` and, as each earlier band's outcome resolves, moves by `band_gamma` · (1 − `band_level` − miss),
-and the band is the distribution's [α/2, 1 − α/2] quantiles. Over T resolved outcomes at one interval ahead its
-share of misses stays within (1 + γ)/(γ·T) of 1 − `band_level` whatever the data (their bound); a count
-that stays put more often than `band_level` keeps it at the one-count band, which covers more.
+"no change" plus a step either side at +1 interval, 88 % on the Parcae p3 trace. `AvailabilityForecaster.band`
+gives the adaptive band instead, by adaptive conformal inference (Gibbs & Candès, NeurIPS 2021): its miss rate α
+starts at 1 − `band_level` and, as each earlier band's outcome resolves, moves by
+`band_gamma` · (1 − `band_level` − miss), up to 1; the band is the distribution's [α/2, 1 − α/2] quantiles. Over
+T resolved outcomes at one interval ahead its share of misses stays within (1 + γ)/(γ·T) of 1 − `band_level`
+whatever the data, while α stays under that cap (their bound); a count that stays put more often than
+`band_level` keeps it at the one-count band, which covers more. The planners read the distribution, not the band.
 """
 
 from __future__ import annotations
