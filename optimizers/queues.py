@@ -88,16 +88,23 @@ def violation_probabilities(jobs: Sequence[GroupJob], server: Server, order: Seq
     """P[group misses its deadline] for each group of `order` on `server` (same order)."""
     if not order:
         return np.zeros(0)
-    mean = np.array([jobs[i].mean_tokens for i in order])
-    var = np.array([jobs[i].var_tokens for i in order])
-    count = np.array([jobs[i].num_requests for i in order])
-    slack = np.array([jobs[i].slack_s for i in order])
-    swaps = np.cumsum([jobs[i].model != (server.model if k == 0 else jobs[order[k - 1]].model)
-                       for k, i in enumerate(order)]) * server.swap_s
-    ahead_mean = server.busy_tokens + np.concatenate([[0.0], np.cumsum(mean)[:-1]])
-    ahead_var = np.concatenate([[0.0], np.cumsum(var)[:-1]])
-    ahead_n = np.concatenate([[0], np.cumsum(count)[:-1]])
-    return miss_probability(ahead_mean, ahead_var, ahead_n, slack, swaps, server.tokens_per_s, settings)
+    return _stretch_misses([jobs[i] for i in order], server, settings, _Ahead(model=server.model))
+
+
+def _stretch_misses(groups: Sequence[GroupJob], server: Server, settings: QueueSettings, ahead: _Ahead,
+                    extra_swaps: np.ndarray | int = 0) -> np.ndarray:
+    """P[miss] of each of `groups`, served in that order after `ahead`, with `extra_swaps` more model swaps already
+    made: (len(groups),), or (k, len(groups)) for a (k, 1) column of them."""
+    mean = np.array([j.mean_tokens for j in groups])
+    var = np.array([j.var_tokens for j in groups])
+    count = np.array([j.num_requests for j in groups])
+    slack = np.array([j.slack_s for j in groups])
+    own = np.cumsum([j.model != (ahead.model if k == 0 else groups[k - 1].model) for k, j in enumerate(groups)])
+    ahead_mean = server.busy_tokens + ahead.mean + np.concatenate([[0.0], np.cumsum(mean)[:-1]])
+    ahead_var = ahead.var + np.concatenate([[0.0], np.cumsum(var)[:-1]])
+    ahead_n = ahead.n + np.concatenate([[0], np.cumsum(count)[:-1]])
+    waits = (ahead.swaps + extra_swaps + own) * server.swap_s
+    return miss_probability(ahead_mean, ahead_var, ahead_n, slack, waits, server.tokens_per_s, settings)
 
 
 def miss_probability(ahead_mean: np.ndarray, ahead_var: np.ndarray, ahead_n: np.ndarray, slack_s: np.ndarray,
@@ -462,23 +469,12 @@ def _after_misses(jobs: Sequence[GroupJob], server: Server, settings: QueueSetti
                   after: Sequence[GroupJob], names: list[str], top: int) -> np.ndarray:
     """(models, top + 1): the weighted misses of the groups `after` a window that ends on model `names[m]`
     having made `s` swaps (the window's sums are the same in every order)."""
-    mean = np.array([j.mean_tokens for j in after])
-    var = np.array([j.var_tokens for j in after])
-    count = np.array([j.num_requests for j in after])
     weight = np.array([j.weight * j.num_requests for j in after])
-    base_mean = server.busy_tokens + ahead.mean + sum(j.mean_tokens for j in jobs)
-    base_var = ahead.var + sum(j.var_tokens for j in jobs)
-    base_n = ahead.n + sum(j.num_requests for j in jobs)
-    ahead_mean = base_mean + np.concatenate([[0.0], np.cumsum(mean)[:-1]])
-    ahead_var = base_var + np.concatenate([[0.0], np.cumsum(var)[:-1]])
-    ahead_n = base_n + np.concatenate([[0], np.cumsum(count)[:-1]])
-    slack = np.array([j.slack_s for j in after])
     out = np.empty((len(names), top + 1))
     for m, name in enumerate(names):
-        own = np.cumsum([j.model != (name if k == 0 else after[k - 1].model) for k, j in enumerate(after)])
-        waits = (ahead.swaps + np.arange(top + 1)[:, None] + own[None, :]) * server.swap_s
-        out[m] = (miss_probability(ahead_mean[None, :], ahead_var[None, :], ahead_n[None, :], slack[None, :],
-                                   waits, server.tokens_per_s, settings) * weight[None, :]).sum(axis=1)
+        start = _Ahead(ahead.mean + sum(j.mean_tokens for j in jobs), ahead.var + sum(j.var_tokens for j in jobs),
+                       ahead.n + sum(j.num_requests for j in jobs), name, ahead.swaps)
+        out[m] = (_stretch_misses(after, server, settings, start, np.arange(top + 1)[:, None]) * weight).sum(axis=1)
     return out
 
 
