@@ -165,12 +165,14 @@ def rolling_bands(
     At origin `t` the quantiles come from the last `window` scaled residuals of origins in `[calib_start, t - h]`
     (those whose outcome is known at `t`; pandas' rolling quantile with the "higher" rule, close to the
     conformal rank). Origins with no resolved residual yet get a zero-width band, so coverage is never flattered.
+    A target that is missing (NaN in `y`: no data for that interval) is neither scored nor used to calibrate.
     Returns (origins, point forecasts, {level: band}).
     """
     all_origins = origins_for(len(y), calib_start, lead)
     resid = pd.Series(scaled_residuals(paths, y, all_origins, lead, floor), index=all_origins)
     known = resid.shift(lead)  # at origin t the newest usable residual is the one of origin t - h
     test = origins_for(len(y), first_origin, lead)
+    test = test[np.isfinite(y[test + lead])]
     point = paths[test, lead - 1]
     scale = np.maximum(point, floor)
     bands = {}

@@ -13,6 +13,7 @@ from forecasters.backtest import (
     improvement_tstat,
     pit_coverage,
     rolling_bands,
+    rolling_scores,
     wape,
 )
 
@@ -67,6 +68,18 @@ def test_rolling_bands_never_use_a_residual_not_yet_known() -> None:
     # the surprise is the outcome of origin 38 at lead 2; it is known from origin 40 on, not before
     assert np.all(up[origins < 40] == 0.0)
     assert np.all(up[origins >= 40] > 0.0)
+
+
+def test_intervals_without_data_are_neither_scored_nor_used_to_calibrate() -> None:
+    y = np.full(80, 100.0)
+    y[[30, 31, 50]] = np.nan  # a collection gap and a lost interval
+    paths = np.full((80, 1), 90.0)
+    origins, _, bands = rolling_bands(paths, y, 20, 1, (0.9,), floor=1.0, window=50)
+    assert not np.isin(origins + 1, [30, 31, 50]).any() and origins.size == 79 - 20 - 3
+    assert np.all(np.isfinite(bands[0.9][origins > 21]))  # the missing residuals are skipped, not propagated
+    score = rolling_scores(paths, y, 20, (1,), floor=1.0, window=50)[0]
+    assert score.num_origins == origins.size and np.isfinite(score.wape) and np.isfinite(score.pinball)
+    assert score.wape == pytest.approx(0.1)
 
 
 def test_randomised_pit_is_80_percent_for_calibrated_counts_where_an_integer_band_is_not() -> None:
