@@ -9,6 +9,8 @@ Conventions (used by selection, the CLI and the benchmark alike):
   same lead, where `scale = max(ŷ, floor)`. Scaling makes residuals of a busy hour and a quiet night comparable;
   the floor keeps near-zero forecasts from producing infinite ratios. At every origin only residuals whose outcome
   was already known there are used (origins `≤ t - h`), so backtest coverage is honest, not in-sample.
+- A target that is NaN (no data for that interval, see `forecasters.series`) is never scored and never calibrates:
+  WAPE, residuals, Diebold–Mariano tests and rolling bands all skip it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ INTERVALS: dict[str, tuple[float, float]] = {"p10-p90": (0.1, 0.9), "p50-p90": (
 
 
 def wape(forecast: np.ndarray, actual: np.ndarray) -> float:
-    """Weighted absolute percentage error as a fraction: `Σ|forecast - actual| / max(Σ|actual|, 1)`."""
+    """Weighted absolute percentage error as a fraction: `Σ|forecast - actual| / max(Σ|actual|, 1)`, over the
+    intervals whose actual is known (not NaN)."""
+    forecast, actual = np.asarray(forecast), np.asarray(actual)
+    known = np.isfinite(actual)
+    if not known.all():
+        forecast, actual = forecast[known], actual[known]
     return float(np.abs(forecast - actual).sum() / max(float(np.abs(actual).sum()), 1.0))
 
 
@@ -35,7 +42,10 @@ def origins_for(num: int, first: int, lead: int) -> np.ndarray:
 
 
 def scale_floor(y: np.ndarray) -> float:
-    """Smallest scale for residuals: a tenth of the mean level (at least 1e-9), see the module docstring."""
+    """Smallest scale for residuals: a tenth of the mean level of the known values (at least 1e-9), see the module
+    docstring."""
+    y = np.asarray(y, dtype=np.float64)
+    y = y[np.isfinite(y)]
     return max(0.1 * float(np.mean(np.abs(y))) if len(y) else 0.0, 1e-9)
 
 
@@ -95,10 +105,11 @@ def monotone_quantiles(quantiles: dict[float, np.ndarray]) -> dict[float, np.nda
 
 
 def calibrate(paths: np.ndarray, y: np.ndarray, first_origin: int, *, window: int, floor: float) -> Calibration:
-    """Calibration from the last `window` resolved origins (≥ `first_origin`) of every lead in `paths`."""
+    """Calibration from the last `window` resolved origins (≥ `first_origin`, target known) of every lead."""
     residuals = []
     for h in range(1, paths.shape[1] + 1):
-        origins = origins_for(len(y), first_origin, h)[-window:]
+        origins = origins_for(len(y), first_origin, h)
+        origins = origins[np.isfinite(y[origins + h])][-window:]
         residuals.append(np.sort(scaled_residuals(paths, y, origins, h, floor)))
     return Calibration(tuple(residuals), floor)
 
@@ -115,7 +126,7 @@ def improvement_tstat(baseline: np.ndarray, paths: np.ndarray, y: np.ndarray, fi
 
     The loss differential per origin is the baseline's absolute error minus the candidate's, summed over the
     leads with `lead_weights` (with `cumulative`, errors of the demand accumulated over leads 1…h), at origins
-    `≥ first_origin` whose every lead is resolved. Its mean is tested against zero with a
+    `≥ first_origin` whose every lead is resolved and known. Its mean is tested against zero with a
     Newey–West (HAC) variance, since errors of overlapping multi-step forecasts are autocorrelated
     (Diebold & Mariano, J. Business & Economic Statistics 13(3), 1995). Positive and large: the candidate is
     better beyond what chance in the backtest explains.
@@ -124,9 +135,12 @@ def improvement_tstat(baseline: np.ndarray, paths: np.ndarray, y: np.ndarray, fi
 
     max_lead = paths.shape[1]
     origins = origins_for(len(y), first_origin, max_lead)
+    actual = np.stack([y[origins + h] for h in range(1, max_lead + 1)], axis=1)
+    known = np.isfinite(actual).all(axis=1)
+    if not known.all():
+        origins, actual = origins[known], actual[known]
     if origins.size < 3:
         return 0.0
-    actual = np.stack([y[origins + h] for h in range(1, max_lead + 1)], axis=1)
     base, cand = baseline[origins], paths[origins]
     if cumulative:
         actual, base, cand = (np.cumsum(a, axis=1) for a in (actual, base, cand))
@@ -162,22 +176,25 @@ def rolling_bands(
 ) -> tuple[np.ndarray, np.ndarray, dict[float, np.ndarray]]:
     """Forecasts of lead `lead` from origins `≥ first_origin` with rolling conformal quantiles.
 
-    At origin `t` the quantiles come from the last `window` scaled residuals of origins in `[calib_start, t - h]`
-    (those whose outcome is known at `t`; pandas' rolling quantile with the "higher" rule, close to the
-    conformal rank). Origins with no resolved residual yet get a zero-width band, so coverage is never flattered.
-    A target that is missing (NaN in `y`: no data for that interval) is neither scored nor used to calibrate.
+    At origin `t` the quantiles come from the last `window` known scaled residuals of origins in
+    `[calib_start, t - h]` (those whose outcome is known at `t`; pandas' rolling quantile with the "higher" rule,
+    close to the conformal rank). Origins with no resolved residual yet get a zero-width band, so coverage is never
+    flattered. A target that is missing (NaN in `y`: no data for that interval) is neither scored nor used to
+    calibrate.
     Returns (origins, point forecasts, {level: band}).
     """
     all_origins = origins_for(len(y), calib_start, lead)
     resid = pd.Series(scaled_residuals(paths, y, all_origins, lead, floor), index=all_origins)
-    known = resid.shift(lead)  # at origin t the newest usable residual is the one of origin t - h
+    # At origin t the newest usable residual is the one of origin t - h; residuals of missing targets are dropped
+    # before the window is counted, and each origin takes the quantile of the newest window known by then.
+    known = resid.shift(lead).dropna()
     test = origins_for(len(y), first_origin, lead)
     test = test[np.isfinite(y[test + lead])]
     point = paths[test, lead - 1]
     scale = np.maximum(point, floor)
     bands = {}
     for q in levels:
-        off = known.rolling(window, min_periods=1).quantile(q, interpolation="higher").reindex(test)
+        off = known.rolling(window, min_periods=1).quantile(q, interpolation="higher").reindex(test, method="ffill")
         bands[float(q)] = np.maximum(point + scale * off.fillna(0.0).to_numpy(), 0.0)
     return test, point, bands
 

@@ -14,6 +14,9 @@ of the children's forecasts on the total over the same validation origins. Which
 - `mode="direct"`: the total's own selected method.
 
 Quantiles are calibrated on the total's residuals of the forecast used.
+
+An interval in which any child has no data (NaN) leaves the total unknown there: every child and the total carry
+their gaps forward (`forecasters.series.carry_forward`), and the total's backtest skips that interval.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class TotalForecaster:
         names = list(names) if names is not None else [str(i) for i in range(children.shape[0])]
         self.children = fit_many(children, names, interval_s=interval_s, start_s=start_s, config=self.config,
                                  quantity=self.quantity, workers=workers, on_done=on_done)
-        total = np.nan_to_num(children).sum(axis=0)
+        total = children.sum(axis=0)  # NaN where a child has no data: the total is unknown there
         self.direct.fit(total, interval_s=interval_s, start_s=start_s, score_coverage=score_coverage)
         self.use_bottom_up, self.bottom_up_score, self._calibration = False, None, None
         if self.direct.selection is None:

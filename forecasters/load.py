@@ -11,7 +11,10 @@ Histories that cannot support a backtest still get a forecast, with the fallback
   bound on a rate never observed in n intervals);
 - shorter than `LoadConfig.min_backtest` → method `recent_mean`, Poisson quantiles around the mean of the
   last three intervals (arrival counts of a steady rate are Poisson);
-- gaps (NaN) are interpolated and said so; negative or infinite counts raise `InputError` naming the series.
+- gaps (NaN: intervals without data) are carried forward from the last observed value and said so, and the
+  backtest neither scores nor calibrates on them; `paths` carries gaps forward the same way, so a forecast made
+  after a collection outage starts from the last demand seen, not from zero. Negative or infinite counts raise
+  `InputError` naming the series.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from core.forecast import Forecast
 from forecasters.backtest import DEFAULT_LEVELS, calibrate, monotone_quantiles
 from forecasters.methods import single_threaded_blas
 from forecasters.selection import DEFAULT_CONFIG, LoadConfig, Selection, select
-from forecasters.series import clean_history
+from forecasters.series import carry_forward, clean_history
 
 Quantity = Literal["requests", "tokens", "gpus"]
 
@@ -84,6 +87,7 @@ class LoadForecaster:
         self.fallback: Fallback | None = None
         self.note: str | None = None  # repairs made to the history (gaps filled)
         self._y = np.zeros(0)
+        self._missing = np.zeros(0, dtype=bool)  # intervals of `_y` without data (carried forward)
         self._last: np.ndarray | None = None  # forecasts from the last origin of `_y`, when already computed
         self._interval_s = 1.0
         self._start_s = 0.0
@@ -96,7 +100,8 @@ class LoadForecaster:
         self.fallback = fallback_for(self._y, self.config)
         self.selection = None
         if self.fallback is None:
-            self.selection = select(self._y, interval_s=interval_s, config=self.config, score_coverage=score_coverage)
+            self.selection = select(self._y, interval_s=interval_s, config=self.config, score_coverage=score_coverage,
+                                    missing=self._missing)
 
     def update(self, history: np.ndarray, *, start_s: float | None = None) -> None:
         """Cheap refit for a replanning cycle: keep the method and its parameters, filter the new history, and
@@ -114,7 +119,8 @@ class LoadForecaster:
         paths = self.paths(self._y, self.config.max_lead)
         window = self.config.calibration_window
         first = max(len(self._y) - window - self.config.max_lead - 1, 0)
-        calibration = calibrate(paths, self._y, first, window=window, floor=sel.calibration.floor)
+        target = np.where(self._missing, np.nan, self._y) if self._missing.any() else self._y
+        calibration = calibrate(paths, target, first, window=window, floor=sel.calibration.floor)
         self.selection = Selection(sel.method, sel.fitted, sel.chosen, sel.scores, calibration, sel.first_origin,
                                    sel.skipped)
         self._last = paths[-1]
@@ -122,7 +128,7 @@ class LoadForecaster:
     def _set_history(self, history: np.ndarray, interval_s: float, start_s: float) -> None:
         self._last = None
         clean = clean_history(history, series=self.series)
-        self._y, self.note = clean.values, clean.note
+        self._y, self._missing, self.note = clean.values, clean.missing, clean.note
         self._interval_s, self._start_s = float(interval_s), float(start_s)
 
     # -- forecasting -----------------------------------------------------------------------------------------------
@@ -139,10 +145,11 @@ class LoadForecaster:
     def paths(self, y: np.ndarray, max_lead: int) -> np.ndarray:
         """Forecasts from every origin of `y` with the fitted parameters (non-negative), shape (len(y), max_lead).
 
-        A fallback stands in for what a refit would choose once data arrive: `zeros` (all zeros so far) carries
-        the last value forward (still zero while nothing comes), `recent_mean` the mean of the last three."""
+        Gaps in `y` (NaN) are carried forward first (causally: no origin sees a later value). A fallback stands in
+        for what a refit would choose once data arrive: `zeros` (all zeros so far) carries the last value forward
+        (still zero while nothing comes), `recent_mean` the mean of the last three."""
+        y = carry_forward(y)
         if self.selection is None:
-            y = np.asarray(y, dtype=np.float64)
             level = y if self.fallback is None or self.fallback.method == "zeros" else recent_mean(y)
             return np.repeat(level[:, None], max_lead, axis=1)
         with single_threaded_blas():

@@ -151,22 +151,27 @@ def candidate_methods(y: np.ndarray, interval_s: float, config: LoadConfig) -> l
     return out
 
 
-def backtest(method: Method, y: np.ndarray, split: int, max_lead: int, *, cumulative: bool = False) -> Candidate:
+def backtest(method: Method, y: np.ndarray, split: int, max_lead: int, *, cumulative: bool = False,
+             target: np.ndarray | None = None) -> Candidate:
     """Fit `method` on `y[:split]`, forecast from every origin, score WAPE per lead on origins `≥ split-1`.
+
+    `target` is what the forecasts are scored against (default `y`): `y` with NaN where an interval had no data
+    and `y` holds a carried-forward value (`forecasters.series.clean_history`).
 
     With `cumulative`, selection scores the demand summed over leads 1…h instead of each lead alone: on an
     intermittent series *when* a demand lands is noise no method predicts, and per-interval absolute errors are
     then minimised by forecasting zero; the cumulative error rewards getting the rate right (Kourentzes,
     "On intermittent demand model optimisation and selection", Int. J. Production Economics 156, 2014).
     """
+    target = y if target is None else target
     fitted = method.fit(y[:split])
     paths = np.maximum(np.nan_to_num(fitted.paths(y, max_lead), nan=0.0, posinf=0.0), 0.0)
     wapes, cumulative_wapes = {}, []
     for h in range(1, max_lead + 1):
         origins = origins_for(len(y), split - 1, h)
-        wapes[h] = wape(paths[origins, h - 1], y[origins + h])
+        wapes[h] = wape(paths[origins, h - 1], target[origins + h])
         if cumulative:
-            actual = sum(y[origins + k] for k in range(1, h + 1))
+            actual = sum(target[origins + k] for k in range(1, h + 1))
             cumulative_wapes.append(wape(paths[origins, :h].sum(axis=1), actual))
     score = BacktestScore(method=method.name, wape_by_lead=wapes, num_origins=len(origins_for(len(y), split - 1, 1)))
     selection_score = float(np.average(cumulative_wapes if cumulative else list(wapes.values()),
@@ -182,17 +187,20 @@ def validation_split(n: int, config: LoadConfig) -> int:
 
 
 def select(y: np.ndarray, *, interval_s: float, config: LoadConfig = DEFAULT_CONFIG,
-           score_coverage: bool = False) -> Selection:
+           score_coverage: bool = False, missing: np.ndarray | None = None) -> Selection:
     """Choose, refit and calibrate a method for the clean history `y` (at least `config.min_backtest` long).
 
     With `score_coverage`, every candidate's backtest also reports the coverage of its conformal bands over the
-    second half of the validation origins (calibrated on residuals known at each origin).
+    second half of the validation origins (calibrated on residuals known at each origin). `missing` marks the
+    intervals that had no data (their value in `y` was carried forward): they are fitted through but never scored.
     """
+    target = y if missing is None or not np.any(missing) else np.where(missing, np.nan, y)
     with single_threaded_blas():
-        return _select(y, interval_s, config, score_coverage)
+        return _select(y, target, interval_s, config, score_coverage)
 
 
-def _select(y: np.ndarray, interval_s: float, config: LoadConfig, score_coverage: bool) -> Selection:
+def _select(y: np.ndarray, target: np.ndarray, interval_s: float, config: LoadConfig,
+            score_coverage: bool) -> Selection:
     split = validation_split(len(y), config)
     tried, skipped = [], {}
     cumulative = is_intermittent(y[:split], config)
@@ -201,21 +209,21 @@ def _select(y: np.ndarray, interval_s: float, config: LoadConfig, score_coverage
             skipped[method.name] = f"needs {method.min_history} intervals to fit, validation leaves {split}"
             continue
         try:
-            tried.append(backtest(method, y, split, config.max_lead, cumulative=cumulative))
+            tried.append(backtest(method, y, split, config.max_lead, cumulative=cumulative, target=target))
         except MethodFailed as exc:
             skipped[method.name] = str(exc)
     if not tried:  # every configured method failed: persistence needs nothing, so it always stands in
-        tried.append(backtest(Persistence(), y, split, config.max_lead, cumulative=cumulative))
-    best = choose(tried, y, split - 1, config.significance_z)
-    floor = scale_floor(y[:split])
+        tried.append(backtest(Persistence(), y, split, config.max_lead, cumulative=cumulative, target=target))
+    best = choose(tried, target, split - 1, config.significance_z)
+    floor = scale_floor(target[:split])
     if score_coverage:
-        tried = [_with_coverage(c, y, split, floor, config) for c in tried]
+        tried = [_with_coverage(c, target, split, floor, config) for c in tried]
         best = next(c for c in tried if c.method is best.method)
     try:
         final = best.method.fit(y)
     except MethodFailed:
         final = best.fitted  # the whole history broke what its older part supported: keep the older fit
-    calibration = calibrate(best.paths, y, split - 1, window=config.calibration_window, floor=floor)
+    calibration = calibrate(best.paths, target, split - 1, window=config.calibration_window, floor=floor)
     scores = tuple(c.score for c in tried)
     return Selection(best.method, final, best, scores, calibration, split - 1, skipped)
 

@@ -3,6 +3,11 @@
 Forecasters work on counts per interval (requests, tokens or GPUs), oldest first. `count_series` builds them from a
 `RequestTable`; `clean_history` checks one series and repairs what can be repaired (gaps), refusing what cannot
 (negative counts) with an `InputError` that names the series, the position and the value.
+
+A gap is an interval with no data (NaN): a collection outage, not zero demand. Gaps are filled by carrying the last
+observed value forward (`carry_forward`), never by interpolation: a forecast made at an origin inside or after a
+gap must not see the value that ends it, or backtests would score knowledge no live forecaster had. What was
+filled stays known (`CleanHistory.missing`) so that backtests neither score nor calibrate on filled values.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 from core.errors import InputError
 from core.requests import RequestTable
@@ -37,7 +43,7 @@ class CountSeries:
         return self.start_s + self.num_intervals * self.interval_s
 
     def total(self) -> np.ndarray:
-        """(T,) sum over series."""
+        """(T,) sum over series; NaN where any series has no data (the total is then unknown)."""
         return self.counts.sum(axis=0)
 
     def series(self, name: str) -> np.ndarray:
@@ -85,17 +91,34 @@ def _grouping(table: RequestTable, by: str) -> tuple[list[str], np.ndarray]:
     raise InputError("by", by, "one of model, slo_class, total")
 
 
-@dataclass(frozen=True)
+def carry_forward(y: np.ndarray) -> np.ndarray:
+    """`y` with every NaN replaced by the last value before it (leading NaNs by the first value, the only choice).
+
+    Causal: the value at `t` depends on `y[:t+1]` only (except for a leading gap). Rows of a 2-D array are
+    filled independently. Returns `y` itself when it holds no NaN."""
+    y = np.asarray(y, dtype=np.float64)
+    if not np.isnan(y).any():
+        return y
+    frame = pd.DataFrame(np.atleast_2d(y).T)
+    filled = frame.ffill().bfill().to_numpy().T
+    return filled.reshape(y.shape)
+
+
+@dataclass(frozen=True, eq=False)
 class CleanHistory:
     """A history ready to fit, with what was repaired."""
 
     values: np.ndarray  # float64, finite, non-negative
-    num_filled: int  # missing (NaN) intervals filled by interpolation
+    missing: np.ndarray  # bool per interval: no data there, value carried forward
     note: str | None  # what was repaired, for the forecast's metadata
+
+    @property
+    def num_filled(self) -> int:
+        return int(self.missing.sum())
 
 
 def clean_history(history: np.ndarray | list[float], *, series: str = "series") -> CleanHistory:
-    """Check a count history; fill gaps (NaN) by linear interpolation; refuse negatives, infinities and empties.
+    """Check a count history; fill gaps (NaN) by carrying values forward; refuse negatives, infinities, empties.
 
     Raises `InputError` naming `series`, the offending position and value. A history that is all gaps is refused
     too: there is nothing to forecast from.
@@ -119,9 +142,7 @@ def clean_history(history: np.ndarray | list[float], *, series: str = "series") 
         raise InputError(series, f"{y.size} × NaN", "at least one observed interval",
                          problem="every interval is missing")
     if missing.any():
-        idx = np.arange(y.size)
-        y = y.copy()
-        y[missing] = np.interp(idx[missing], idx[~missing], y[~missing])
-        note = f"{int(missing.sum())} missing intervals filled by linear interpolation"
-        return CleanHistory(y, int(missing.sum()), note)
-    return CleanHistory(y, 0, None)
+        note = (f"{int(missing.sum())} intervals without data (gaps) carried forward from the last observed value "
+                "and left out of the backtest")
+        return CleanHistory(carry_forward(y), missing, note)
+    return CleanHistory(y, missing, None)

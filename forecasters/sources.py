@@ -63,15 +63,25 @@ def load_source(path: str | Path, *, interval_s: float, model: str | None = None
 
 
 def servegen_counts(sg: ServeGenSet, interval_s: float) -> CountSeries:
-    """Requests per interval per client (rate × window length), `interval_s` a whole number of windows."""
+    """Requests per interval per client (rate × window length), `interval_s` a whole number of windows.
+
+    Windows of a collection gap (`ServeGenSet.collection_gaps`: every client silent between busy windows) hold no
+    data, so they are NaN, not zero: a forecaster must not read an outage of the collector as demand falling to
+    nothing. An interval of several windows counts its observed windows scaled up to the whole interval, and is NaN
+    only when none of them was observed."""
     ratio = interval_s / sg.window_s
     k = round(ratio)
     if k < 1 or abs(ratio - k) > 1e-9:
         raise InputError("--interval", f"{interval_s:g}s", f"a whole number of ServeGen windows ({sg.window_s:g} s, "
                          f"e.g. {sg.window_s:g}s or {2 * sg.window_s:g}s)")
     per_window = sg.rate_per_s * sg.window_s
+    gaps = sg.collection_gaps()
     whole = (per_window.shape[1] // k) * k
-    counts = per_window[:, :whole].reshape(per_window.shape[0], -1, k).sum(axis=2)
+    blocks = per_window[:, :whole].reshape(per_window.shape[0], -1, k)
+    observed = (~gaps[:whole]).reshape(-1, k)
+    seen = observed.sum(axis=1)
+    sums = (blocks * observed[None]).sum(axis=2)
+    counts = np.where(seen > 0, sums * k / np.maximum(seen, 1), np.nan)
     return CountSeries(sg.model_names(), counts, sg.start_s, float(interval_s))
 
 

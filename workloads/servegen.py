@@ -34,6 +34,9 @@ _FILE = re.compile(r"^chunk-(\d+)-trace\.csv$")
 _DTYPES = {"window_start_s": "float64", "rate_per_s": "float64", "cv": "float64", "arrival_dist": "category",
            "param1": "float64", "param2": "float64"}
 WINDOWS_PER_CHUNK = 6  # synthesis works on aligned groups of windows, each with its own seeded generator
+# A run of windows in which every client is silent, between windows that each hold at least this many requests,
+# is a collection gap: a Poisson window at 20 requests is empty with probability e^-20 ≈ 2·10^-9.
+GAP_MIN_NEIGHBOUR_REQUESTS = 20.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +73,23 @@ class ServeGenSet:
     def total_rate_per_s(self) -> np.ndarray:
         """(W,) the folder's rate per window: the sum over clients."""
         return self.rate_per_s.sum(axis=0)
+
+    def collection_gaps(self, *, min_neighbour: float = GAP_MIN_NEIGHBOUR_REQUESTS) -> np.ndarray:
+        """(W,) bool: windows that hold no data rather than no demand.
+
+        A maximal run of windows in which every client is silent is a gap when the windows just before and just
+        after it each hold at least `min_neighbour` requests (see `GAP_MIN_NEIGHBOUR_REQUESTS`). ServeGen's m-mid
+        and m-small have such runs (1 to 23 windows) between windows of hundreds of thousands of requests; a run at
+        the start or end of the trace is not marked, since nothing bounds it."""
+        total = self.total_rate_per_s() * self.window_s
+        silent = total <= 0
+        gaps = np.zeros_like(silent)
+        starts = np.flatnonzero(silent & ~np.r_[False, silent[:-1]])
+        ends = np.flatnonzero(silent & ~np.r_[silent[1:], False])
+        for a, b in zip(starts, ends):
+            if a > 0 and b + 1 < len(total) and min(total[a - 1], total[b + 1]) >= min_neighbour:
+                gaps[a:b + 1] = True
+        return gaps
 
     def expected_requests(self) -> float:
         """Σ rate × window length: how many requests the recorded windows hold."""

@@ -140,8 +140,8 @@ def _load_report(source: SeriesSource, steps: int, workers: int, *, quiet: bool)
         report.notes.append(f"backtest: {len(y) - selection.first_origin - 1} origins from interval "
                             f"{selection.first_origin} (fitted on the intervals before); coverage: rolling conformal "
                             f"bands over the second half of them")
-    if fc.fallback_reason:
-        report.notes.append(f"fallback: {fc.fallback_reason}")
+    if fc.fallback_reason:  # a fallback method's reason, or the repairs made to the history (gaps)
+        report.notes.append(f"{'fallback' if selection is None else 'history'}: {fc.fallback_reason}")
     return report
 
 

@@ -21,6 +21,20 @@ from forecasters.backtest import (
 def test_wape_counts_absolute_errors_over_actuals_and_never_divides_by_zero() -> None:
     assert wape(np.array([1.0, 3.0]), np.array([2.0, 2.0])) == pytest.approx(0.5)
     assert wape(np.array([0.5, 0.0]), np.zeros(2)) == pytest.approx(0.5)  # denominator floored at 1
+    assert wape(np.array([1.0, 3.0, 9.0]), np.array([2.0, 2.0, np.nan])) == pytest.approx(0.5)  # unknown: skipped
+
+
+def test_calibration_and_the_diebold_mariano_test_skip_unknown_outcomes() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.normal(100.0, 10.0, 200)
+    paths = np.full((200, 2), 100.0)
+    gappy = y.copy()
+    gappy[[150, 151, 170]] = np.nan
+    cal = calibrate(paths, gappy, 100, window=500, floor=1.0)
+    assert [len(r) for r in cal.residuals] == [99 - 3, 98 - 3] and all(np.isfinite(r).all() for r in cal.residuals)
+    better = paths + rng.normal(0.0, 1.0, paths.shape) + (y[np.minimum(np.arange(200) + 1, 199)] - 100.0)[:, None]
+    t = improvement_tstat(paths, better, gappy, 100)
+    assert np.isfinite(t) and t > 3.0
 
 
 def test_conformal_quantile_takes_the_ceiling_rank() -> None:

@@ -42,6 +42,33 @@ def test_sources_read_every_kind(tmp_path: Path) -> None:
         load_source(canonical(tmp_path), interval_s=60.0, model="nope")
 
 
+def test_servegen_windows_of_no_data_are_missing_not_zero(tmp_path: Path) -> None:
+    # every client silent in windows 10-11 between busy windows (a collection gap); in 30-31 too, but the
+    # windows around them are nearly empty, so that silence is quiet traffic; windows 0-1 start the trace silent
+    def rate(c: int, w: int) -> float:
+        if w in (0, 1, 10, 11, 30, 31):
+            return 0.0
+        return 0.001 if w in (29, 32) else c + 1.0
+
+    rows = {c: [f"{600 * w},{rate(c, w)},1.0,Gamma,1.0,1.0" if rate(c, w) else f"{600 * w},0,0,,0,0"
+                for w in range(40)] for c in (3, 7)}
+    folder = write_servegen(tmp_path / "m-gap", rows)
+    per_window = load_source(folder, interval_s=600.0)
+    gaps = np.isnan(per_window.children.counts)
+    assert np.flatnonzero(gaps.any(axis=0)).tolist() == [10, 11] and gaps[:, [10, 11]].all()
+    assert per_window.target()[[0, 1, 30, 31]].tolist() == [0.0] * 4
+    # a 30-minute interval holding windows 9-11 counts its one observed window for the whole interval
+    longer = load_source(folder, interval_s=1800.0)
+    assert longer.target()[3] == pytest.approx(3 * 600 * (4.0 + 8.0))
+    assert np.isnan(load_source(folder, interval_s=1200.0).target()[5])  # windows 10 and 11: nothing observed
+    res = run_cli("forecast", "--trace", str(folder), "--interval", "10m", "--horizon", "30m", "--json",
+                  "--workers", "1")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert all(v > 5_000 for v in doc["forecast"]["mean"])  # 12 requests a second: 7,200 per 600 s
+    assert any("2 intervals without data" in note for note in doc["notes"])
+
+
 def test_cli_prints_the_backtest_and_forecast_and_writes_a_plot(tmp_path: Path) -> None:
     plot = tmp_path / "bands.png"
     res = run_cli("forecast", "--trace", str(canonical(tmp_path)), "--model", "chat", "--interval", "30s",

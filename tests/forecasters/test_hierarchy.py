@@ -46,3 +46,17 @@ def test_modes_auto_and_direct() -> None:
     direct.fit(kids, interval_s=600.0)
     assert not direct.use_bottom_up and direct.forecast(3).method == direct.direct.method
     assert direct.bottom_up_score is not None  # still backtested, for the report
+
+
+def test_a_gap_shared_by_every_child_is_unknown_for_the_total_and_carried_forward() -> None:
+    kids = children()
+    kids[:, 650:660] = np.nan  # the collector was down: no child has data
+    total = TotalForecaster(config=LoadConfig(max_lead=3))
+    total.fit(kids[:, :700], interval_s=600.0, names=["batch", "bursty", "flat"])
+    assert total.use_bottom_up and total.bottom_up_score is not None
+    assert all(np.isfinite(w) for w in total.bottom_up_score.wape_by_lead.values())
+    assert all(np.isfinite(r).all() for r in total.calibration.residuals)
+    paths = total.paths(kids, 1)[:, 0]
+    assert np.all(np.isfinite(paths)) and np.all(paths[649:660] > 150.0)  # not zero: the flat child alone is 80
+    fc = total.forecast(3)
+    assert np.all(np.isfinite(fc.quantile(0.99)))

@@ -93,8 +93,44 @@ def test_gaps_are_filled_and_said_so() -> None:
     y = seasonal(300, 24)
     y[[10, 11, 150]] = np.nan
     fc = fitted(y).forecast(3)
-    assert "3 missing intervals" in fc.fallback_reason
+    assert "3 intervals without data" in fc.fallback_reason
     assert np.all(np.isfinite(fc.mean))
+
+
+def test_a_collection_gap_is_not_read_as_demand_falling_to_zero() -> None:
+    y = np.random.default_rng(3).poisson(500.0, 600).astype(float)
+    outage = slice(550, 560)
+    as_nan, as_zero = y.copy(), y.copy()
+    as_nan[outage], as_zero[outage] = np.nan, 0.0
+    f = fitted(as_nan[:560])  # the history ends inside the outage
+    assert f.selection is not None and np.all(np.array(f.forecast(3).mean) > 400.0)
+    # from every origin inside the gap and just after it the forecast stays near the level before it
+    paths = f.paths(as_nan, 1)[549:562, 0]
+    assert np.all(paths > 400.0)
+    zeros = fitted(as_zero[:560])  # what reading the outage as zero demand would have said
+    assert zeros.paths(as_zero, 1)[559, 0] < 0.9 * paths[10]
+    # filling is causal: what comes after the gap changes no forecast made inside it
+    later = as_nan.copy()
+    later[560:] *= 3.0
+    assert np.array_equal(f.paths(as_nan, 3)[:560], f.paths(later, 3)[:560])
+
+
+def test_the_backtest_skips_intervals_without_data() -> None:
+    y = np.random.default_rng(4).poisson(200.0, 400).astype(float)
+    with_gap = y.copy()
+    with_gap[380:390] = np.nan  # inside the validation origins
+    config = LoadConfig(max_lead=2, methods=("persistence",))
+    f = LoadForecaster(series="s", config=config)
+    f.fit(with_gap, interval_s=600.0)
+    sel = f.selection
+    assert sel is not None
+    filled = sel.chosen.paths  # forecasts from the carried-forward history
+    origins = np.arange(sel.first_origin, 399)
+    known = ~np.isnan(with_gap[origins + 1])
+    expected = np.abs(filled[origins[known], 0] - y[origins[known] + 1]).sum() / y[origins[known] + 1].sum()
+    assert sel.chosen.score.wape_by_lead[1] == pytest.approx(expected)
+    # and calibrates on the known outcomes only (the window of 288 is longer than the validation here)
+    assert len(sel.calibration.residuals[0]) == known.sum() < origins.size
 
 
 @pytest.mark.parametrize("bad, where", [([1.0, -2.0, 3.0], "s[1]"), ([1.0, np.inf], "s[1]"), ([], "s")])

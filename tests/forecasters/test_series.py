@@ -7,7 +7,7 @@ import pytest
 
 from core.errors import InputError
 from core.requests import RequestTable
-from forecasters.series import clean_history, count_series
+from forecasters.series import carry_forward, clean_history, count_series
 
 
 def table() -> RequestTable:
@@ -38,11 +38,21 @@ def test_bad_interval_is_refused() -> None:
         count_series(table(), 0.0)
 
 
-def test_clean_history_fills_gaps_and_refuses_negatives() -> None:
+def test_clean_history_carries_gaps_forward_and_refuses_negatives() -> None:
     clean = clean_history([1.0, np.nan, 3.0, np.nan], series="m")
-    assert np.array_equal(clean.values, [1.0, 2.0, 3.0, 3.0]) and clean.num_filled == 2
+    assert np.array_equal(clean.values, [1.0, 1.0, 3.0, 3.0]) and clean.num_filled == 2
+    assert clean.missing.tolist() == [False, True, False, True] and "2 intervals without data" in clean.note
     with pytest.raises(InputError) as exc:
         clean_history([1.0, -1.0, -2.0], series="m")
     assert exc.value.where == "m[1]" and "2 negative" in str(exc.value)
     with pytest.raises(InputError, match="every interval is missing"):
         clean_history([np.nan, np.nan], series="m")
+
+
+def test_carry_forward_is_causal_row_by_row() -> None:
+    y = np.array([[np.nan, 2.0, np.nan, np.nan, 5.0], [1.0, np.nan, 3.0, 4.0, np.nan]])
+    filled = carry_forward(y)
+    assert filled.tolist() == [[2.0, 2.0, 2.0, 2.0, 5.0], [1.0, 1.0, 3.0, 4.0, 4.0]]  # a leading gap takes the first
+    assert np.isnan(y).sum() == 5  # the input is left alone
+    clean = np.arange(4.0)
+    assert carry_forward(clean) is clean

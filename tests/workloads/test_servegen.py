@@ -159,3 +159,14 @@ def test_per_window_counts_match_the_source_within_sampling_error(m_large: Serve
     for fam in (Family.GAMMA, Family.WEIBULL):
         cells = sg.family == fam
         assert abs(counts[cells].sum() - mean[cells].sum()) < 4 * np.sqrt(var[cells].sum())
+
+
+def test_collection_gaps_are_silent_runs_between_busy_windows(m_large: ServeGenSet) -> None:
+    assert not m_large.collection_gaps().any()  # m-large has no window where every client is silent
+    mid = read_servegen(need(M_LARGE.parent / "m-mid"))
+    gaps = mid.collection_gaps()
+    runs = np.flatnonzero(np.diff(np.r_[0, gaps.astype(np.int8)]) == 1)
+    assert gaps.sum() == 84 and runs.size == 8  # docs/forecasting.md and docs/workloads.md quote these
+    assert np.all(mid.total_rate_per_s()[gaps] == 0.0)
+    # the threshold is on the neighbours: a folder whose windows are nearly empty has quiet hours, not gaps
+    assert not mid.collection_gaps(min_neighbour=1e9).any()
