@@ -10,7 +10,7 @@ import pytest
 from core.errors import InputError
 from tests.factories import make_table
 from tests.workloads.helpers import M_LARGE, need, write_servegen
-from workloads.arrivals import Family, weibull_cv
+from workloads.arrivals import Family, empty_window_probability, weibull_cv
 from workloads.lengths import AZURE_CONV_LENGTHS
 from workloads.servegen import ServeGenSet, read_servegen, synthesize
 from workloads.tabular import TraceOrderWarning
@@ -168,5 +168,28 @@ def test_collection_gaps_are_silent_runs_between_busy_windows(m_large: ServeGenS
     runs = np.flatnonzero(np.diff(np.r_[0, gaps.astype(np.int8)]) == 1)
     assert gaps.sum() == 84 and runs.size == 8  # docs/forecasting.md and docs/workloads.md quote these
     assert np.all(mid.total_rate_per_s()[gaps] == 0.0)
-    # the threshold is on the neighbours: a folder whose windows are nearly empty has quiet hours, not gaps
-    assert not mid.collection_gaps(min_neighbour=1e9).any()
+    # the least improbable three runs (10^-168 to 10^-192: one side of each is a partly collected window) drop out
+    # under a stricter threshold
+    strict = mid.collection_gaps(max_probability=1e-200)
+    assert np.flatnonzero(np.diff(np.r_[0, strict.astype(np.int8)]) == 1).size == 5 and not (strict & ~gaps).any()
+
+
+def test_silence_between_bursty_windows_is_traffic_and_between_steady_ones_a_gap(tmp_path: Path) -> None:
+    def folder(name: str, rate: float, cv: float) -> ServeGenSet:
+        busy = f"{rate},{cv},Gamma,{1 / cv**2},{cv**2 / rate}"
+        rows = [f"0,{busy}", "600,0,0,,0,0", f"1200,{busy}", "1800,0,0,,0,0"]  # the last silence bounds nothing
+        return read_servegen(write_servegen(tmp_path / name, {1: rows, 2: rows}))
+
+    assert folder("steady", 0.05, 1.0).collection_gaps().tolist() == [False, True, False, False]  # 30 a window
+    assert not folder("bursty", 0.05, 40.0).collection_gaps().any()  # the same rate, CV 40: silence is likely
+
+
+def test_empty_window_probability_is_poisson_at_cv_1_and_matches_a_simulated_renewal_process() -> None:
+    assert empty_window_probability(5.0, 1.0) == pytest.approx(np.exp(-5.0))
+    assert empty_window_probability(0.0, 3.0) == 1.0
+    rng = np.random.default_rng(0)
+    cv, mean_count = 2.0, 3.0  # rate 1, windows of 3
+    times = np.cumsum(rng.gamma(1 / cv**2, cv**2, 400_000))
+    starts = rng.uniform(0.0, times[-1] - 3.0, 100_000)
+    empty = np.searchsorted(times, starts) == np.searchsorted(times, starts + 3.0)
+    assert empty.mean() == pytest.approx(float(empty_window_probability(mean_count, cv)), abs=0.01)
