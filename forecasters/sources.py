@@ -65,10 +65,10 @@ def load_source(path: str | Path, *, interval_s: float, model: str | None = None
 def servegen_counts(sg: ServeGenSet, interval_s: float) -> CountSeries:
     """Requests per interval per client (rate × window length), `interval_s` a whole number of windows.
 
-    Windows of a collection gap (`ServeGenSet.collection_gaps`: every client silent between busy windows) hold no
-    data, so they are NaN, not zero: a forecaster must not read an outage of the collector as demand falling to
-    nothing. An interval of several windows counts its observed windows scaled up to the whole interval, and is NaN
-    only when none of them was observed."""
+    Windows of a collection gap (`ServeGenSet.collection_gaps`: every client silent where the traffic around makes
+    that improbable) hold no data, so they are NaN, not zero: a forecaster must not read an outage of the collector
+    as demand falling to nothing. An interval of several windows counts its observed windows scaled up to the whole
+    interval, and is NaN only when none of them was observed."""
     ratio = interval_s / sg.window_s
     k = round(ratio)
     if k < 1 or abs(ratio - k) > 1e-9:
