@@ -31,7 +31,7 @@ from core.forecast import Forecast
 from forecasters.backtest import DEFAULT_LEVELS, calibrate, monotone_quantiles
 from forecasters.methods import single_threaded_blas
 from forecasters.selection import DEFAULT_CONFIG, LoadConfig, Selection, select
-from forecasters.series import carry_forward, clean_history
+from forecasters.series import carry_forward, clean_history, with_gaps
 
 Quantity = Literal["requests", "tokens", "gpus"]
 
@@ -119,8 +119,8 @@ class LoadForecaster:
         paths = self.paths(self._y, self.config.max_lead)
         window = self.config.calibration_window
         first = max(len(self._y) - window - self.config.max_lead - 1, 0)
-        target = np.where(self._missing, np.nan, self._y) if self._missing.any() else self._y
-        calibration = calibrate(paths, target, first, window=window, floor=sel.calibration.floor)
+        calibration = calibrate(paths, with_gaps(self._y, self._missing), first, window=window,
+                                floor=sel.calibration.floor)
         self.selection = Selection(sel.method, sel.fitted, sel.chosen, sel.scores, calibration, sel.first_origin,
                                    sel.skipped)
         self._last = paths[-1]

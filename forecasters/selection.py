@@ -42,6 +42,7 @@ from forecasters.methods import (
     SeasonalNaive,
     single_threaded_blas,
 )
+from forecasters.series import with_gaps
 from forecasters.statmethods import ARDiff, HoltWinters, Sarimax
 
 ALL_METHODS = ("persistence", "seasonal_naive", "ewma", "holt", "holt_winters", "ar_diff", "sarimax", "croston", "tsb")
@@ -194,7 +195,7 @@ def select(y: np.ndarray, *, interval_s: float, config: LoadConfig = DEFAULT_CON
     second half of the validation origins (calibrated on residuals known at each origin). `missing` marks the
     intervals that had no data (their value in `y` was carried forward): they are fitted through but never scored.
     """
-    target = y if missing is None or not np.any(missing) else np.where(missing, np.nan, y)
+    target = with_gaps(y, missing)
     with single_threaded_blas():
         return _select(y, target, interval_s, config, score_coverage)
 

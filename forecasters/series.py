@@ -104,6 +104,13 @@ def carry_forward(y: np.ndarray) -> np.ndarray:
     return filled.reshape(y.shape)
 
 
+def with_gaps(values: np.ndarray, missing: np.ndarray | None) -> np.ndarray:
+    """`values` with NaN where `missing`: what backtests score against (`values` itself when nothing is missing)."""
+    if missing is None or not np.any(missing):
+        return values
+    return np.where(missing, np.nan, values)
+
+
 @dataclass(frozen=True, eq=False)
 class CleanHistory:
     """A history ready to fit, with what was repaired."""

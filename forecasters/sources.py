@@ -80,7 +80,7 @@ def servegen_counts(sg: ServeGenSet, interval_s: float) -> CountSeries:
     blocks = per_window[:, :whole].reshape(per_window.shape[0], -1, k)
     observed = (~gaps[:whole]).reshape(-1, k)
     seen = observed.sum(axis=1)
-    sums = (blocks * observed[None]).sum(axis=2)
+    sums = blocks.sum(axis=2)  # windows of a gap are silent: they add nothing
     counts = np.where(seen > 0, sums * k / np.maximum(seen, 1), np.nan)
     return CountSeries(sg.model_names(), counts, sg.start_s, float(interval_s))
 

@@ -104,7 +104,7 @@ def draw_gaps(
     """
     out = np.empty(int(num.sum()))
     ends = np.cumsum(num)
-    for fam, lo, hi in _family_runs(family):
+    for fam, lo, hi in equal_runs(family):
         a, b = (int(ends[lo - 1]) if lo else 0), int(ends[hi - 1])
         count, seg = num[lo:hi], slice(lo, hi)
         if fam == Family.WEIBULL:
@@ -118,11 +118,11 @@ def draw_gaps(
     return out
 
 
-def _family_runs(family: np.ndarray) -> list[tuple[int, int, int]]:
-    """(family, first, end) of each run of equal codes in a family-grouped array."""
-    cuts = np.flatnonzero(np.diff(family)) + 1
-    bounds = np.concatenate([[0], cuts, [family.shape[0]]])
-    return [(int(family[lo]), int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds) if hi > lo]
+def equal_runs(values: np.ndarray) -> list[tuple[int, int, int]]:
+    """(value, first, end) of each maximal run of equal integer values, in order (`end` exclusive)."""
+    cuts = np.flatnonzero(np.diff(values)) + 1
+    bounds = np.concatenate([[0], cuts, [values.shape[0]]])
+    return [(int(values[lo]), int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds) if hi > lo]
 
 
 def draw_residuals(rng: np.random.Generator, family: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -133,7 +133,7 @@ def draw_residuals(rng: np.random.Generator, family: np.ndarray, shape: np.ndarr
     Segments must be grouped by family, as for `draw_gaps`.
     """
     out = np.empty(family.shape[0])
-    for fam, lo, hi in _family_runs(family):
+    for fam, lo, hi in equal_runs(family):
         k, lam = shape[lo:hi], scale[lo:hi]
         if fam == Family.WEIBULL:
             biased = lam * rng.standard_gamma(1.0 + 1.0 / k) ** (1.0 / k)

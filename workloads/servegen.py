@@ -29,6 +29,7 @@ from workloads.arrivals import (
     Family,
     Segments,
     empty_window_probability,
+    equal_runs,
     moment_match,
     renewal_arrivals,
     weibull_cv,
@@ -92,19 +93,16 @@ class ServeGenSet:
         clients are silent often (CV 8 at 20 requests a window: 46 %), so the rule weighs each client's CV rather
         than counting requests. ServeGen's m-mid and m-small have such runs (1 to 23 windows; probabilities of
         10⁻¹⁶⁸ and less); a run at the start or end of the trace is not marked, since nothing bounds it."""
-        total = self.total_rate_per_s()
-        silent = total <= 0
+        silent = self.total_rate_per_s() <= 0
         gaps = np.zeros_like(silent)
-        starts = np.flatnonzero(silent & ~np.r_[False, silent[:-1]])
-        ends = np.flatnonzero(silent & ~np.r_[silent[1:], False])
-        for a, b in zip(starts, ends):
-            if a == 0 or b + 1 == len(total):
+        for is_silent, a, end in equal_runs(silent.astype(np.int8)):
+            if not is_silent or a == 0 or end == len(silent):
                 continue
-            mean = np.minimum(self.rate_per_s[:, a - 1], self.rate_per_s[:, b + 1]) * self.window_s
-            cv = np.fmax(self.cv[:, a - 1], self.cv[:, b + 1])
+            mean = np.minimum(self.rate_per_s[:, a - 1], self.rate_per_s[:, end]) * self.window_s
+            cv = np.fmax(self.cv[:, a - 1], self.cv[:, end])
             log_p = float(np.sum(np.log(np.maximum(empty_window_probability(mean, cv), 1e-300))))
             if log_p < np.log(max_probability):
-                gaps[a:b + 1] = True
+                gaps[a:end] = True
         return gaps
 
     def expected_requests(self) -> float:
