@@ -124,6 +124,8 @@ def numeric_column(
 
 
 def raise_bad_value(source: str | Path, line: int, column: str, value: object, expected: str) -> None:
+    if isinstance(value, np.generic):
+        value = value.item()  # show -5, not np.int64(-5)
     shown = "an empty field" if value is None or (isinstance(value, float) and np.isnan(value)) else repr(value)
     raise InputError(column, value, f"{column} must be {expected}", source=f"{source}:{line}",
                      problem=f"{shown} is not allowed")

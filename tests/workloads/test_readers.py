@@ -64,6 +64,7 @@ def test_azure_bad_row_names_file_line_and_value(tmp_path: Path, rows: str, line
         read_azure(path)
     message = str(info.value)
     assert f"bad.csv:{line}" in message and text in message and "\n" not in message
+    assert "np." not in message  # the value as written, not a numpy repr
 
 
 def test_trailing_blank_lines_are_not_rows(tmp_path: Path) -> None:
