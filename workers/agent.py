@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import codecs
 import itertools
+import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -48,18 +50,21 @@ def create_app(client: LocalWorkerClient) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: HttpRequest, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        err = InputError(where, first.get("input"), first.get("msg", "see errors"))
-        return JSONResponse({**err.to_dict(), "errors": _jsonable_errors(exc)}, status_code=422)
+        err = _as_input_error(exc.errors()[0])
+        return _ErrorResponse({**err.to_dict(), "errors": _jsonable_errors(exc)}, status_code=422)
 
     @app.exception_handler(InputError)
     async def _input_error(_: HttpRequest, exc: InputError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=400)
+        return _ErrorResponse(exc.to_dict(), status_code=400)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, object]:
-        return {"status": "ok", "worker_id": client.worker_id}
+    def healthz() -> JSONResponse:
+        """Liveness: 503 once the engine has stopped stepping (its loop died), so a supervisor restarts it."""
+        failure = client.engine.failure
+        if failure is not None:
+            return JSONResponse({"status": "engine stopped", "worker_id": client.worker_id, "error": failure},
+                                status_code=503)
+        return JSONResponse({"status": "ok", "worker_id": client.worker_id})
 
     @app.get("/v1/worker/status", response_model=WorkerStatus)
     def status() -> WorkerStatus:
@@ -102,19 +107,25 @@ class _Completions:
         params = SamplingParams(temperature=body.temperature, seed=body.seed or 0, ignore_eos=body.ignore_eos)
         result, handle = self.client.submit_with_handle(request, params)
         if handle is None:
-            return JSONResponse({"error": "rejected", "message": result.message}, status_code=400)
+            stopped = self.engine.failure is not None
+            return JSONResponse({"error": "engine_stopped" if stopped else "rejected", "message": result.message},
+                                status_code=503 if stopped else 400)
         events = _events(handle)
         if body.stream:
             return StreamingResponse(self._stream(body, handle, events), media_type="text/event-stream")
         async for _ in events:
             pass
+        if handle.finish_reason and handle.finish_reason.startswith("error:"):
+            return JSONResponse({"error": "engine_stopped", "message": handle.finish_reason.removeprefix("error: "),
+                                 "tokens_generated": len(handle.tokens)}, status_code=503)
         return JSONResponse(self._response(body, handle, _text(body, handle.tokens), handle.finish_reason,
                                            usage=True).model_dump())
 
     def _request(self, body: CompletionRequest) -> Request:
         with self._ids_lock:
             request_id = next(self._ids)
-        slo = body.slo_class or next(c.name for c in self.engine.slo_classes.values() if c.online)
+        slo = body.slo_class if body.slo_class is not None else next(
+            c.name for c in self.engine.slo_classes.values() if c.online)
         text, ids = (body.prompt, None) if isinstance(body.prompt, str) else (None, tuple(body.prompt))
         prompt_len = len(ids) if ids is not None else len(ByteTokenizer().encode(text or ""))
         return Request(request_id=request_id, arrival_s=time.time(), model=body.model, slo_class=slo,
@@ -124,14 +135,21 @@ class _Completions:
     async def _stream(self, body: CompletionRequest, handle: RequestHandle,
                       events: AsyncIterator[int | None]) -> AsyncIterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        async for token in events:
-            if token is None:
-                chunk = self._response(body, handle, decoder.decode(b"", final=True), handle.finish_reason, usage=True)
-            else:
-                piece = decoder.decode(bytes([token])) if _byte_level(body, token) else ""
-                chunk = self._response(body, handle, piece, None, usage=False, token_ids=[token])
-            yield f"data: {chunk.model_dump_json()}\n\n"
-        yield "data: [DONE]\n\n"
+        try:
+            async for token in events:
+                if token is None:
+                    chunk = self._response(body, handle, decoder.decode(b"", final=True), handle.finish_reason,
+                                           usage=True)
+                else:
+                    piece = decoder.decode(bytes([token])) if _byte_level(body, token) else ""
+                    chunk = self._response(body, handle, piece, None, usage=False, token_ids=[token])
+                yield f"data: {chunk.model_dump_json()}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            # The client went away mid-stream (the stream is cancelled or closed): stop generating for no one and
+            # free the request's KV pages now rather than when it would have finished.
+            if not handle.done:
+                self.engine.abort(handle.request_id, "client disconnected")
 
     def _response(self, body: CompletionRequest, handle: RequestHandle, text: str, finish: str | None, *,
                   usage: bool, token_ids: list[int] | None = None) -> CompletionResponse:
@@ -164,6 +182,31 @@ async def _events(handle: RequestHandle) -> AsyncIterator[int | None]:
         yield token
         if token is None:
             return
+
+
+def _as_input_error(error: Mapping[str, Any]) -> InputError:
+    """A pydantic error as an InputError: where (the JSON path in the body), the value sent, what is allowed."""
+    loc, msg, value = error.get("loc", ()), error.get("msg", "see errors"), error.get("input")
+    where = ".".join(str(p) for p in loc if p != "body") or "body"
+    if error.get("type") == "json_invalid":  # FastAPI's: loc is ("body", character offset), input {}
+        return InputError("body", None, "a JSON object",
+                          problem=f"is not valid JSON: {error.get('ctx', {}).get('error')} at character {loc[-1]}")
+    if error.get("type") == "missing":  # the input is the object that lacks the field, not a value of it
+        return InputError(where, None, msg, problem="is missing")
+    if isinstance(value, bytes):  # FastAPI passes the raw body on when the content type is not JSON
+        return InputError(where, value, "a JSON object, sent with Content-Type: application/json")
+    return InputError(where, value, msg)
+
+
+class _ErrorResponse(JSONResponse):
+    """An error body as strict JSON whatever the value it echoes holds: Python's JSON parser reads what JSON cannot
+    carry, and rendering it back must not fail (a 500). NaN and ±Infinity are written as the strings "NaN",
+    "Infinity" and "-Infinity", lone surrogates (from a `\\ud800` escape) escaped."""
+
+    def render(self, content: Any) -> bytes:
+        # json writes NaN and ±Infinity as bare words; read back with parse_constant=str they are strings.
+        loose = json.dumps(content, ensure_ascii=True)
+        return json.dumps(json.loads(loose, parse_constant=str), ensure_ascii=True, separators=(",", ":")).encode()
 
 
 def _jsonable_errors(exc: RequestValidationError) -> list[dict[str, object]]:

@@ -11,6 +11,7 @@ use) completes as pages free.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -75,6 +76,7 @@ class EngineLoop:
                 report = engine.step()
             except BaseException as exc:  # recorded for status/health; the loop must not die silently
                 self.error = exc
+                engine.halt(f"{type(exc).__name__}: {exc}")
                 raise
             if report is None:
                 previous_end = None
@@ -175,11 +177,20 @@ class LocalWorkerClient:
         known = sorted(set(engine.replica_ids.values()) | set(engine.store.names))
         raise InputError("replica_id", replica_id, f"a replica or model on this worker: {', '.join(known)}")
 
+    def _replica_of(self, replica_id: str, model: str) -> str:
+        """The model of `replica_id`, which an action naming both must agree with (the simulator fails it too)."""
+        served = self._model_of(replica_id)
+        if served != model:
+            raise InputError("model", model, f"{served!r}, the model of replica {replica_id!r}")
+        return served
+
     # -- handlers: residency and memory --------------------------------------------------------------------------
     def _activate(self, args: ActivateModel, revision: int) -> Outcome:
         if args.tp != 1 or len(args.gpu_ids) != 1:
             raise InputError("tp", args.tp, f"tp=1 on one GPU: this engine runs a model on one device "
                              f"(gpu_ids {list(args.gpu_ids)})")
+        if args.gpu_ids[0] != self.worker_id:
+            raise InputError("gpu_ids", list(args.gpu_ids), f"[{self.worker_id!r}]: this worker's GPU")
         timing = self.engine.activate(args.model, replica_id=args.replica_id)
         message = (f"from {timing.from_residency.value}: disk→host {timing.disk_to_host_s:.3f} s, "
                    f"host→device {timing.host_to_device_s:.3f} s")
@@ -189,7 +200,7 @@ class LocalWorkerClient:
         return "applied", message
 
     def _deactivate(self, args: DeactivateModel, revision: int) -> Outcome:
-        model = self._model_of(args.replica_id)
+        model = self._replica_of(args.replica_id, args.model)
         if self.engine.deactivate(model, args.to, drain=args.drain):
             return "applied", f"{model} is now {args.to.value}"
         return "deferred", f"{model} drains its requests, then goes to {args.to.value}"
@@ -199,13 +210,19 @@ class LocalWorkerClient:
 
     def _set_limit(self, model: str, kv_limit_gib: float, revision: int) -> Outcome:
         engine = self.engine
+        limit_bytes = kv_limit_gib * GIB
+        if not math.isfinite(limit_bytes):  # the schema takes inf, and 1e300 GiB overflows to inf bytes
+            pool_gib = engine.pool.num_pages * engine.config.page_bytes / GIB
+            raise InputError("kv_limit_gib", kv_limit_gib, f"a finite size in GiB (this worker's pool holds "
+                             f"{pool_gib:.4g} GiB; a larger limit does not cap the model)")
         engine.ensure_scheduled(model)
-        pages = limit_pages(kv_limit_gib * GIB, engine.config.page_bytes)
+        pages = limit_pages(limit_bytes, engine.config.page_bytes)
         with engine.lock:
             change = engine.pool.set_limit(model, pages, revision)
         return change.status, change.message or f"{model}: limit {pages} pages"
 
     def _reconfigure(self, args: ReconfigureParallelism, revision: int) -> Outcome:
+        self._replica_of(args.replica_id, args.model)
         if args.tp == 1 and args.gpu_ids == (self.worker_id,):
             return "applied", f"{args.model} already runs with tp=1 on {self.worker_id}"
         raise InputError("tp", args.tp, f"tp=1 on gpu_ids [{self.worker_id!r}]: this engine runs a model on one "
@@ -239,16 +256,20 @@ class LocalWorkerClient:
         return "applied", f"evicted {len(done)} running of {len(ids)} requests ({args.mode.value})"
 
     def _swap_out(self, args: SwapOutKV, revision: int) -> Outcome:
+        self._model_of(args.replica_id)
         return self._requests("swapped out", lambda s: s.swap_out(args.request_ids), len(args.request_ids))
 
     def _swap_in(self, args: SwapInKV, revision: int) -> Outcome:
+        self._model_of(args.replica_id)
         return self._requests("released for swap-in", lambda s: s.swap_in(args.request_ids), len(args.request_ids))
 
     def _preempt_offline(self, args: PreemptOffline, revision: int) -> Outcome:
+        self._model_of(args.replica_id)
         return self._requests("paused", lambda s: s.pause_offline(args.request_ids, args.free_kv_tokens),
                               len(args.request_ids) or None)
 
     def _resume_offline(self, args: ResumeOffline, revision: int) -> Outcome:
+        self._model_of(args.replica_id)
         return self._requests("resumed", lambda s: s.resume_offline(args.request_ids), len(args.request_ids) or None)
 
     def _requests(self, verb: str, op: Callable, asked: int | None) -> Outcome:

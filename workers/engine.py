@@ -122,6 +122,7 @@ class Engine:
         self._loading: set[str] = set()  # models whose weights are being copied in (outside the lock)
         self._draining: dict[str, Residency] = {}  # model → where it goes once its requests are done
         self.num_steps = 0
+        self.failure: str | None = None  # why the engine stopped stepping (`halt`); new requests are refused
 
     # -- models --------------------------------------------------------------------------------------------------
     def layout(self, model: str) -> PagedKVLayout:
@@ -194,6 +195,9 @@ class Engine:
     def submit(self, request: Request, params: SamplingParams = REPLAY) -> tuple[SubmitResult, RequestHandle | None]:
         """Queue a request: `accepted` (model active), `queued` (model known but not active) or `rejected`."""
         with self.lock:
+            if self.failure is not None:
+                return SubmitResult(request_id=request.request_id, status="rejected",
+                                    message=f"engine stopped: {self.failure}"), None
             try:
                 seq = self.validate(request)
             except InputError as exc:
@@ -206,6 +210,18 @@ class Engine:
             active = self.store.residency(request.model) is Residency.ACTIVE
             self.wakeup.notify_all()
             return SubmitResult(request_id=request.request_id, status="accepted" if active else "queued"), handle
+
+    def halt(self, reason: str) -> None:
+        """The engine can no longer step (its loop died): end every live request with `error: <reason>`, so that
+        no client waits for tokens that will never come, and refuse new ones. The scheduler is left as it is: the
+        step that failed may have left it half updated."""
+        with self.lock:
+            self.failure = reason
+            handles, self._handles = list(self._handles.values()), {}
+            for handle in handles:
+                handle.finish(f"error: {reason}")
+                for listener in self.finish_listeners:
+                    listener(handle)
 
     def validate(self, request: Request) -> Sequence:
         """The sequence `submit` would queue for `request`; raises InputError naming what is wrong."""
@@ -233,6 +249,16 @@ class Engine:
 
     def handle(self, request_id: int) -> RequestHandle | None:
         return self._handles.get(request_id)
+
+    def abort(self, request_id: int, reason: str) -> bool:
+        """End a live request now (its client went away): its device pages and host copies are freed and its handle
+        finishes with `removed: <reason>`. False when it had already ended."""
+        with self.lock:
+            removed = self.scheduler.remove([request_id])
+            for seq in removed:
+                self._finish(seq, f"removed: {reason}")
+            self.wakeup.notify_all()
+            return bool(removed)
 
     # -- iterations ----------------------------------------------------------------------------------------------
     @property

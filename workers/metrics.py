@@ -17,7 +17,7 @@ from workers.engine import Engine
 from workers.handles import RequestHandle
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-FINISH_REASONS = ("stop", "length", "dropped", "removed")
+FINISH_REASONS = ("stop", "length", "dropped", "removed", "error")
 
 
 class _EngineCollector(Collector):

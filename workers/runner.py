@@ -108,7 +108,11 @@ def sample_tokens(logits: torch.Tensor, work: Sequence[SeqWork]) -> list[int]:
     tokens = logits.argmax(-1).tolist()
     for i, w in enumerate(work):
         if w.temperature > 0:
-            probs = torch.softmax(logits[i].float() / w.temperature, dim=-1).cpu()
+            # Over a tiny temperature (1e-320 is valid input) logits overflow to inf and softmax gives NaN, which
+            # killed the engine thread. Shifted to a maximum of 0 they only underflow (to -inf: probability 0), and
+            # in float64 every positive temperature stays non-zero: the draw tends to greedy as it tends to 0.
+            row = logits[i].double()
+            probs = torch.softmax((row - row.max()) / w.temperature, dim=-1).cpu()
             gen = torch.Generator().manual_seed(hash((w.seed, w.end_pos)) & 0x7FFF_FFFF_FFFF_FFFF)
             tokens[i] = int(torch.multinomial(probs, 1, generator=gen))
     return tokens

@@ -10,11 +10,23 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from core.requests import Request
 
 _STRICT = ConfigDict(extra="forbid")
+
+
+def _prompt_form(prompt: object) -> str | None:
+    """Which form of prompt was sent, so that an error names that form's problem (not the other's)."""
+    return "text" if isinstance(prompt, str) else "token_ids" if isinstance(prompt, list) else None
+
+
+Prompt = Annotated[
+    Annotated[str, Field(min_length=1), Tag("text")] | Annotated[list[int], Field(min_length=1), Tag("token_ids")],
+    Discriminator(_prompt_form, custom_error_type="prompt_type",
+                  custom_error_message="Input should be text or a list of token ids"),
+]
 
 
 class RequestIn(BaseModel):
@@ -22,7 +34,7 @@ class RequestIn(BaseModel):
 
     model_config = _STRICT
     request_id: int
-    arrival_s: float = 0.0
+    arrival_s: Annotated[float, Field(allow_inf_nan=False)] = 0.0
     model: str
     slo_class: str
     prompt_tokens: Annotated[int, Field(ge=0)]
@@ -39,7 +51,7 @@ class CompletionRequest(BaseModel):
 
     model_config = _STRICT
     model: str
-    prompt: Annotated[str, Field(min_length=1)] | Annotated[list[int], Field(min_length=1)]
+    prompt: Prompt
     max_tokens: Annotated[int, Field(ge=1)] = 16
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(ge=1, le=1)] = Field(default=1.0, description="Only 1.0 (no nucleus sampling).")

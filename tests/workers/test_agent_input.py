@@ -1,0 +1,161 @@
+"""Bad input to a real worker agent on loopback: a 4xx (or a `failed` action) naming the field, the value and what is
+allowed — never a 500, a dead engine, KV held for a client that left, or nonsense silently applied. After each
+probe the worker still serves a normal completion."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from core.actions import (
+    Action,
+    ActivateModel,
+    DeactivateModel,
+    PreemptOffline,
+    ReconfigureParallelism,
+    ResumeOffline,
+    SwapInKV,
+    SwapOutKV,
+)
+from tests.workers.engines import dense_tokens, make_engine
+from workers.agent import create_app, serve_in_thread
+from workers.client import HttpWorkerClient
+from workers.control import LocalWorkerClient
+from workers.tokenizer import ByteTokenizer
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[tuple[str, HttpWorkerClient]]:
+    local = LocalWorkerClient(make_engine(activate=(), kv_pages=24))
+    running = serve_in_thread(create_app(local))
+    client = HttpWorkerClient(running.url)
+    for seq, model in enumerate("ab"):
+        result = client.apply(action(ActivateModel(model=model, replica_id=f"{model}-0", gpu_ids=("local/0",)), seq))
+        assert result.status == "applied", result
+    yield running.url, client
+    client.close()
+    running.stop()
+    local.close()
+
+
+def action(args, seq: int, revision: int = 1) -> Action:
+    return Action(plan_id="input", seq=seq, worker_id="local/0", args=args, revision=revision, reason="test")
+
+
+def assert_serves(url: str) -> None:
+    body = {"model": "a", "prompt": "still here", "max_tokens": 3, "temperature": 0, "ignore_eos": True}
+    response = httpx.post(f"{url}/v1/completions", json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["token_ids"] == dense_tokens("a", tuple(ByteTokenizer().encode("still here")), 3)
+
+
+@pytest.mark.parametrize(("path", "raw", "where"), [
+    ("/v1/completions", b'{"model": "a", "prompt": "x", "temperature": NaN}', "temperature"),
+    ("/v1/completions", b'{"model": "a", "prompt": "x", "temperature": Infinity}', "temperature"),
+    ("/v1/completions", b'{"model": "a", "prompt": "\\ud800"}', "prompt.text"),
+    ("/v1/worker/actions", (b'{"plan_id": "p", "seq": 0, "worker_id": "local/0", "revision": 1, "reason": "r", '
+                            b'"args": {"kind": "resize_kv", "replica_id": "a-0", "kv_limit_gib": NaN}}'),
+     "args.resize_kv.kv_limit_gib"),
+    ("/v1/worker/requests", (b'{"request_id": 1, "arrival_s": NaN, "model": "a", "slo_class": "interactive", '
+                             b'"prompt_tokens": 4, "output_tokens": 2}'), "arrival_s"),
+])
+def test_values_json_cannot_carry_are_named_in_a_422(agent, path: str, raw: bytes, where: str) -> None:
+    """Python's JSON parser reads NaN, Infinity and lone surrogates; echoing them back used to fail with a 500 (or,
+    for arrival_s, they were accepted)."""
+    url, _ = agent
+    response = httpx.post(f"{url}{path}", content=raw, headers=JSON)
+    assert response.status_code == 422, response.text
+    assert response.json()["where"] == where and where in response.json()["message"]
+    assert_serves(url)
+
+
+@pytest.mark.parametrize(("raw", "headers", "where", "says"), [
+    (b'{"model": "a", "prompt": ', JSON, "body", "not valid JSON"),
+    (b'{"model": "a", "prompt": "x"}', {}, "body", "Content-Type: application/json"),
+    (b'{"prompt": "x"}', JSON, "model", "model: is missing"),
+    (b'{"model": "a", "prompt": []}', JSON, "prompt.token_ids", "at least 1 item"),
+    (b'{"model": "a", "prompt": ["one", "two"]}', JSON, "prompt.token_ids.0", "'one' is not allowed"),
+    (b'{"model": "a", "prompt": null}', JSON, "prompt", "text or a list of token ids"),
+    (b'{"model": "a", "prompt": "x", "slo_class": ""}', JSON, "slo_class", "one of interactive, batch"),
+])
+def test_malformed_and_incomplete_bodies_name_the_field_and_the_problem(agent, raw: bytes, headers: dict,
+                                                                        where: str, says: str) -> None:
+    url, _ = agent
+    response = httpx.post(f"{url}/v1/completions", content=raw, headers=headers)
+    assert response.status_code in (400, 422), response.text
+    assert response.json()["where"] == where and says in response.json()["message"], response.json()
+    assert_serves(url)
+
+
+def test_a_tiny_temperature_samples_near_greedy_and_the_engine_lives_on(agent) -> None:
+    """softmax(logits / 1e-320) was NaN: the engine thread died and every later request hung."""
+    url, client = agent
+    body = {"model": "a", "prompt": "cold", "max_tokens": 4, "temperature": 1e-320, "ignore_eos": True}
+    response = httpx.post(f"{url}/v1/completions", json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["token_ids"] == dense_tokens("a", tuple(ByteTokenizer().encode("cold")), 4)
+    assert client.status().healthy
+    assert_serves(url)
+
+
+def removed(url: str) -> float:
+    found = re.search(r'fleetwise_worker_requests_finished_total\{model="a",reason="removed"\} (\S+)',
+                      httpx.get(f"{url}/metrics").text)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_kv_pages_at_once(agent) -> None:
+    """The request used to run on to max_tokens for no one, holding its pages."""
+    url, client = agent
+    before = removed(url)
+    body = {"model": "a", "prompt": "abandoned", "max_tokens": 900, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as response:
+        chunks = (line for line in response.iter_lines() if line.startswith("data: "))
+        next(chunks), next(chunks)  # two tokens, then the client hangs up
+    deadline = time.monotonic() + 10
+    while removed(url) <= before:
+        assert time.monotonic() < deadline, "the request was not removed when its client left"
+        time.sleep(0.01)
+    status = client.status()
+    assert status.kv_pages_used == 0 and all(r.num_running == r.num_waiting == 0 for r in status.replicas)
+    assert_serves(url)
+
+
+def test_kv_limits_too_large_to_count_in_bytes_fail_naming_kv_limit_gib(agent) -> None:
+    url, _ = agent
+    for seq, raw in enumerate(("Infinity", "1e300")):
+        body = (b'{"plan_id": "input", "seq": %d, "worker_id": "local/0", "revision": 1, "reason": "r", "args": '
+                b'{"kind": "resize_kv", "replica_id": "b-0", "kv_limit_gib": %s}}' % (100 + seq, raw.encode()))
+        response = httpx.post(f"{url}/v1/worker/actions", content=body, headers=JSON)
+        assert response.status_code == 200, response.text
+        result = response.json()
+        assert result["status"] == "failed" and "kv_limit_gib" in result["message"] and "finite" in result["message"]
+    assert_serves(url)
+
+
+FOREIGN = [
+    (DeactivateModel(model="b", replica_id="a-0"), "model: 'b'"),
+    (ReconfigureParallelism(replica_id="a-0", model="b", tp=1, gpu_ids=("local/0",)), "model: 'b'"),
+    (ReconfigureParallelism(replica_id="zz", model="zz", tp=1, gpu_ids=("local/0",)), "replica_id: 'zz'"),
+    (ActivateModel(model="a", replica_id="a-0", gpu_ids=("h100/3",)), "gpu_ids: ['h100/3']"),
+    (SwapOutKV(replica_id="zz", request_ids=(1,)), "replica_id: 'zz'"),
+    (SwapInKV(replica_id="zz", request_ids=(1,)), "replica_id: 'zz'"),
+    (PreemptOffline(replica_id="zz"), "replica_id: 'zz'"),
+    (ResumeOffline(replica_id="zz"), "replica_id: 'zz'"),
+]
+
+
+@pytest.mark.parametrize(("seq", "args", "where"), [(200 + i, *case) for i, case in enumerate(FOREIGN)])
+def test_actions_for_another_model_gpu_or_replica_fail_instead_of_applying(agent, seq: int, args, where: str) -> None:
+    url, client = agent
+    result = client.apply(action(args, seq=seq, revision=2))
+    assert result.status == "failed" and where in result.message, result
+    assert all(r.residency == "active" for r in client.status().replicas)
+    assert_serves(url)
