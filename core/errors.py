@@ -45,6 +45,11 @@ class InputError(FleetwiseError):
         }
 
 
+class ConflictError(InputError):
+    """The request is well-formed but the state it acts on forbids it (HTTP 409): the fleet changed since the plan
+    was made, a plan is not in a status that allows the move, another request changed it first."""
+
+
 class NotFoundError(FleetwiseError):
     """A named thing (fleet, plan, model, worker) does not exist."""
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from core.errors import InputError, NotFoundError
+from core.errors import ConflictError, InputError, NotFoundError
 from core.plan import Plan
 from db.actions import action_row
 from db.fleets import get_fleet
@@ -105,9 +105,18 @@ def set_plan_status(session: Session, *, plan_id: str, status: str, message: str
         options = ", ".join(sorted(allowed)) or "none (final)"
         raise InputError("status", status, f"from {row.status!r} a plan may move to: {options}",
                          problem=f"plan {plan_id!r} is {row.status!r}; it cannot become {status!r}")
-    row.status = status
-    row.status_message = message
-    session.flush()
+    # Compare and set: two requests that both read the old status (say, two applies of one approved plan) must
+    # not both move it; the second finds the status changed and is refused.
+    moved = session.execute(
+        update(PlanRow).where(PlanRow.plan_id == row.plan_id, PlanRow.status == row.status)
+        .values(status=status, status_message=message).execution_options(synchronize_session=False)
+    ).rowcount
+    was = row.status
+    session.refresh(row)
+    if moved != 1:
+        raise ConflictError("status", status, "retry: read the plan again",
+                            problem=f"plan {plan_id!r} moved from {was!r} to {row.status!r} in another request "
+                            f"while this one was moving it to {status!r}")
     return row
 
 

@@ -10,7 +10,7 @@ the database as it was.
 from __future__ import annotations
 
 from controller.runtime import Controller
-from core.errors import InputError
+from core.errors import ConflictError
 from core.fleet import FleetSpec
 from core.plan import Plan
 from db.fleets import fleet_spec, get_fleet
@@ -18,10 +18,7 @@ from db.models import PlanRow
 from db.plans import get_plan, set_plan_status, supersede_older, to_plan
 from executors import ExecutionReport, PlanExecutor, WorkerSet
 
-
-class Conflict(InputError):
-    """The request is well-formed but the state it acts on forbids it (HTTP 409): the fleet changed since the plan
-    was made, a plan is not in a status that allows the move, a fleet has no executor backend."""
+Conflict = ConflictError  # the refusals below: a fleet changed since the plan, a plan's status, no backend
 
 
 def check_applicable(row: PlanRow, *, current_version: int, has_backend: bool, approved_only: bool) -> None:

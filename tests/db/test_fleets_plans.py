@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.errors import InputError, NotFoundError
+from core.errors import ConflictError, InputError, NotFoundError
 from db.actions import list_actions
 from db.fleets import fleet_spec, get_fleet, put_fleet
 from db.models import PlanActionRow, PlanRow
@@ -80,6 +80,25 @@ def test_status_lifecycle_allows_only_the_documented_moves(sessions: sessionmake
             set_plan_status(s, plan_id=plan.plan_id, status="approved")
         with pytest.raises(InputError, match="one of proposed"):
             set_plan_status(s, plan_id=plan.plan_id, status="done")
+
+
+def test_two_sessions_moving_one_plan_at_once_only_one_wins(sessions: sessionmaker[Session]) -> None:
+    """Two applies of one approved plan both read `approved`; only the first may move it to `applying` (the plan
+    would otherwise be executed twice)."""
+    plan = make_plan()
+    with sessions.begin() as s:
+        put_fleet(s, spec=make_fleet())
+        create_plan(s, plan=plan, advisory=True)
+        set_plan_status(s, plan_id=plan.plan_id, status="approved")
+    with sessions.begin() as first:
+        seen = get_plan(first, plan_id=plan.plan_id)  # read before the other request writes (and kept: the
+        assert seen.status == "approved"             # session's identity map holds it only while it is referenced)
+        with sessions.begin() as second:
+            set_plan_status(second, plan_id=plan.plan_id, status="applying")
+        with pytest.raises(ConflictError, match="moved from 'approved' to 'applying' in another request"):
+            set_plan_status(first, plan_id=plan.plan_id, status="applying")
+    with sessions.begin() as s:
+        assert get_plan(s, plan_id=plan.plan_id).status == "applying"
 
 
 def test_newer_plans_supersede_older_ones(sessions: sessionmaker[Session]) -> None:
