@@ -38,8 +38,15 @@ def fleet_settings(spec: FleetSpec, defaults: Settings) -> FleetSettings:
 
 
 def check_labels(spec: FleetSpec) -> None:
-    """`InputError` naming the label when a `fleetwise/*` label has a value the controller cannot use."""
+    """`InputError` naming the label when a `fleetwise/*` label is not one of ours (a misspelt
+    `fleetwise/advisroy` would otherwise be stored and silently ignored) or has a value the controller cannot use."""
     labels = spec.metadata.labels
+    known = (ADVISORY_LABEL, POLICY_LABEL)
+    for name in labels:
+        if name.startswith("fleetwise/") and name not in known:
+            raise InputError(f"metadata.labels.{name}", labels[name],
+                             f"the fleetwise/ prefix is reserved for {', '.join(known)}",
+                             problem=f"unknown label {name!r}")
     if ADVISORY_LABEL in labels and labels[ADVISORY_LABEL] not in BOOLEANS:
         raise InputError(f"metadata.labels.{ADVISORY_LABEL}", labels[ADVISORY_LABEL], '"true" or "false"')
     if POLICY_LABEL in labels and labels[POLICY_LABEL] not in POLICIES:

@@ -74,6 +74,9 @@ def test_fleet_name_must_match_the_path_and_labels_must_be_usable(api: Api) -> N
     spec["metadata"]["labels"] = {"fleetwise/advisory": "maybe"}
     body = assert_error(c.put(f"/v1/fleets/{FLEET}", json={"spec": spec}), 400, "fleetwise/advisory")
     assert body["value"] == "maybe"
+    spec["metadata"]["labels"] = {"fleetwise/advisroy": "true", "team": "search"}  # misspelt: not ignored
+    body = assert_error(c.put(f"/v1/fleets/{FLEET}", json={"spec": spec}), 400, "fleetwise/advisroy")
+    assert "fleetwise/advisory" in body["allowed"]
     assert_error(c.patch(f"/v1/fleets/{FLEET}/settings", json={"policy": "nope"}), 422, "policy")
     assert_error(c.get("/v1/fleets/missing"), 404, "fleet")
 
