@@ -26,7 +26,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 class GPUType(BaseModel):
     """One GPU model: what a planner needs to know of the hardware."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = Field(description="Catalog name, e.g. 'H100-SXM'.")
     memory_gib: PositiveFloat = Field(description="Device memory in GiB.")
@@ -63,7 +63,7 @@ class GPUType(BaseModel):
 class ModelArch(BaseModel):
     """A decoder-only transformer (Llama family layout: RMSNorm, RoPE, GQA, SwiGLU)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = Field(description="Catalog name, e.g. 'Llama-3.1-8B'.")
     params_b: PositiveFloat = Field(description="Parameter count in billions.")

@@ -38,8 +38,11 @@ from pydantic_core import PydanticCustomError
 
 from core.catalog import GIB, GPU_CATALOG, MODEL_CATALOG, GPUType, ModelArch
 
-_STRICT = ConfigDict(frozen=True, extra="forbid")
+_STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # a .inf or .nan is a typo, never a value
 Fraction = Annotated[float, Field(ge=0, le=1)]
+# Far beyond any real fleet; a larger count is a typo (every GPU is listed: ids, simulated workers, planner
+# variables, so 1e9 would exhaust the controller's memory).
+MAX_POOL_GPUS = MAX_FLEET_GPUS = 100_000
 
 
 class MemoryPolicy(BaseModel):
@@ -60,7 +63,7 @@ class PoolSpec(BaseModel):
     model_config = _STRICT
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     gpu: GPUType = Field(description="Catalog name (e.g. 'H100-SXM') or an inline GPU type.")
-    count: Annotated[int, Field(ge=0)] = Field(description="GPUs in the pool.")
+    count: Annotated[int, Field(ge=0, le=MAX_POOL_GPUS)] = Field(description="GPUs in the pool.")
     gpus_per_node: Annotated[int, Field(ge=1, le=16)] = 8
     spot: bool = Field(default=False, description="Preemptible (spot/harvested) capacity.")
     price_per_hour: Annotated[float, Field(ge=0)] | None = Field(
@@ -261,6 +264,12 @@ class FleetSpec(BaseModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> FleetSpec:
         _check_unique("spec.pools", [p.name for p in self.spec.pools])
+        total = 0
+        for i, pool in enumerate(self.spec.pools):
+            total += pool.count
+            if total > MAX_FLEET_GPUS:
+                raise cross_error(f"spec.pools[{i}].count", pool.count,
+                                  f"at most {MAX_FLEET_GPUS} GPUs in the whole fleet ({total} by this pool)")
         _check_unique("spec.slo_classes", [c.name for c in self.spec.slo_classes])
         names: list[str] = []
         for i, m in enumerate(self.spec.models):

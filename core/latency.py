@@ -191,13 +191,16 @@ def load_profiles(path: str | Path) -> dict[tuple[str, str, int], LatencyModel]:
 
     try:
         doc = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError("file", str(path), f"a readable YAML file of kind {PROFILE_KIND} ({exc})") from None
     if not isinstance(doc, dict) or doc.get("kind") != PROFILE_KIND:
         raise InputError("kind", (doc or {}).get("kind") if isinstance(doc, dict) else doc, f"must be {PROFILE_KIND}",
                          source=str(path))
+    raws = doc.get("profiles") or []
+    if not isinstance(raws, list):
+        raise InputError("profiles", raws, "a list of profiles (as `fleetwise profile` writes)", source=str(path))
     out: dict[tuple[str, str, int], LatencyModel] = {}
-    for i, raw in enumerate(doc.get("profiles") or []):
+    for i, raw in enumerate(raws):
         try:
             err = raw.pop("fit_error", None)
             model = LatencyModel(**raw, fit_error=FitError(**err) if err else None)

@@ -7,10 +7,29 @@ classes are dictionary-encoded: `model_idx[i]` indexes `model_names`, `slo_idx[i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+# A workload is materialised as columns (about 30 bytes a request; 14 days of ServeGen m-large as 162 models are
+# 237 million requests in 6.6 GiB, docs/workloads.md), and synthesis or rate scaling holds working copies besides.
+# One that would not fit comes from a typo (a rate or a factor off by orders of magnitude) and is refused before
+# its columns are allocated, not after the machine runs out of memory (`max_requests`).
+MAX_REQUESTS = 1_000_000_000
+BYTES_PER_REQUEST = 64  # columns and working copies, per request, at the peak of synthesis or scaling
+MAX_TOKENS = int(np.iinfo(np.int32).max)  # token counts are stored as int32
+
+
+def max_requests() -> int:
+    """The most requests one workload may hold on this machine: MAX_REQUESTS, or fewer where the machine's memory
+    would not hold them at BYTES_PER_REQUEST."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such names
+        return MAX_REQUESTS
+    return int(min(MAX_REQUESTS, memory // BYTES_PER_REQUEST))
 
 
 @dataclass(frozen=True, slots=True)

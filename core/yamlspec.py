@@ -21,10 +21,56 @@ def load_yaml_model(model: type[M], path: str | Path) -> M:
         text = path.read_text()
     except OSError as exc:
         raise InputError("file", str(path), f"a readable YAML file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError("file", str(path), "a YAML text file in UTF-8", source=str(path),
+                         problem=f"byte {exc.start} is not UTF-8 text") from None
     return validate_yaml_text(model, text, source=str(path))
 
 
+MAX_YAML_DEPTH = 32  # a fleet spec nests about 6 deep
+MAX_YAML_NODES = 1_000_000  # values with aliases expanded; about what a 1 MB document holds without aliases
+
+
+def check_yaml_shape(text: str, *, source: str = "<yaml>") -> None:
+    """Refuse, from the document's events (read lazily and without recursion, so a refusal costs only the text up
+    to the fault): an alias inside its own anchor's value, aliases that expand the document past MAX_YAML_NODES
+    values (aliases of aliases: a few hundred bytes can stand for billions) and nesting deeper than MAX_YAML_DEPTH
+    (PyYAML recurses per level). Syntax errors are left to the parser that follows, which names their line."""
+    total = 0  # values so far, aliases expanded
+    sizes: dict[str, int] = {}  # anchor → values its node expands to
+    opened: list[tuple[str | None, int]] = []  # collections open: their anchor, `total` before them
+    try:
+        for event in yaml.parse(text):
+            line = f"line {event.start_mark.line + 1}"
+            if isinstance(event, yaml.AliasEvent):
+                if any(anchor == event.anchor for anchor, _ in opened):
+                    raise InputError(line, f"*{event.anchor}", "an alias outside the value of its anchor",
+                                     source=source, problem=f"alias *{event.anchor} is inside &{event.anchor}")
+                total += sizes.get(event.anchor, 0)  # an undefined one: the parser names it
+            elif isinstance(event, yaml.ScalarEvent):
+                total += 1
+                if event.anchor:
+                    sizes[event.anchor] = 1
+            elif isinstance(event, yaml.CollectionStartEvent):
+                opened.append((event.anchor, total))
+                total += 1
+                if len(opened) > MAX_YAML_DEPTH:
+                    raise InputError(line, len(opened), f"at most {MAX_YAML_DEPTH} levels of nesting (a fleet spec "
+                                     "needs about 6)", source=source, problem=f"nesting {len(opened)} levels deep")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                anchor, before = opened.pop()
+                if anchor:
+                    sizes[anchor] = total - before
+            if total > MAX_YAML_NODES:
+                raise InputError(line, total, f"at most {MAX_YAML_NODES} values with aliases expanded",
+                                 source=source, problem=f"with its aliases expanded the document has {total} values "
+                                 "by this line")
+    except yaml.YAMLError:
+        return
+
+
 def validate_yaml_text(model: type[M], text: str, *, source: str = "<yaml>") -> M:
+    check_yaml_shape(text, source=source)
     try:
         data = yaml.safe_load(text)
         lines = _line_index(yaml.compose(text))
@@ -100,6 +146,7 @@ _ALLOWED = {
     "int_from_float": "must be a whole number",
     "float_parsing": "must be a number",
     "float_type": "must be a number",
+    "finite_number": "must be a finite number",
     "bool_parsing": "must be true or false",
     "bool_type": "must be true or false",
     "string_type": "must be a string",

@@ -6,6 +6,7 @@ written, not rebased; written with microsecond precision), model and SLO class n
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,9 @@ def _names(frame: pd.DataFrame, column: str, path: str | Path) -> tuple[np.ndarr
 
 
 def write_canonical(table: RequestTable, path: str | Path) -> None:
-    """Write `table` as a canonical CSV (overwrites `path`)."""
+    """Write `table` as a canonical CSV (replaces `path`). The rows go to a temporary file beside `path`, renamed
+    onto it once complete: an interrupted or failed write leaves `path` as it was, never half written."""
+    path = Path(path).resolve()  # through a symlink: the file it names is replaced, not the link
     frame = pd.DataFrame({
         "arrival_s": table.arrival_s,
         "model": pd.Categorical.from_codes(table.model_idx, categories=list(table.model_names)),
@@ -56,4 +59,9 @@ def write_canonical(table: RequestTable, path: str | Path) -> None:
         "prompt_tokens": table.prompt_tokens,
         "output_tokens": table.output_tokens,
     })
-    frame.to_csv(path, index=False, float_format="%.6f")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # created like `path` would be (umask)
+    try:
+        frame.to_csv(partial, index=False, float_format="%.6f")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)

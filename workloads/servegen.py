@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
-from core.requests import RequestTable
+from core.requests import RequestTable, max_requests
 from workloads.arrivals import (
     FAMILY_NAMES,
     Family,
@@ -235,6 +235,11 @@ def synthesize(
     chunks = range(first // WINDOWS_PER_CHUNK, -(-last // WINDOWS_PER_CHUNK))
     segments = [_segments(sg, np.arange(max(c * WINDOWS_PER_CHUNK, first), min((c + 1) * WINDOWS_PER_CHUNK, last)),
                           shape, scale, start_s, end_s, rate_scale) for c in chunks]
+    expected = sum(float((g.rate_per_s * g.span_s).sum()) for g in segments)
+    if not expected <= (limit := max_requests()):
+        raise InputError("rate_per_s", expected, f"at most {limit:,} requests on this machine: synthesise a shorter "
+                         "slice or at a lower rate scale", source=sg.name, problem=f"the rates of {start_s:g}–{end_s:g} s "
+                         f"(× {rate_scale:g}) make {expected:.3g} requests")
     out = _Columns(_capacity(segments))
 
     def generate(chunk: int, segs: Segments) -> tuple[np.ndarray, ...]:

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.errors import InputError
 from core.fleet import FleetSpec, Metadata, cross_error, load_fleet
-from core.requests import RequestTable
+from core.requests import MAX_TOKENS, RequestTable, max_requests
 from core.yamlspec import load_yaml_model
 from workloads.formats import detect_format, read_trace
 from workloads.lengths import AZURE_CONV_LENGTHS, EmpiricalLengths, LengthModel, LognormalLengths
@@ -54,9 +54,12 @@ from workloads.synth import (
 )
 from workloads.synthetic import synthesize_rates
 
-_STRICT = ConfigDict(frozen=True, extra="forbid")
+_STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # a .inf or .nan is a typo, never a value
 Progress = Callable[[int, int], None]
 Positive = Annotated[float, Field(gt=0)]
+Name = Annotated[str, Field(min_length=1)]  # model and class names: an empty one would be an empty CSV field
+MAX_DURATION_S = 366 * 86400.0  # a year: arrivals are merged at microsecond ticks in 64-bit keys
+MAX_SPLIT_MODELS = 10_000  # models a split creates (as ModelSpec.copies allows per fleet entry)
 
 
 class Lognormal(BaseModel):
@@ -65,7 +68,8 @@ class Lognormal(BaseModel):
     model_config = _STRICT
     median_tokens: Positive
     sigma: Annotated[float, Field(ge=0, le=5)] = Field(default=1.0, description="Standard deviation of log tokens.")
-    max_tokens: Annotated[int, Field(ge=1)] = Field(default=16384, description="Draws are clipped to [1, max].")
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] = Field(
+        default=16384, description="Draws are clipped to [1, max].")
 
 
 class LengthsSpec(BaseModel):
@@ -91,7 +95,7 @@ class TraceSource(BaseModel):
     model_config = _STRICT
     path: str = Field(description="Trace file or ServeGen folder, relative to the YAML file.")
     format: Literal["auto", "azure", "mooncake", "canonical", "servegen"] = "auto"
-    model: str | None = Field(default=None, description="Model name for single-model traces (Azure, Mooncake).")
+    model: Name | None = Field(default=None, description="Model name for single-model traces (Azure, Mooncake).")
     per_client: bool = Field(default=True, description="ServeGen: one model per client (else one per folder).")
     model_prefix: str | None = Field(default=None, description="ServeGen: model name prefix (default: folder).")
     lengths: LengthsSpec | None = Field(default=None, description="ServeGen: lengths (default: Azure conv fit).")
@@ -108,10 +112,10 @@ class SyntheticSource(BaseModel):
     """Gamma renewal arrivals per model: explicit rates, or a total rate spread by Zipf / fleet shares."""
 
     model_config = _STRICT
-    duration_s: Positive
+    duration_s: Annotated[float, Field(gt=0, le=MAX_DURATION_S)]
     models: tuple[ModelRate, ...] = ()
     total_rate_per_s: Positive | None = None
-    num_models: Annotated[int, Field(ge=1)] | None = Field(
+    num_models: Annotated[int, Field(ge=1, le=MAX_SPLIT_MODELS)] | None = Field(
         default=None, description="With total_rate_per_s: the fleet's first N models (or model-0 … model-N-1).")
     zipf_exponent: Annotated[float, Field(ge=0, le=5)] | None = Field(
         default=None, description="With total_rate_per_s: popularity law (default: the fleet's shares).")
@@ -123,6 +127,16 @@ class SyntheticSource(BaseModel):
         if bool(self.models) == (self.total_rate_per_s is not None):
             raise cross_error("spec.source.synthetic", "models/total_rate_per_s",
                               "give either 'models' (per-model rates) or 'total_rate_per_s'")
+        seen: set[str] = set()
+        for i, m in enumerate(self.models):
+            if m.model in seen:
+                raise cross_error(f"spec.source.synthetic.models[{i}].model", m.model,
+                                  "each model once (its rate would silently replace the first)")
+            seen.add(m.model)
+        total = self.total_rate_per_s or sum(m.rate_per_s for m in self.models)
+        if total * self.duration_s > (limit := max_requests()):
+            raise cross_error("spec.source.synthetic", f"{total:g} requests/s × {self.duration_s:g} s",
+                              f"at most {limit:,} requests in all on this machine (rate × duration)")
         return self
 
 
@@ -141,7 +155,7 @@ class Source(BaseModel):
 class SliceSpec(BaseModel):
     model_config = _STRICT
     start_s: Annotated[float, Field(ge=0)] = 0.0
-    end_s: Positive | None = None
+    end_s: Annotated[float, Field(gt=0, allow_inf_nan=True)] | None = None  # .inf: to the end, as when omitted
 
     @model_validator(mode="after")
     def _order(self) -> SliceSpec:
@@ -156,23 +170,34 @@ class ModelMap(BaseModel):
 
     model_config = _STRICT
     mode: Literal["split", "rank", "rename"]
-    to: tuple[str, ...] | None = Field(default=None, description="Target names (default: the fleet's models).")
+    to: tuple[Name, ...] | None = Field(default=None, min_length=1, max_length=MAX_SPLIT_MODELS,
+                                        description="Target names (default: the fleet's models).")
     num_models: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Use the first N targets.")
     zipf_exponent: Annotated[float, Field(ge=0, le=5)] | None = Field(
         default=None, description="split: popularity law (default: the fleet's shares, else 1.0).")
-    rename: dict[str, str] = {}
+    rename: dict[str, Name] = {}
+
+    @field_validator("to")
+    @classmethod
+    def _distinct(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        seen: set[str] = set()
+        for name in names or ():
+            if name in seen:
+                raise ValueError(f"each target model once ({name!r} appears twice)")
+            seen.add(name)
+        return names
 
 
 class SLOAssign(BaseModel):
     model_config = _STRICT
-    mix: dict[str, Annotated[float, Field(ge=0)]] | None = Field(
+    mix: dict[Name, Annotated[float, Field(ge=0)]] | None = Field(
         default=None, description="Fraction of requests per class (default: the fleet's mix).")
 
 
 class WorkloadBody(BaseModel):
     model_config = _STRICT
     fleet: str | None = Field(default=None, description="Fleet YAML (relative) used when the caller gives none.")
-    seed: int | None = Field(default=None, description="Overrides the caller's seed.")
+    seed: Annotated[int, Field(ge=0)] | None = Field(default=None, description="Overrides the caller's seed.")
     source: Source
     slice: SliceSpec | None = None
     rate_scale: Positive = 1.0

@@ -5,13 +5,14 @@ All are pure functions of (table, parameters, seed) and return new tables; all w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from core.errors import InputError
 from core.fleet import FleetSpec
-from core.requests import RequestTable
+from core.requests import RequestTable, max_requests
 
 # -- models -----------------------------------------------------------------------------------------------------
 
@@ -160,8 +161,11 @@ def scale_rate(table: RequestTable, factor: float, *, seed: int, max_shift_s: fl
     while making the copies independent at the scale of seconds — more users behave like more independent
     streams, not like each burst arriving twice at the same instant. Replicas keep model, class and lengths.
     """
-    if factor <= 0:
-        raise InputError("factor", factor, "a rate factor > 0")
+    if not 0 < factor < math.inf:
+        raise InputError("rate_scale", factor, "a finite rate factor > 0")
+    if len(table) * factor > (limit := max_requests()):
+        raise InputError("rate_scale", factor, f"a factor that keeps the workload within {limit:,} requests on "
+                         f"this machine (it has {len(table):,})")
     if factor == 1 or not len(table):
         return table
     rng = np.random.default_rng(seed)

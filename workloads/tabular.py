@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
+from core.requests import MAX_TOKENS
 
 
 class TraceOrderWarning(UserWarning):
@@ -104,10 +105,11 @@ def numeric_column(
     first_line: int,
     integer: bool = False,
     min_value: float | None = None,
+    max_value: float | None = None,
     expected: str = "a number",
     lines: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Column as float64; the first non-numeric, NaN, fractional (if `integer`) or too-small value raises
+    """Column as float64; the first non-numeric, NaN, fractional (if `integer`), too-small or too-large value raises
     `InputError` at `source:line` (frame row i is file line `lines[i]` if given, else `first_line + i`)."""
     raw = frame[column]
     values = (raw if pd.api.types.is_numeric_dtype(raw) else pd.to_numeric(raw, errors="coerce")).to_numpy(np.float64)
@@ -116,6 +118,8 @@ def numeric_column(
         bad |= values != np.floor(values)
     if min_value is not None:
         bad |= values < min_value
+    if max_value is not None:
+        bad |= values > max_value
     if bad.any():
         row = int(np.argmax(bad))
         line = int(lines[row]) if lines is not None else first_line + row
@@ -134,9 +138,10 @@ def raise_bad_value(source: str | Path, line: int, column: str, value: object, e
 def token_column(
     frame: pd.DataFrame, column: str, *, source: str | Path, first_line: int = 1, lines: np.ndarray | None = None
 ) -> np.ndarray:
-    """A token count column: whole numbers ≥ 1, as int32."""
+    """A token count column: whole numbers from 1 to MAX_TOKENS, as int32."""
     values = numeric_column(frame, column, source=source, first_line=first_line, integer=True, min_value=1,
-                            expected="a whole number of tokens ≥ 1", lines=lines)
+                            max_value=MAX_TOKENS, expected=f"a whole number of tokens ≥ 1 and ≤ {MAX_TOKENS:,}",
+                            lines=lines)
     return values.astype(np.int32)
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from controller.console import fail, out, print_json
+from core.errors import InputError
 
 app = typer.Typer(help="Database: migrate to the current schema, show the schema revision.", no_args_is_help=True)
 
@@ -27,11 +28,20 @@ def upgrade(
     json_out: JsonOption = False,
 ) -> None:
     """Create or migrate the database's tables to REVISION (default: the newest). Safe to run repeatedly."""
+    from alembic.util import CommandError
+
     from db import migrate
 
     target = _url(url)
     before = _reach(target, lambda: migrate.current_revision(target))
-    after = _reach(target, lambda: migrate.upgrade(target, revision=revision))
+    allowed = (f"'head' or a known revision at or after the database's own ({before or 'none'}); the newest is "
+               f"{migrate.head_revision()}")
+    if not revision.strip():  # Alembic asserts on an empty revision rather than saying what is wrong
+        raise InputError("--revision", revision, allowed)
+    try:
+        after = _reach(target, lambda: migrate.upgrade(target, revision=revision))
+    except CommandError as exc:  # a revision Alembic cannot find or cannot upgrade to
+        raise InputError("--revision", revision, allowed, problem=str(exc).strip().splitlines()[0]) from None
     if json_out:
         print_json({"url": _shown(target), "from": before, "to": after})
         return
@@ -70,12 +80,13 @@ def _shown(url: str) -> str:
 
 
 def _reach(url: str, call: Callable[[], T]) -> T:
-    """Run a database call; an unreachable database is one line and exit code 1, not a traceback."""
-    from sqlalchemy.exc import OperationalError
+    """Run a database call; an unreachable or unusable database (not a database file, tables missing) is one line
+    and exit code 1, not a traceback."""
+    from sqlalchemy.exc import DatabaseError
 
     try:
         return call()
-    except OperationalError as exc:
+    except DatabaseError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
         fail(f"cannot use database {_shown(url)}: {reason}", code=1)
         raise  # unreachable: fail() exits

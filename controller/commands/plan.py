@@ -24,7 +24,8 @@ def plan(
                                                     "when changed) before planning.")] = None,
     policy: Annotated[str | None, typer.Option(help="Planner: fleetwise, dedicated, muxserve, qlm, prism "
                                                "(default: the fleet's).")] = None,
-    budget: Annotated[float | None, typer.Option("--budget", help="Planner budget, seconds.", min=0.01)] = None,
+    budget: Annotated[float | None, typer.Option("--budget", help="Planner budget, seconds.", min=0.01,
+                                                 max=600)] = None,  # settings.plan_budget_s allows ≤ 600 s
     url: UrlOption = None,
     workers_file: WorkersOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the cycle and the plan as JSON.")] = False,

@@ -11,12 +11,14 @@ import typer
 
 from controller.commands.db import UrlOption, _shown, _url
 from controller.console import fail, out
+from core.errors import InputError
 
 if TYPE_CHECKING:
     from controller.runtime import Controller
 
 CronOption = Annotated[str | None, typer.Option("--cron", help="Replanning cron (5 fields, or 6 with seconds "
                                                 "first); default $FLEETWISE_REPLAN_CRON, else every 5 minutes.")]
+_OPTION_OF_SETTING = {"replan_cron": "--cron", "workers_file": "--workers-file"}  # settings given as options
 WorkersOption = Annotated[Path | None, typer.Option("--workers-file", help="YAML naming each fleet's executor "
                                                     "backend (default $FLEETWISE_WORKERS_FILE).")]
 
@@ -24,17 +26,24 @@ WorkersOption = Annotated[Path | None, typer.Option("--workers-file", help="YAML
 def open_controller(url: str | None, **overrides: object) -> Controller:
     """A Controller on the database at `url` (or the settings'), which must be migrated to this version's schema:
     otherwise one line and exit code 1."""
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DatabaseError
 
     from controller.runtime import Controller
-    from controller.settings import load_settings
+    from controller.settings import ENV_PREFIX, load_settings
     from db.migrate import current_revision, head_revision
 
     target = _url(url)
-    settings = load_settings(database_url=target, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        settings = load_settings(database_url=target, **given)
+    except InputError as exc:  # a value from an option: name the option, not the environment variable
+        field = exc.where.removeprefix(ENV_PREFIX).lower()
+        if field not in given or field not in _OPTION_OF_SETTING:
+            raise
+        raise InputError(_OPTION_OF_SETTING[field], exc.value, exc.allowed.removeprefix("Value error, ")) from None
     try:
         at = current_revision(target)
-    except OperationalError as exc:
+    except DatabaseError as exc:
         fail(f"cannot use database {_shown(target)}: {str(exc.orig).strip().splitlines()[0]}", code=1)
     if at != head_revision():
         fail(f"database {_shown(target)} is at revision {at or 'none'}, this version needs {head_revision()}: run "

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from core.fleet import FleetSpec
     from core.requests import RequestTable
     from workloads.servegen import ServeGenSet
+    from workloads.spec import WorkloadSpec
     from workloads.summary import TraceSummary
 
 app = typer.Typer(help="Request traces and workloads: inspect and convert.", no_args_is_help=True)
@@ -31,7 +32,11 @@ app = typer.Typer(help="Request traces and workloads: inspect and convert.", no_
 Source = Annotated[Path, typer.Argument(help="Trace file (Azure CSV, Mooncake JSONL, canonical CSV), ServeGen "
                                              "folder, or workload YAML (kind: Workload).")]
 FleetOpt = Annotated[Path | None, typer.Option("--fleet", help="Map models and SLO classes onto this fleet.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for synthesis, splits and SLO draws.")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Seed for synthesis, splits and SLO draws.")]
+# Where each convert option lands in the workload spec it builds (so a spec error names the option).
+_CONVERT_OPTIONS = {"spec.rate_scale": "--rate-scale", "spec.slice.start_s": "--start-s", "spec.slice.end_s": "--end-s",
+                    "spec.models.zipf_exponent": "--zipf", "spec.models.to": "--split-models",
+                    "spec.source.trace.model": "--model", "spec.slo.mix": "--slo-class"}
 
 
 @app.command("inspect")
@@ -47,9 +52,11 @@ def inspect(
 
     A ServeGen folder without --fleet is summarised from its rate series (per client), without synthesising it.
     """
+    from controller.outputs import check_output
     from workloads.formats import detect_format
     from workloads.servegen import read_servegen
 
+    check_output("--plot", plot, suffix=".png", inputs=(source, fleet))
     if fleet is None and source.is_dir() and detect_format(source) == "servegen":
         _inspect_servegen(read_servegen(source), source, plot=plot, json_out=json_out, top=top)
         return
@@ -74,8 +81,10 @@ def convert(
     seed: SeedOpt = 0,
 ) -> None:
     """Write any workload as the canonical CSV, optionally sliced, rate-scaled, split over models, relabelled."""
+    from controller.outputs import check_output
     from workloads.canonical import write_canonical
 
+    check_output("dest", dest, inputs=(source, fleet, *_referenced_files(source)))
     options = {"--model": model, "--start-s": start_s, "--end-s": end_s, "--split": split,
                "--split-models": split_models, "--slo-class": slo_class}
     if source.suffix.lower() in (".yaml", ".yml"):
@@ -88,6 +97,9 @@ def convert(
         spec = _spec_from_options(source, model=model, slo_class=slo_class, start_s=start_s, end_s=end_s,
                                   rate_scale=rate_scale, split=split, split_models=split_models, zipf=zipf)
         table = _load(source, fleet, seed, spec=spec)
+    if not len(table):
+        raise InputError("source", str(source), "a workload with at least one request in the kept time range",
+                         problem="no requests to write")
     with _progress("writing") as report:
         write_canonical(table, dest)
         report(1, 1)
@@ -97,16 +109,22 @@ def convert(
 
 def _spec_from_options(source: Path, *, model: str | None, slo_class: str | None, start_s: float | None,
                        end_s: float | None, rate_scale: float, split: int | None, split_models: str | None,
-                       zipf: float) -> dict[str, Any]:
-    """The workload spec (as a dict) that the convert options describe, so convert and YAML share one pipeline."""
+                       zipf: float) -> WorkloadSpec:
+    """The workload spec that the convert options describe, so convert and YAML share one pipeline; a value the
+    spec refuses is reported under its option."""
+    from pydantic import ValidationError
+
+    from core.yamlspec import error_from_validation
+    from workloads.spec import MAX_SPLIT_MODELS, WorkloadSpec
+
     if rate_scale <= 0:
         raise InputError("--rate-scale", rate_scale, "a rate factor > 0")
     if start_s is not None and start_s < 0:
         raise InputError("--start-s", start_s, "a time ≥ 0")
     if end_s is not None and end_s <= (start_s or 0.0):
         raise InputError("--end-s", end_s, f"a time greater than --start-s ({start_s or 0:g})")
-    if split is not None and split < 1:
-        raise InputError("--split", split, "a number of models ≥ 1")
+    if split is not None and not 1 <= split <= MAX_SPLIT_MODELS:
+        raise InputError("--split", split, f"a number of models from 1 to {MAX_SPLIT_MODELS:,}")
     if split is not None and split_models is not None:
         raise InputError("--split", split, "either --split or --split-models, not both")
     if zipf < 0:
@@ -121,13 +139,33 @@ def _spec_from_options(source: Path, *, model: str | None, slo_class: str | None
         body["models"] = {"mode": "split", "to": names, "zipf_exponent": zipf}
     if slo_class is not None:
         body["slo"] = {"mix": {slo_class: 1.0}}
-    return {"apiVersion": "fleetwise/v1", "kind": "Workload", "metadata": {"name": "convert"}, "spec": body}
+    doc = {"apiVersion": "fleetwise/v1", "kind": "Workload", "metadata": {"name": "convert"}, "spec": body}
+    try:
+        return WorkloadSpec.model_validate(doc)
+    except ValidationError as exc:
+        err = error_from_validation(exc)
+        option = next((o for path, o in _CONVERT_OPTIONS.items() if err.where.startswith(path)), err.where)
+        raise InputError(option, err.value, err.allowed, problem=err.problem) from None
 
 
-def _load(source: Path, fleet_path: Path | None, seed: int, *, spec: dict[str, Any] | None = None) -> RequestTable:
+def _referenced_files(source: Path) -> list[Path]:
+    """The files a workload YAML reads (trace, length trace, fleet): convert must not overwrite them either."""
+    from workloads.spec import load_workload_spec
+
+    if source.suffix.lower() not in (".yaml", ".yml"):
+        return []
+    body = load_workload_spec(source).spec
+    trace = body.source.trace
+    named = [body.fleet, trace.path if trace else None, trace.lengths.trace if trace and trace.lengths else None]
+    synthetic = body.source.synthetic
+    named.append(synthetic.lengths.trace if synthetic else None)
+    return [source.parent / n for n in named if n is not None]
+
+
+def _load(source: Path, fleet_path: Path | None, seed: int, *, spec: WorkloadSpec | None = None) -> RequestTable:
     """Load with a progress bar (ServeGen synthesis) and trace-order warnings shown as one yellow line each."""
     from core.fleet import load_fleet
-    from workloads.spec import WorkloadSpec, build_workload, load_workload
+    from workloads.spec import build_workload, load_workload
     from workloads.tabular import TraceOrderWarning
 
     fleet: FleetSpec | None = load_fleet(fleet_path) if fleet_path is not None else None
@@ -136,8 +174,7 @@ def _load(source: Path, fleet_path: Path | None, seed: int, *, spec: dict[str, A
         if spec is None:
             table = load_workload(source, fleet=fleet, seed=seed, on_progress=report)
         else:
-            table = build_workload(WorkloadSpec.model_validate(spec), base_dir=Path.cwd(), fleet=fleet, seed=seed,
-                                   on_progress=report)
+            table = build_workload(spec, base_dir=Path.cwd(), fleet=fleet, seed=seed, on_progress=report)
     for w in caught:
         if issubclass(w.category, TraceOrderWarning):
             err.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)

@@ -4,6 +4,7 @@ command so `fleetwise --help` stays fast."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,14 +24,14 @@ DEFAULT_POLICIES = "dedicated,muxserve,qlm,prism"
 def _number(option: str, *, minimum: float, inclusive: bool, integer: bool = False) -> Callable[[str], float]:
     """A Typer parser: the option's text as a number ≥ / > `minimum`, else an InputError (one line, exit 2)."""
     bound = f"{'≥' if inclusive else '>'} {minimum:g}"
-    kind = "an integer" if integer else "a number"
+    kind = "an integer" if integer else "a finite number"
 
     def parse(text: str) -> float:
         try:
             value = int(text) if integer else float(text)
         except ValueError:
             raise InputError(option, text, f"{kind} {bound}") from None
-        if not (value >= minimum if inclusive else value > minimum) or value != value:  # noqa: PLR0124 (NaN)
+        if not (value >= minimum if inclusive else value > minimum) or not math.isfinite(value):
             raise InputError(option, text, f"{kind} {bound}")
         return value
 
@@ -71,7 +72,8 @@ def whatif(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report JSON instead of tables.")] = False,
 ) -> None:
     """Compare policies on FLEET under WORKLOAD in the simulator: SLO attainment, latency, goodput and cost."""
-    from controller.whatif.options import WhatIfConfig, check_output, check_paths, parse_policies, parse_sweep
+    from controller.outputs import check_output
+    from controller.whatif.options import WhatIfConfig, check_paths, parse_policies, parse_sweep
     from controller.whatif.policies import policy_names
     from controller.whatif.report import build_report, comparison_table, sweep_table, write_json
     from controller.whatif.runner import default_processes, jobs_for, run_all
@@ -82,8 +84,8 @@ def whatif(
         replan_interval_s=replan_interval, sweep=parse_sweep(sweep) if sweep else None,
     )
     check_paths(config)
-    check_output("--report-json", report_json, ".json")
-    check_output("--plot", plot, ".png")
+    check_output("--report-json", report_json, suffix=".json", inputs=(fleet, workload))
+    check_output("--plot", plot, suffix=".png", inputs=(fleet, workload))
     _check_inputs(config)
     todo = jobs_for(config)
     started = time.perf_counter()

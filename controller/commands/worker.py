@@ -104,7 +104,13 @@ def profile(
     least squares, and write a profile YAML with its error on held-out iterations."""
     from dataclasses import asdict
 
+    from controller.outputs import check_output
+
+    check_output("--out", out_path)  # before minutes of profiling, not after
     batch_sizes, prompt_lens = _ints("--batches", batches), _ints("--prompts", prompts)
+    if max(batch_sizes) > kv_pages:
+        raise InputError("--batches", batches, f"batch sizes ≤ --kv-pages ({kv_pages}): every request of a batch "
+                         "holds at least one KV page")
     engine = _engine(model, weights, seed, worker_id, device, gpu_type, memory_gib, kv_pages, page_kib, 0.25,
                      threads)
     from workers.profile import ProfileGrid, ServedLoad, profile_model

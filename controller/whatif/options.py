@@ -86,13 +86,3 @@ def check_paths(config: WhatIfConfig) -> None:
         raise InputError("--fleet", config.fleet, "an existing fleet YAML file")
     if not Path(config.workload).exists():
         raise InputError("--workload", config.workload, "an existing trace file, ServeGen folder or workload YAML")
-
-
-def check_output(option: str, path: Path | None, suffix: str) -> None:
-    """An output path must end in `suffix` and sit in an existing folder."""
-    if path is None:
-        return
-    if path.suffix.lower() != suffix:
-        raise InputError(option, str(path), f"a file name ending in {suffix}")
-    if not path.parent.exists():
-        raise InputError(option, str(path), f"a path in an existing folder ({path.parent} does not exist)")

@@ -67,6 +67,24 @@ def test_plan_refuses_bad_options_and_unmigrated_databases(url: str, tmp_path: P
     assert empty.returncode == 1 and "fleetwise db upgrade" in one_line(empty)
 
 
+def test_bad_revision_budget_and_cron_are_one_line_naming_the_option(url: str, tmp_path: Path) -> None:
+    for revision in ("nope", ""):
+        res = run_cli("db", "upgrade", "--url", url, "--revision", revision)
+        assert res.returncode == 2 and "--revision" in one_line(res) and "head" in one_line(res)
+    budget = run_cli("plan", "test", "--fleet-file", str(fleet_file(tmp_path)), "--budget", "inf", "--url", url)
+    assert budget.returncode == 2 and "--budget" in budget.stderr and "Traceback" not in budget.stderr
+    cron = run_cli("serve", "--url", url, "--cron", "99 * * * *", timeout=60)
+    assert cron.returncode == 2 and one_line(cron).startswith("error: --cron: '99 * * * *'")
+
+
+def test_a_file_that_is_not_a_database_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "junk.db").write_text("not a database\n")
+    target = f"sqlite:///{tmp_path / 'junk.db'}"
+    for args in (["db", "current"], ["db", "upgrade"], ["token", "list"], ["plan", "test"]):
+        res = run_cli(*args, "--url", target)
+        assert res.returncode == 1 and "file is not a database" in one_line(res), args
+
+
 def test_serve_replans_on_its_cron_and_stops_on_sigterm(url: str, tmp_path: Path) -> None:
     workers = tmp_path / "workers.yaml"
     workers.write_text("apiVersion: fleetwise/v1\nkind: Workers\nfleets:\n  test: {backend: sim}\n")

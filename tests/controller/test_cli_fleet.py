@@ -38,3 +38,10 @@ def test_bad_fleet_exits_2_with_one_line(tmp_path: Path) -> None:
 def test_missing_file_exits_2(tmp_path: Path) -> None:
     res = run_cli("fleet", "check", str(tmp_path / "nope.yaml"))
     assert res.returncode == 2 and "nope.yaml" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_binary_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "fleet.yaml").write_bytes(b"\xff\xfe\x00\x01")
+    res = run_cli("fleet", "check", str(tmp_path / "fleet.yaml"))
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "fleet.yaml" in lines[0] and "UTF-8" in lines[0], res.stderr

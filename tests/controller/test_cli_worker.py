@@ -28,10 +28,20 @@ def test_bad_options_give_one_line_and_exit_code_2() -> None:
                          (("profile", "--model", "Tiny-Llama-2L", "--prompts", "8", "--batches", "1",
                            "--output-tokens", "600"), "--output-tokens"),  # the served phase would not fit
                          (("worker", "--model", "Tiny-Llama-2L", "--weights", "x=/nowhere"), "--weights"),
-                         (("worker", "--model", "Tiny-Llama-2L", "--device", "tpu"), "--device")]:
+                         (("worker", "--model", "Tiny-Llama-2L", "--device", "tpu"), "--device"),
+                         # checked before profiling starts, not after minutes of it
+                         (("profile", "--model", "Tiny-Llama-2L", "--batches", "1", "--prompts", "8",
+                           "--output-tokens", "4", "--served-requests", "0", "--out", "/nowhere/p.yaml"), "--out")]:
         result = run_cli(*args)
         assert result.returncode == 2 and needle in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+def test_a_batch_larger_than_the_kv_pool_is_refused_before_profiling(tmp_path) -> None:
+    result = run_cli("profile", "--model", "Tiny-Llama-2L", "--batches", "1,129", "--kv-pages", "128", "--prompts", "8",
+                     "--output-tokens", "4", "--served-requests", "0", "--out", str(tmp_path / "p.yaml"))
+    assert result.returncode == 2 and "--batches" in result.stderr and "--kv-pages (128)" in result.stderr
+    assert not (tmp_path / "p.yaml").exists()
 
 
 def test_worker_serves_on_a_free_port() -> None:

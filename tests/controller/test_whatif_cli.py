@@ -158,6 +158,9 @@ def test_sweep_writes_a_plot_and_every_point(inputs: tuple[Path, Path], tmp_path
     (["--policy", "dedicated,vllm"], "--policy"),
     (["--rate-scale", "fast"], "--rate-scale"),
     (["--split-models", "9"], "--split-models"),
+    (["--rate-scale", "inf"], "--rate-scale: 'inf' is not allowed; a finite number > 0"),
+    (["--split-models", "2", "--zipf", "inf"], "--zipf: 'inf' is not allowed; a finite number ≥ 0"),
+    (["--rate-scale", "1e9"], "rate_scale: 1000000000.0 is not allowed; a factor that keeps the workload within"),
 ])
 def test_bad_options_fail_with_one_line(inputs: tuple[Path, Path], args: list[str], where: str) -> None:
     fleet, trace = inputs
@@ -171,3 +174,12 @@ def test_missing_workload_is_one_line(inputs: tuple[Path, Path]) -> None:
     fleet, _ = inputs
     res = run_cli("whatif", "--fleet", str(fleet), "--workload", "nope.csv")
     assert res.returncode == 2 and "--workload" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_report_must_not_overwrite_an_input(inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    fleet, _ = inputs
+    mooncake = tmp_path / "trace.json"
+    mooncake.write_text('{"timestamp": 0, "input_length": 5, "output_length": 5}\n')
+    res = run_cli("whatif", "--fleet", str(fleet), "--workload", str(mooncake), "--report-json", str(mooncake))
+    assert res.returncode == 2 and "--report-json" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert mooncake.read_text().startswith('{"timestamp": 0')

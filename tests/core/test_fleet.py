@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,50 @@ def test_slo_attainment_needs_both_targets() -> None:
     assert cls.attained(0.5, 0.05)
     assert not cls.attained(1.5, 0.05) and not cls.attained(0.5, 0.2)
     assert make_fleet().slo_class("batch").attained(100.0, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("where", "edit"),
+    [
+        ("spec.slo_classes[0].ttft_s", lambda s: s["slo_classes"][0].update(ttft_s=float("inf"))),
+        ("spec.memory.reserve_gib", lambda s: s.update(memory={"reserve_gib": float("inf")})),
+        ("spec.pools[0].price_per_hour", lambda s: s["pools"][0].update(price_per_hour=float("inf"))),
+        ("spec.pools[0].gpu.memory_gib", lambda s: s["pools"][0].update(gpu={
+            "name": "X", "memory_gib": float("inf"), "hbm_gbps": 1, "peak_tflops": 1, "pcie_gbps": 1,
+            "price_per_hour": 1})),
+    ],
+)
+def test_infinite_numbers_are_rejected(tmp_path: Path, where: str, edit) -> None:
+    data = fleet_dict()
+    edit(data["spec"])
+    msg = _error(tmp_path, data)
+    assert where in msg and "inf" in msg and "finite" in msg
+
+
+def test_absurd_pool_size_is_rejected(tmp_path: Path) -> None:
+    data = fleet_dict()
+    data["spec"]["pools"][0]["count"] = 10**11
+    msg = _error(tmp_path, data)
+    assert "spec.pools[0].count" in msg and "100000000000" in msg and "≤ 100000" in msg
+
+
+def test_a_file_that_is_not_utf8_text_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "fleet.yaml").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(InputError, match=r"fleet\.yaml.*not UTF-8"):
+        load_fleet(tmp_path / "fleet.yaml")
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("a: &a [*a]\n", "alias *a is inside &a"),  # PyYAML would recurse without end
+    ("x: " + "[" * 40 + "]" * 40 + "\n", "nesting 33 levels deep"),
+    # aliases of aliases: 17 lines that stand for 10^16 values
+    ("a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+     + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 16)), "aliases expanded"),
+])
+def test_yaml_that_would_recurse_or_expand_without_bound_is_refused_by_line(tmp_path: Path, text: str,
+                                                                            says: str) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=re.escape(says)) as info:
+        load_fleet(path)
+    assert "bomb.yaml" in str(info.value) and "line " in str(info.value)

@@ -73,3 +73,14 @@ def test_admission_defaults_to_zero_and_round_trips(tmp_path) -> None:
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(InputError, match=r"profiles\[0\]\.admit_s: -0.001 is not allowed; a finite number"):
         load_profiles(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(("content", "text"), [(b"\xff\xfe\x00", "utf-8"), (b"kind: LatencyProfiles\nprofiles: 5\n",
+                                                                            "a list of profiles")])
+def test_unreadable_or_misshapen_profile_file_is_an_input_error(tmp_path, content: bytes, text: str) -> None:
+    from core.errors import InputError
+    from core.latency import load_profiles
+
+    (tmp_path / "p.yaml").write_bytes(content)
+    with pytest.raises(InputError, match=text):
+        load_profiles(tmp_path / "p.yaml")

@@ -101,6 +101,16 @@ def _one_line_error(res: Result, *needles: str) -> None:
         (["--rate-scale", "0"], ["--rate-scale"]),
         (["--start-s", "9", "--end-s", "3"], ["--end-s"]),
         (["--split", "2", "--split-models", "a,b"], ["--split"]),
+        (["--rate-scale", "nan"], ["--rate-scale", "nan", "finite"]),
+        (["--rate-scale", "inf"], ["--rate-scale", "inf", "finite"]),
+        (["--rate-scale", "1e9"], ["rate_scale", "requests on this machine"]),
+        (["--start-s", "nan"], ["--start-s", "nan", "finite"]),
+        (["--split", "3", "--zipf", "6"], ["--zipf", "6.0", "≤ 5"]),
+        (["--split", "100000"], ["--split", "100000", "10,000"]),
+        (["--split-models", "a,a"], ["--split-models", "'a' appears twice"]),
+        (["--slo-class", ""], ["--slo-class", "''", "at least 1 character"]),
+        (["--model", ""], ["--model", "''", "at least 1 character"]),
+        (["--start-s", "1e9"], ["source", "no requests"]),
     ],
 )
 def test_bad_convert_options_exit_2(tmp_path: Path, capsys: Cap, monkeypatch: Patch, args: list[str],
@@ -113,3 +123,38 @@ def test_yaml_with_transform_options_and_missing_files_exit_2(tmp_path: Path, ca
     res = invoke(capsys, monkeypatch, "trace", "convert", str(CHAT_MIX), str(tmp_path / "o.csv"), "--split", "3")
     _one_line_error(res, "--split", "workload YAML")
     _one_line_error(invoke(capsys, monkeypatch, "trace", "inspect", str(tmp_path / "missing.csv")), "missing.csv")
+
+
+def test_convert_refuses_to_overwrite_its_inputs(tmp_path: Path, capsys: Cap, monkeypatch: Patch) -> None:
+    trace = write(tmp_path / "t.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:00:00,1,1\n")
+    fleet = write(tmp_path / "f.yaml", (EXAMPLES / "small-hetero.yaml").read_text())
+    spec = write(tmp_path / "w.yaml", "apiVersion: fleetwise/v1\nkind: Workload\nmetadata: {name: w}\n"
+                 "spec:\n  fleet: f.yaml\n  source: {trace: {path: t.csv}}\n")
+    before = {p: p.read_text() for p in (trace, fleet, spec)}
+    for source, dest, extra in [(trace, trace, []), (trace, tmp_path / "." / "t.csv", []),
+                                (trace, fleet, ["--fleet", str(fleet)]), (spec, spec, []), (spec, trace, []),
+                                (spec, fleet, [])]:
+        res = invoke(capsys, monkeypatch, "trace", "convert", str(source), str(dest), *extra)
+        _one_line_error(res, "dest", f"{dest} is also read", "other than the command's inputs")
+    assert {p: p.read_text() for p in (trace, fleet, spec)} == before
+
+
+def test_convert_checks_the_destination_before_reading(tmp_path: Path, capsys: Cap, monkeypatch: Patch) -> None:
+    src = write(tmp_path / "a.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:00:00,1,1\n")
+    res = invoke(capsys, monkeypatch, "trace", "convert", str(src), str(tmp_path / "no" / "o.csv"))
+    _one_line_error(res, "dest", "existing folder")
+    _one_line_error(invoke(capsys, monkeypatch, "trace", "convert", str(src), str(tmp_path)), "dest", "is a folder")
+
+
+def test_negative_seed_is_a_usage_error(tmp_path: Path) -> None:
+    src = write(tmp_path / "a.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:00:00,1,1\n")
+    res = run_cli("trace", "convert", str(src), str(tmp_path / "o.csv"), "--split", "2", "--seed", "-1")
+    assert res.returncode == 2 and "--seed" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("plot", ["rate.txt", "."])
+def test_inspect_plot_must_be_a_png_path(tmp_path: Path, capsys: Cap, monkeypatch: Patch, plot: str) -> None:
+    src = write(tmp_path / "a.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:00:00,1,1\n")
+    res = invoke(capsys, monkeypatch, "trace", "inspect", str(src), "--plot", str(tmp_path / plot))
+    _one_line_error(res, "--plot", ".png")
+    assert not (tmp_path / f"{plot}.png").exists()

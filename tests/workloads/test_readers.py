@@ -153,6 +153,9 @@ def test_canonical_accepts_any_column_order(tmp_path: Path) -> None:
         ("arrival_s,model,slo_class,prompt_tokens,output_tokens\n0,m,c,1,1\n1,,c,1,1\n", "c.csv:3"),
         ("arrival_s,model,slo_class,prompt_tokens,output_tokens\n0,m,c,1,1\nNaN,m,c,1,1\n", "c.csv:3"),
         ("arrival_s,model,slo_class,prompt_tokens,output_tokens\n0,m,c,0,1\n", "c.csv:2"),
+        # more than int32 holds: must not wrap around to a negative count
+        ("arrival_s,model,slo_class,prompt_tokens,output_tokens\n0,m,c,99999999999999999999,1\n",
+         "c.csv:2: prompt_tokens: 99999999999999999999 is not allowed"),
     ],
 )
 def test_canonical_errors(tmp_path: Path, text: str, expected: str) -> None:
@@ -170,3 +173,18 @@ def test_detect_and_read_any_trace(tmp_path: Path) -> None:
         detect_format(write(tmp_path / "o.csv", "a,b\n1,2\n"))
     with pytest.raises(InputError, match="no such file"):
         detect_format(tmp_path / "missing.csv")
+
+
+def test_a_failed_write_leaves_the_old_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pandas as pd
+
+    dest = write(tmp_path / "t.csv", "old contents\n")
+
+    def write_half_then_fail(self: pd.DataFrame, path: Path, **_: object) -> None:
+        Path(path).write_text("arrival_s,model,slo_class,prompt_tokens,output_tokens\n0.1,a,")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", write_half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        write_canonical(_table(), dest)
+    assert dest.read_text() == "old contents\n" and [p.name for p in tmp_path.iterdir()] == ["t.csv"]

@@ -193,3 +193,9 @@ def test_empty_window_probability_is_poisson_at_cv_1_and_matches_a_simulated_ren
     starts = rng.uniform(0.0, times[-1] - 3.0, 100_000)
     empty = np.searchsorted(times, starts) == np.searchsorted(times, starts + 3.0)
     assert empty.mean() == pytest.approx(float(empty_window_probability(mean_count, cv)), abs=0.01)
+
+
+def test_synthesis_refuses_more_requests_than_fit_in_memory(tmp_path: Path) -> None:
+    sg = read_servegen(write_servegen(tmp_path / "huge", {0: ["0,1e300,1.0,Gamma,1.0,0.5"]}))
+    with pytest.raises(InputError, match="make 6e\\+302 requests; at most [0-9,]+ requests on this machine"):
+        synthesize(sg, lengths=AZURE_CONV_LENGTHS, seed=0)

@@ -124,6 +124,21 @@ def test_trace_relative_paths_and_lengths_trace(tmp_path: Path) -> None:
          "spec.slice.end_s"),
         ({"source": {"trace": {"path": "missing.csv"}}}, "no such file"),
         ({"source": {"synthetic": {"duration_s": 10, "total_rate_per_s": 1}}, "slo": {}}, "spec.slo"),
+        ({"source": {"synthetic": {"duration_s": float("inf"), "total_rate_per_s": 1}}}, "finite number"),
+        ({"source": {"synthetic": {"duration_s": 1e12, "total_rate_per_s": 1}}}, "duration_s: 1000000000000.0 is not allowed; must be ≤ 31622400"),
+        ({"source": {"synthetic": {"duration_s": 900, "total_rate_per_s": 1e12}}}, "requests in all on this machine"),
+        ({"source": {"synthetic": {"duration_s": 10, "total_rate_per_s": 1, "cv": float("inf")}}}, "synthetic.cv"),
+        ({"source": {"synthetic": {"duration_s": 10, "models": [{"model": "a", "rate_per_s": 5},
+                                                               {"model": "a", "rate_per_s": 1}]}}},
+         "each model once"),
+        ({"source": {"synthetic": {"duration_s": 10, "total_rate_per_s": 1, "lengths": {
+            "prompt": {"median_tokens": 9, "max_tokens": 10**14}, "output": {"median_tokens": 9}}}}},
+         "prompt.max_tokens: 100000000000000 is not allowed; must be ≤ 2147483647"),
+        ({"source": {"synthetic": {"duration_s": 10, "total_rate_per_s": 1}}, "seed": -1}, "spec.seed: -1 is not allowed; must be ≥ 0"),
+        ({"source": {"synthetic": {"duration_s": 10, "total_rate_per_s": 1}},
+          "models": {"mode": "split", "to": ["a", "a"]}}, "'a' appears twice"),
+        ({"source": {"synthetic": {"duration_s": 10, "total_rate_per_s": 1}}, "slo": {"mix": {"": 1.0}}},
+         "at least 1 character"),
     ],
 )
 def test_bad_workload_yaml(tmp_path: Path, body: dict[str, Any], text: str) -> None:

@@ -124,3 +124,10 @@ def test_scale_rate_keeps_span_profile_and_lengths(factor: float) -> None:
 def test_scale_rate_rejects_non_positive_factors() -> None:
     with pytest.raises(InputError, match="factor"):
         scale_rate(make_table(10), 0.0, seed=1)
+
+
+@pytest.mark.parametrize(("factor", "text"), [(float("inf"), "finite"), (float("nan"), "finite"),
+                                              (1e9, "requests on this machine")])
+def test_scale_rate_rejects_factors_that_cannot_be_materialised(factor: float, text: str) -> None:
+    with pytest.raises(InputError, match=text):
+        scale_rate(make_table(10), factor, seed=1)
