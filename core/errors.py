@@ -6,6 +6,8 @@ JSON body. Anything else escaping to the user is a bug.
 
 from __future__ import annotations
 
+import json
+
 
 class FleetwiseError(Exception):
     """Base of all errors fleetwise raises on purpose."""
@@ -77,3 +79,13 @@ def _jsonable(value: object) -> object:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     return repr(value)
+
+
+def strict_json(content: object) -> bytes:
+    """`content` (an error body) as strict JSON whatever the value it echoes holds: a request's JSON may carry NaN,
+    Infinity or a lone surrogate (`\\ud800`) that Python's parser reads but JSON cannot write back; they come out as
+    the strings "NaN", "Infinity", "-Infinity" and an escape, never as a failure to answer."""
+    # json writes NaN and ±Infinity as bare words; read back with parse_constant=str they are strings.
+    loose = json.dumps(content, ensure_ascii=True)
+    return json.dumps(json.loads(loose, parse_constant=str), ensure_ascii=True, separators=(",", ":")).encode()
+

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import itertools
-import json
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -30,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from core.actions import Action, ApplyResult
-from core.errors import InputError
+from core.errors import InputError, strict_json
 from core.requests import Request
 from core.status import SubmitResult, WorkerStatus
 from workers.control import LocalWorkerClient
@@ -199,14 +198,10 @@ def _as_input_error(error: Mapping[str, Any]) -> InputError:
 
 
 class _ErrorResponse(JSONResponse):
-    """An error body as strict JSON whatever the value it echoes holds: Python's JSON parser reads what JSON cannot
-    carry, and rendering it back must not fail (a 500). NaN and ±Infinity are written as the strings "NaN",
-    "Infinity" and "-Infinity", lone surrogates (from a `\\ud800` escape) escaped."""
+    """An error body as strict JSON whatever the value it echoes (`core.errors.strict_json`)."""
 
     def render(self, content: Any) -> bytes:
-        # json writes NaN and ±Infinity as bare words; read back with parse_constant=str they are strings.
-        loose = json.dumps(content, ensure_ascii=True)
-        return json.dumps(json.loads(loose, parse_constant=str), ensure_ascii=True, separators=(",", ":")).encode()
+        return strict_json(content)
 
 
 def _jsonable_errors(exc: RequestValidationError) -> list[dict[str, object]]:

@@ -29,7 +29,7 @@ from starlette.routing import compile_path
 
 from controller.metrics import ControllerMetrics
 from controller.replan.execute import Conflict
-from core.errors import InputError, NotFoundError, _jsonable
+from core.errors import InputError, NotFoundError, _jsonable, strict_json
 
 
 class ErrorBody(BaseModel):
@@ -63,6 +63,13 @@ class BodyTooLarge(StarletteHTTPException):
         self.size, self.limit = size, limit
 
 
+class ErrorResponse(JSONResponse):
+    """An error body as strict JSON whatever the value it echoes (`core.errors.strict_json`)."""
+
+    def render(self, content: Any) -> bytes:
+        return strict_json(content)
+
+
 def unauthenticated(message: str) -> ApiError:
     return ApiError(401, "unauthenticated", message, where="Authorization", allowed="Authorization: Bearer <token>",
                     headers={"WWW-Authenticate": "Bearer"})
@@ -88,6 +95,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 MAX_VALUE_CHARS = 200  # offending values are echoed back up to this length
+JSON_DOCUMENT = "a JSON document (UTF-8, RFC 8259) sent as Content-Type: application/json"
 HTTP_ERRORS = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                409: "conflict", 413: "too_large"}
 REASON_BY_STATUS = {400: "invalid", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 409: "conflict",
@@ -99,7 +107,7 @@ def install_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
 
     def respond(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
         metrics.rejected.labels(reason=REASON_BY_STATUS.get(status, "invalid")).inc()
-        return JSONResponse(body, status_code=status, headers=headers)
+        return ErrorResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
@@ -107,11 +115,11 @@ def install_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
 
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
-        return respond(409, {**exc.to_dict(), "error": "conflict"})
+        return respond(409, _input_body("conflict", exc))
 
     @app.exception_handler(InputError)
     async def _input(_: Request, exc: InputError) -> JSONResponse:
-        return respond(400, exc.to_dict())
+        return respond(400, _input_body("invalid_input", exc))
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
@@ -121,12 +129,13 @@ def install_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
         return respond(404, body.model_dump())
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
+        unread = _unread_body(request, exc, first)
+        if unread is not None:
+            return respond(422, unread.model_dump())
         where = ".".join(str(p) for p in first.get("loc", ()))
-        value = _jsonable(first.get("input"))
-        if len(repr(value)) > MAX_VALUE_CHARS:
-            value = repr(value)[:MAX_VALUE_CHARS] + "…"
+        value = _echo(first.get("input"))
         body = ErrorBody(error="invalid_input", where=where, value=value, allowed=str(first.get("msg")),
                          message=f"{where}: {first.get('msg')}")
         return respond(422, body.model_dump())
@@ -135,6 +144,11 @@ def install_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc, BodyTooLarge):
             return respond(413, too_large("body", exc.size, exc.limit, "bytes").body.model_dump())
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI's "There was an error parsing the body": not UTF-8, nested too deeply, a number too long
+            body = ErrorBody(error="invalid_input", where="body", allowed=JSON_DOCUMENT,
+                             message=f"body: cannot be read as JSON ({exc.__cause__})")
+            return respond(422, body.model_dump())
         error = HTTP_ERRORS.get(exc.status_code, "invalid_input")
         headers = getattr(exc, "headers", None)
         allowed = None
@@ -156,6 +170,39 @@ def install_handlers(app: FastAPI, metrics: ControllerMetrics) -> None:
         if exc.connection_invalidated:
             return _database_unavailable(respond, exc)
         raise exc
+
+
+def _input_body(error: str, exc: InputError) -> dict[str, Any]:
+    """`exc.to_dict()` with its value echoed as `_echo` shows it."""
+    return ErrorBody(error=error, where=exc.where, value=_echo(exc.value), allowed=exc.allowed, source=exc.source,
+                     message=exc.message).model_dump()
+
+
+def _echo(value: Any) -> Any:
+    """The offending value for an error body: as JSON, or its text cut at MAX_VALUE_CHARS when longer (a value
+    nested deeper than Python can print is named by its type)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deeply to show"
+    return _jsonable(value) if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + "…"
+
+
+def _unread_body(request: Request, exc: RequestValidationError, first: dict[str, Any]) -> ErrorBody | None:
+    """The refusal of a body that was never read as JSON — malformed, or sent with another content type (FastAPI
+    then hands the model the raw bytes) — or None for a JSON body that does not validate."""
+    if first.get("type") == "json_invalid":
+        pos = first["loc"][-1]
+        doc = exc.body if isinstance(exc.body, str) else ""
+        return ErrorBody(error="invalid_input", where="body", value=doc[max(pos - 20, 0):pos + 20],
+                         allowed=JSON_DOCUMENT,
+                         message=f"body: not valid JSON at character {pos}: {first.get('ctx', {}).get('error')}")
+    if tuple(first.get("loc", ())) == ("body",) and isinstance(first.get("input"), bytes):
+        content_type = request.headers.get("content-type")
+        return ErrorBody(error="invalid_input", where="Content-Type", value=content_type, allowed="application/json",
+                         message=f"Content-Type: the body must be JSON sent as application/json, not "
+                                 f"{content_type or 'without a content type'}")
+    return None
 
 
 def allowed_methods(app: FastAPI, path: str) -> list[str]:

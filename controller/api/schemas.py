@@ -9,14 +9,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.settings import POLICIES
+from controller.whatif.options import MAX_SWEEP_POINTS, SWEEP_PARAMETERS, Sweep, WhatIfConfig
 from core.plan import Outcome, Plan, Replica
 from core.status import WorkerStatus
 from db.models import REQUEST_OUTCOMES
 
-_IN = ConfigDict(extra="forbid")
+_IN = ConfigDict(extra="forbid", allow_inf_nan=False)
 Policy = Literal["fleetwise", "dedicated", "muxserve", "qlm", "prism"]
 assert set(Policy.__args__) == set(POLICIES)  # type: ignore[attr-defined]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+INT64_MAX = 2**63 - 1  # request ids are stored as BIGINT
 
 
 # -- fleets ----------------------------------------------------------------------------------------------------------
@@ -25,7 +27,8 @@ class FleetIn(BaseModel):
 
     model_config = _IN
     spec: dict[str, Any] | None = Field(default=None, description="The FleetSpec as JSON (apiVersion, kind, …).")
-    yaml: str | None = Field(default=None, max_length=1_000_000, description="A fleet YAML document.")
+    yaml: str | None = Field(default=None, max_length=1_000_000, description="A fleet YAML document (nested at most "
+                             "32 deep; aliases, if any, expanding to at most 1,000,000 values).")
 
     @model_validator(mode="after")
     def _one(self) -> FleetIn:
@@ -70,7 +73,7 @@ class TelemetryBatchIn(BaseModel):
     happened. Latency lists may hold null where unknown; without `outcome` the rows record arrivals only."""
 
     model_config = _IN
-    request_id: list[int]
+    request_id: list[Annotated[int, Field(ge=0, le=INT64_MAX)]]
     model: list[Annotated[str, Field(min_length=1, max_length=128)]]
     slo_class: list[Annotated[str, Field(min_length=1, max_length=64)]]
     arrival_s: list[Annotated[float, Field(allow_inf_nan=False)]]
@@ -241,6 +244,23 @@ class WorkersPublic(BaseModel):
     source: Literal["live", "snapshot"] = Field(description="live: asked now through the backend; snapshot: stored.")
     workers: list[WorkerStatus]
     unreachable: dict[str, str] = Field(default={}, description="GPU id → why it did not answer.")
+
+
+class SweepIn(Sweep):
+    """A load sweep as `fleetwise whatif --sweep` allows it: a known parameter, 1 to MAX_SWEEP_POINTS rates > 0."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    parameter: Literal[SWEEP_PARAMETERS] = Field(  # type: ignore[valid-type]
+        description="What varies: 'rate' (a multiplier on rate_scale).")
+    values: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        min_length=1, max_length=MAX_SWEEP_POINTS, description="The rate multipliers, one run per point.")
+
+
+class WhatIfIn(WhatIfConfig):
+    """A what-if job: the `fleetwise whatif` configuration, with finite numbers and a sweep the CLI would take."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    sweep: SweepIn | None = None
 
 
 class WhatIfPublic(BaseModel):

@@ -7,11 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 
 from controller.api.deps import AdminToken, ControllerDep, ReadToken, SessionDep
 from controller.api.errors import error_responses
 from controller.api.schemas import FleetDetail, FleetIn, FleetPublic, FleetSettingsIn, FleetVersionPublic
 from controller.fleet_settings import check_labels, fleet_settings, with_settings
+from controller.replan.execute import Conflict
 from controller.runtime import Controller
 from core.errors import InputError, NotFoundError
 from core.fleet import FleetSpec
@@ -57,7 +59,11 @@ def _store(ctl: Controller, session: SessionDep, spec: FleetSpec, response: Resp
         before = get_fleet(session, name=spec.name).current_version
     except NotFoundError:
         pass
-    version = put_fleet(session, spec=spec)
+    try:
+        version = put_fleet(session, spec=spec)
+    except IntegrityError:  # another request stored this fleet between our read and our write
+        raise Conflict("metadata.name", spec.name, "retry: the fleet as it is now will be read again",
+                       problem=f"fleet {spec.name!r} was stored by another request at the same time") from None
     response.status_code = status.HTTP_201_CREATED if version.version != before else status.HTTP_200_OK
     return fleet_public(ctl, get_fleet(session, name=spec.name), spec, detail=True)  # type: ignore[return-value]
 

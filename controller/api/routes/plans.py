@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from controller.api.deps import ControllerDep, PlanToken, ReadToken, SessionDep
-from controller.api.errors import error_responses
+from controller.api.errors import ApiError, error_responses
 from controller.api.plan_views import action_public, plan_diff, plan_document, plan_outcome, summary
 from controller.api.routes.fleets import FleetName
 from controller.api.schemas import (
@@ -26,7 +26,6 @@ from controller.api.schemas import (
 from controller.replan.cycle import CycleResult, run_cycle
 from controller.replan.execute import Conflict, execute_plan, start_apply
 from controller.runtime import Controller
-from core.errors import NotFoundError
 from core.fleet import FleetSpec
 from db.actions import list_actions
 from db.fleets import get_fleet
@@ -111,7 +110,9 @@ def diff_route(plan_id: PlanId, session: SessionDep, _: ReadToken,
     plan = to_plan(get_plan(session, plan_id=plan_id))
     other_id = against or plan.parent_id
     if other_id is None:
-        raise NotFoundError("parent plan of", plan_id, [])
+        raise ApiError(404, "not_found", f"query.against: plan {plan_id!r} has no parent (it is its fleet's first "
+                       "plan), so there is nothing to diff against by default; name a plan with ?against=PLAN_ID",
+                       where="query.against", allowed="?against=PLAN_ID: the plan to compare with")
     return plan_diff(plan, to_plan(get_plan(session, plan_id=other_id)))
 
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Path, Query
 
 from controller.api.deps import ControllerDep, PlanToken, ReadToken, SessionDep
 from controller.api.errors import error_responses
-from controller.api.schemas import WhatIfPublic
+from controller.api.schemas import WhatIfIn, WhatIfPublic
 from controller.runtime import Controller
 from controller.whatif.options import WhatIfConfig, check_paths
 from controller.whatif.policies import policy_names
@@ -36,12 +36,17 @@ def whatif_public(row: WhatIfRunRow) -> WhatIfPublic:
 
 @router.post("", response_model=WhatIfPublic, status_code=202, responses=error_responses(400, *AUTH),
              summary="Queue a what-if job; poll GET /v1/whatif/{run_id} for its report")
-def create(body: WhatIfConfig, ctl: ControllerDep, _: PlanToken) -> WhatIfPublic:
+def create(body: WhatIfIn, ctl: ControllerDep, _: PlanToken) -> WhatIfPublic:
     known = policy_names()
     bad = next((p for p in body.policies if p not in known), None)
     if bad is not None or not body.policies:
         raise InputError("policies", bad if bad is not None else [], f"one or more of {', '.join(known)}")
-    check_paths(body)
+    if len(set(body.policies)) != len(body.policies):
+        raise InputError("policies", list(body.policies), "each policy once")
+    try:
+        check_paths(body)
+    except InputError as exc:  # named after the CLI's options (--fleet); here they are body fields
+        raise InputError(exc.where.removeprefix("--"), exc.value, exc.allowed) from None
     with ctl.sessions.begin() as s:
         row = create_whatif_run(s, config=body.model_dump(mode="json"))
     ctl.background(run_whatif, ctl, row.run_id, body)
