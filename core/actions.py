@@ -47,7 +47,7 @@ class ActivateModel(BaseModel):
     replica_id: str
     tp: Annotated[int, Field(ge=1, le=16)] = 1
     gpu_ids: tuple[str, ...] = Field(min_length=1, description="GPUs of the TP group; the first is the leader.")
-    kv_limit_gib: Annotated[float, Field(ge=0)] | None = Field(
+    kv_limit_gib: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
         default=None, description="Per-GPU KV memory limit; None: no limit beyond the shared pool."
     )
 
@@ -69,7 +69,7 @@ class ResizeKV(BaseModel):
     model_config = _FROZEN
     kind: Literal["resize_kv"] = "resize_kv"
     replica_id: str
-    kv_limit_gib: Annotated[float, Field(ge=0)]
+    kv_limit_gib: Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class SetRouting(BaseModel):

@@ -32,6 +32,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from core.actions import Residency
+from core.errors import InputError
 from core.latency import FitError, LatencyModel
 from core.requests import Request
 from workers.control import EngineLoop
@@ -101,7 +102,9 @@ def fit_latency(samples: Sequence[StepReport], *, holdout_fraction: float = 0.25
     """NNLS on relative error over a random train split; MAPE and p90 on the rest (see the module docstring)."""
     x, y = feature_matrix(samples)
     if len(y) < 10:
-        raise ValueError(f"need at least 10 iterations to fit and validate, got {len(y)}")
+        raise InputError("--batches/--prompts/--output-tokens", len(y), "a grid that runs at least 10 iterations "
+                         "to fit and validate on (more batch sizes, prompt lengths or output tokens)",
+                         problem=f"the grid ran {len(y)} iterations")
     order = np.random.default_rng(seed).permutation(len(y))
     n_hold = max(2, round(holdout_fraction * len(y)))
     hold, train = order[:n_hold], order[n_hold:]

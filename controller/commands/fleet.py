@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from controller.console import out, print_json
+from controller.fleet_settings import check_labels
 from core.catalog import GIB
 from core.fleet import FitRow, FleetSpec, load_fleet
 
@@ -25,6 +26,7 @@ def check(
 ) -> None:
     """Validate FLEET.yaml; print GPUs and memory per pool, model sizes, and which models fit where at which TP."""
     fleet = load_fleet(path)
+    check_labels(fleet)  # the controller refuses a fleet whose fleetwise/* labels it cannot use; so does check
     if json_out:
         print_json(summary(fleet))
         return

@@ -45,3 +45,11 @@ def test_binary_file_exits_2_with_one_line(tmp_path: Path) -> None:
     res = run_cli("fleet", "check", str(tmp_path / "fleet.yaml"))
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "fleet.yaml" in lines[0] and "UTF-8" in lines[0], res.stderr
+
+
+def test_fleet_check_refuses_labels_the_controller_would_refuse(tmp_path: Path) -> None:
+    data = fleet_dict()
+    data["metadata"]["labels"] = {"fleetwise/advisroy": "true"}
+    res = run_cli("fleet", "check", str(write_fleet(tmp_path / "typo.yaml", data)))
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "fleetwise/advisroy" in lines[0], res.stderr

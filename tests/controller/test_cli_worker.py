@@ -27,6 +27,9 @@ def test_bad_options_give_one_line_and_exit_code_2() -> None:
                          (("profile", "--model", "Tiny-Llama-2L", "--prompts", "8,-1"), "--prompts"),
                          (("profile", "--model", "Tiny-Llama-2L", "--prompts", "8", "--batches", "1",
                            "--output-tokens", "600"), "--output-tokens"),  # the served phase would not fit
+                         (("profile", "--model", "Tiny-Llama-2L", "--batches", "128", "--prompts", "16",
+                           "--output-tokens", "4", "--served-requests", "0", "--threads", "1"),
+                          "at least 10 iterations"),  # a grid too small to fit and validate on
                          (("worker", "--model", "Tiny-Llama-2L", "--weights", "x=/nowhere"), "--weights"),
                          (("worker", "--model", "Tiny-Llama-2L", "--device", "tpu"), "--device"),
                          # checked before profiling starts, not after minutes of it

@@ -49,3 +49,11 @@ def test_unknown_action_kind_and_negative_limit_are_rejected() -> None:
 def test_apply_result_ok_covers_deferred() -> None:
     assert ApplyResult(idempotency_key="p:0", status="deferred").ok
     assert not ApplyResult(idempotency_key="p:0", status="stale").ok
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_kv_limit_must_be_a_finite_size(value: float) -> None:
+    with pytest.raises(ValidationError, match="finite"):
+        ResizeKV(replica_id="r", kv_limit_gib=value)
+    with pytest.raises(ValidationError, match="finite"):
+        ActivateModel(model="m", replica_id="r", gpu_ids=("g",), kv_limit_gib=value)

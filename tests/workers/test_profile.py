@@ -4,6 +4,7 @@ import time
 import numpy as np
 import pytest
 
+from core.errors import InputError
 from core.latency import load_profiles, save_profiles
 from core.requests import Request
 from tests.workers.engines import SOURCES, make_engine
@@ -38,7 +39,7 @@ def test_noise_shows_up_in_the_held_out_error_and_coefficients_stay_non_negative
     fit = fit_latency(_synthetic(200, noise=0.05, seed=1))
     assert 0.01 < fit.error.mape < 0.1 and fit.error.p90_abs_rel_error > fit.error.mape
     assert min(fit.c0_s, fit.c_prefill_s, fit.c_attn_s, fit.c_decode_s, fit.c_kv_s) >= 0
-    with pytest.raises(ValueError, match="at least 10"):
+    with pytest.raises(InputError, match="at least 10 iterations"):
         fit_latency(_synthetic(5, noise=0.0))
 
 
