@@ -78,8 +78,8 @@ def create_app(client: LocalWorkerClient) -> FastAPI:
         return client.submit(body.to_request())
 
     @app.post("/v1/completions", response_model=CompletionResponse)
-    async def complete(body: CompletionRequest) -> Response:
-        return await completions.serve(body)
+    async def complete(body: CompletionRequest, http: HttpRequest) -> Response:
+        return await completions.serve(body, http)
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -97,7 +97,7 @@ class _Completions:
         self._ids = itertools.count(COMPLETION_ID_BASE)
         self._ids_lock = threading.Lock()
 
-    async def serve(self, body: CompletionRequest) -> Response:
+    async def serve(self, body: CompletionRequest, http: HttpRequest | None = None) -> Response:
         if not self.engine.store.knows(body.model):
             err = InputError("model", body.model, f"a model this worker serves: {', '.join(self.engine.store.names)}")
             return JSONResponse({**err.to_dict(), "error": "not_found"}, status_code=404)
@@ -112,13 +112,27 @@ class _Completions:
         events = _events(handle)
         if body.stream:
             return StreamingResponse(self._stream(body, handle, events), media_type="text/event-stream")
-        async for _ in events:
-            pass
+        watcher = asyncio.create_task(self._abort_when_gone(http, handle)) if http is not None else None
+        try:
+            async for _ in events:
+                pass
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         if handle.finish_reason and handle.finish_reason.startswith("error:"):
             return JSONResponse({"error": "engine_stopped", "message": handle.finish_reason.removeprefix("error: "),
                                  "tokens_generated": len(handle.tokens)}, status_code=503)
         return JSONResponse(self._response(body, handle, _text(body, handle.tokens), handle.finish_reason,
                                            usage=True).model_dump())
+
+    async def _abort_when_gone(self, http: HttpRequest, handle: RequestHandle, poll_s: float = 0.05) -> None:
+        """A client that gives up on a non-streamed completion (a timeout, a cancelled call) must not leave the
+        request generating for no one and holding its KV pages: end it once the connection is gone."""
+        while not handle.done:
+            if await http.is_disconnected():
+                self.engine.abort(handle.request_id, "client disconnected")
+                return
+            await asyncio.sleep(poll_s)
 
     def _request(self, body: CompletionRequest) -> Request:
         with self._ids_lock:

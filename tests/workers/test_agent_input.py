@@ -4,7 +4,9 @@ probe the worker still serves a normal completion."""
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 import time
 from collections.abc import Iterator
 
@@ -108,6 +110,29 @@ def removed(url: str) -> float:
     found = re.search(r'fleetwise_worker_requests_finished_total\{model="a",reason="removed"\} (\S+)',
                       httpx.get(f"{url}/metrics").text)
     return float(found.group(1)) if found else 0.0
+
+
+def test_a_client_that_gives_up_on_a_plain_completion_frees_its_kv_pages(agent) -> None:
+    """Not streamed: the client (a timeout, a cancelled call) closes its connection while the request generates."""
+    url, client = agent
+    before = removed(url)
+    body = json.dumps({"model": "a", "prompt": "given up", "max_tokens": 900, "temperature": 0,
+                       "ignore_eos": True}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
+        deadline = time.monotonic() + 10
+        while not any(r.model == "a" and r.num_running for r in client.status().replicas):
+            assert time.monotonic() < deadline, "the request never ran"
+            time.sleep(0.005)
+    deadline = time.monotonic() + 10
+    while removed(url) <= before:
+        assert time.monotonic() < deadline, "the request was not removed when its client left"
+        time.sleep(0.01)
+    status = client.status()
+    assert status.kv_pages_used == 0 and all(r.num_running == r.num_waiting == 0 for r in status.replicas)
+    assert_serves(url)
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_kv_pages_at_once(agent) -> None:
