@@ -109,4 +109,5 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         name = ENV_PREFIX + str(err["loc"][0]).upper() if err["loc"] else "environment"
-        raise InputError(name, err.get("input"), str(err["msg"])) from None
+        reason = str(err.get("ctx", {}).get("error") or err["msg"])  # a validator's own words, not "Value error, …"
+        raise InputError(name, err.get("input"), reason) from None
