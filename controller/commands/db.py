@@ -88,5 +88,7 @@ def _reach(url: str, call: Callable[[], T]) -> T:
         return call()
     except DatabaseError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        if "no such table" in reason or ("relation" in reason and "does not exist" in reason):  # SQLite, PostgreSQL
+            reason += " (the database has no fleetwise tables yet: run `fleetwise db upgrade`)"
         fail(f"cannot use database {_shown(url)}: {reason}", code=1)
         raise  # unreachable: fail() exits

@@ -40,7 +40,7 @@ def open_controller(url: str | None, **overrides: object) -> Controller:
         field = exc.where.removeprefix(ENV_PREFIX).lower()
         if field not in given or field not in _OPTION_OF_SETTING:
             raise
-        raise InputError(_OPTION_OF_SETTING[field], exc.value, exc.allowed.removeprefix("Value error, ")) from None
+        raise InputError(_OPTION_OF_SETTING[field], exc.value, exc.allowed) from None
     try:
         at = current_revision(target)
     except DatabaseError as exc:

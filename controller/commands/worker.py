@@ -30,7 +30,7 @@ DeviceOpt = Annotated[str, typer.Option(help="torch device: auto (cuda if presen
 GpuTypeOpt = Annotated[str, typer.Option(help="GPU type reported in status and profiles (auto: from the device).")]
 KvPagesOpt = Annotated[int, typer.Option(help="Pages of the shared KV pool.", min=1)]
 PageKibOpt = Annotated[int, typer.Option(help="KV page size in KiB.", min=4)]
-MemoryOpt = Annotated[float, typer.Option(help="Device memory for weights + KV, GiB.", min=0.01)]
+MemoryOpt = Annotated[float, typer.Option(help="Device memory for weights + KV, GiB.", min=0.01, max=65536)]
 WorkerIdOpt = Annotated[str, typer.Option(help="This GPU's id in the fleet, <pool>/<index>.")]
 ThreadsOpt = Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).", min=0)]
 

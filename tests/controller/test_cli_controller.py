@@ -85,6 +85,12 @@ def test_a_file_that_is_not_a_database_is_one_line(tmp_path: Path) -> None:
         assert res.returncode == 1 and "file is not a database" in one_line(res), args
 
 
+def test_a_database_without_tables_points_to_db_upgrade(tmp_path: Path) -> None:
+    (tmp_path / "empty.db").touch()
+    res = run_cli("token", "list", "--url", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert res.returncode == 1 and "no such table" in one_line(res) and "fleetwise db upgrade" in one_line(res)
+
+
 def test_serve_replans_on_its_cron_and_stops_on_sigterm(url: str, tmp_path: Path) -> None:
     workers = tmp_path / "workers.yaml"
     workers.write_text("apiVersion: fleetwise/v1\nkind: Workers\nfleets:\n  test: {backend: sim}\n")

@@ -32,6 +32,7 @@ def test_bad_options_give_one_line_and_exit_code_2() -> None:
                           "at least 10 iterations"),  # a grid too small to fit and validate on
                          (("worker", "--model", "Tiny-Llama-2L", "--weights", "x=/nowhere"), "--weights"),
                          (("worker", "--model", "Tiny-Llama-2L", "--device", "tpu"), "--device"),
+                         (("worker", "--model", "Tiny-Llama-2L", "--memory-gib", "inf"), "--memory-gib"),
                          # checked before profiling starts, not after minutes of it
                          (("profile", "--model", "Tiny-Llama-2L", "--batches", "1", "--prompts", "8",
                            "--output-tokens", "4", "--served-requests", "0", "--out", "/nowhere/p.yaml"), "--out")]:
