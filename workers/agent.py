@@ -39,6 +39,7 @@ from workers.schemas import Choice, CompletionRequest, CompletionResponse, Reque
 from workers.tokenizer import ByteTokenizer
 
 COMPLETION_ID_BASE = 1 << 40  # completion request ids start here, clear of trace request ids
+COMPLETIONS_PATH = "/v1/completions"
 
 
 def create_app(client: LocalWorkerClient) -> FastAPI:
@@ -48,13 +49,13 @@ def create_app(client: LocalWorkerClient) -> FastAPI:
     completions = _Completions(client)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: HttpRequest, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: HttpRequest, exc: RequestValidationError) -> JSONResponse:
         err = _as_input_error(exc.errors()[0])
-        return _ErrorResponse({**err.to_dict(), "errors": _jsonable_errors(exc)}, status_code=422)
+        return _error({**err.to_dict(), "errors": _jsonable_errors(exc)}, 422, openai=_is_openai(request))
 
     @app.exception_handler(InputError)
-    async def _input_error(_: HttpRequest, exc: InputError) -> JSONResponse:
-        return _ErrorResponse(exc.to_dict(), status_code=400)
+    async def _input_error(request: HttpRequest, exc: InputError) -> JSONResponse:
+        return _error(exc.to_dict(), 400, openai=_is_openai(request))
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -77,7 +78,7 @@ def create_app(client: LocalWorkerClient) -> FastAPI:
     def submit(body: RequestIn) -> SubmitResult:
         return client.submit(body.to_request())
 
-    @app.post("/v1/completions", response_model=CompletionResponse)
+    @app.post(COMPLETIONS_PATH, response_model=CompletionResponse)
     async def complete(body: CompletionRequest, http: HttpRequest) -> Response:
         return await completions.serve(body, http)
 
@@ -100,15 +101,15 @@ class _Completions:
     async def serve(self, body: CompletionRequest, http: HttpRequest | None = None) -> Response:
         if not self.engine.store.knows(body.model):
             err = InputError("model", body.model, f"a model this worker serves: {', '.join(self.engine.store.names)}")
-            return JSONResponse({**err.to_dict(), "error": "not_found"}, status_code=404)
+            return _error({**err.to_dict(), "error": "model_not_found"}, 404, openai=True)
         request = self._request(body)
         self.engine.validate(request)  # raises InputError → 400 with field, value, allowed
         params = SamplingParams(temperature=body.temperature, seed=body.seed or 0, ignore_eos=body.ignore_eos)
         result, handle = self.client.submit_with_handle(request, params)
         if handle is None:
             stopped = self.engine.failure is not None
-            return JSONResponse({"error": "engine_stopped" if stopped else "rejected", "message": result.message},
-                                status_code=503 if stopped else 400)
+            return _error({"error": "engine_stopped" if stopped else "rejected", "message": result.message},
+                          503 if stopped else 400, openai=True)
         events = _events(handle)
         if body.stream:
             return StreamingResponse(self._stream(body, handle, events), media_type="text/event-stream")
@@ -120,8 +121,8 @@ class _Completions:
             if watcher is not None:
                 watcher.cancel()
         if handle.finish_reason and handle.finish_reason.startswith("error:"):
-            return JSONResponse({"error": "engine_stopped", "message": handle.finish_reason.removeprefix("error: "),
-                                 "tokens_generated": len(handle.tokens)}, status_code=503)
+            return _error({"error": "engine_stopped", "message": handle.finish_reason.removeprefix("error: "),
+                           "tokens_generated": len(handle.tokens)}, 503, openai=True)
         return JSONResponse(self._response(body, handle, _text(body, handle.tokens), handle.finish_reason,
                                            usage=True).model_dump())
 
@@ -209,6 +210,21 @@ def _as_input_error(error: Mapping[str, Any]) -> InputError:
     if isinstance(value, bytes):  # FastAPI passes the raw body on when the content type is not JSON
         return InputError(where, value, "a JSON object, sent with Content-Type: application/json")
     return InputError(where, value, msg)
+
+
+def _is_openai(request: HttpRequest) -> bool:
+    return request.url.path == COMPLETIONS_PATH
+
+
+def _error(body: dict[str, Any], status: int, *, openai: bool) -> JSONResponse:
+    """An error answer. On the OpenAI-compatible route it has the shape OpenAI clients read, `{"error": {"message",
+    "type", "param", "code"}}` (`code`: this project's error kind, `param`: the field), with the project's own
+    fields (`where`, `value`, `allowed`, `message`) beside it; elsewhere the `core.errors.InputError` body."""
+    if openai:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body = {**body, "error": {"message": body.get("message", ""), "type": kind, "param": body.get("where"),
+                                  "code": body.get("error")}}
+    return _ErrorResponse(body, status_code=status)
 
 
 class _ErrorResponse(JSONResponse):

@@ -64,7 +64,7 @@ def test_injected_engine_fault_fails_requests_and_health_instead_of_hanging(stre
             assert response.json()["message"] == "RuntimeError: injected device fault"
         # A new request, streamed or not, is refused at once.
         stream = httpx.post(f"{url}/v1/completions", json={**body, "stream": True}, timeout=5)
-        assert stream.status_code == 503 and stream.json()["error"] == "engine_stopped"
+        assert stream.status_code == 503 and stream.json()["error"]["code"] == "engine_stopped"
 
         health = httpx.get(f"{url}/healthz")
         assert health.status_code == 503 and "injected device fault" in health.json()["error"]

@@ -189,3 +189,20 @@ def test_actions_for_another_model_gpu_or_replica_fail_instead_of_applying(agent
     assert result.status == "failed" and where in result.message, result
     assert all(r.residency == "active" for r in client.status().replicas)
     assert_serves(url)
+
+
+def test_completion_errors_have_the_openai_shape_and_control_errors_the_projects(agent) -> None:
+    """OpenAI clients read `error.message`; the project's fields stay beside it. The control API keeps the
+    `InputError` body (`error` is its kind)."""
+    url, _ = agent
+    unknown = httpx.post(f"{url}/v1/completions", json={"model": "zz", "prompt": "x"})
+    assert unknown.status_code == 404
+    error = unknown.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "model_not_found"
+    assert error["param"] == "model" and "zz" in error["message"] and unknown.json()["where"] == "model"
+    invalid = httpx.post(f"{url}/v1/completions", json={"model": "a", "prompt": "x", "temperature": -1})
+    assert invalid.status_code == 422
+    assert invalid.json()["error"]["param"] == "temperature" and invalid.json()["error"]["code"] == "invalid_input"
+    control = httpx.post(f"{url}/v1/worker/actions", json={"plan_id": "p"})
+    assert control.status_code == 422 and control.json()["error"] == "invalid_input"
+
