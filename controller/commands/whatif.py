@@ -62,7 +62,7 @@ def whatif(
     seed: Annotated[int, typer.Option("--seed", parser=_number("--seed", minimum=0, inclusive=True, integer=True),
                                       metavar="INT", help="Seed of every random draw.")] = 0,
     replan_interval: Annotated[float, typer.Option(
-        "--replan-interval", parser=_number("--replan-interval", minimum=0, inclusive=False), metavar="SECONDS",
+        "--replan-interval", parser=_number("--replan-interval", minimum=1, inclusive=True), metavar="SECONDS",
         help="Planner tick in simulated seconds (planners also run on the events they subscribe to).")] = 10.0,
     sweep: Annotated[str | None, typer.Option("--sweep", metavar="rate=START:STOP:STEP",
                                               help="Load sweep, e.g. rate=0.6:1.6:0.2.")] = None,

@@ -40,7 +40,9 @@ class WhatIfConfig(BaseModel):
     split_models: Annotated[int, Field(ge=1)] | None = None
     zipf_exponent: Annotated[float, Field(ge=0)] | None = None
     seed: int = 0
-    replan_interval_s: Annotated[float, Field(gt=0)] = 10.0
+    # At least a second of simulated time: a planner solves in tenths of a second or more, and a tick of 1e-9 s
+    # never lets the simulation advance.
+    replan_interval_s: Annotated[float, Field(ge=1.0)] = 10.0
     sweep: Sweep | None = None
 
 

@@ -161,6 +161,7 @@ def test_sweep_writes_a_plot_and_every_point(inputs: tuple[Path, Path], tmp_path
     (["--rate-scale", "inf"], "--rate-scale: 'inf' is not allowed; a finite number > 0"),
     (["--split-models", "2", "--zipf", "inf"], "--zipf: 'inf' is not allowed; a finite number ≥ 0"),
     (["--rate-scale", "1e9"], "rate_scale: 1000000000.0 is not allowed; a factor that keeps the workload within"),
+    (["--replan-interval", "1e-9"], "--replan-interval: '1e-9' is not allowed; a finite number ≥ 1"),  # hung
 ])
 def test_bad_options_fail_with_one_line(inputs: tuple[Path, Path], args: list[str], where: str) -> None:
     fleet, trace = inputs
