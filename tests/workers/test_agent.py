@@ -3,39 +3,30 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from core.actions import Action, ActivateModel, PreemptOffline, ResizeKV, ResumeOffline
+from core.actions import Action, PreemptOffline, ResizeKV, ResumeOffline
 from core.catalog import GIB
 from core.requests import Request
-from tests.workers.engines import dense_tokens, make_engine
-from workers.agent import create_app, serve_in_thread
+from tests.workers.agents import action as agent_action
+from tests.workers.agents import running_agent, wait_for
+from tests.workers.engines import dense_tokens
 from workers.client import HttpWorkerClient
-from workers.control import LocalWorkerClient
 from workers.tokenizer import ByteTokenizer
 
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[tuple[str, HttpWorkerClient]]:
-    local = LocalWorkerClient(make_engine(activate=(), kv_pages=24))
-    running = serve_in_thread(create_app(local))
-    client = HttpWorkerClient(running.url)
-    for seq, model in enumerate("ab"):
-        result = client.apply(action(ActivateModel(model=model, replica_id=f"{model}-0", gpu_ids=("local/0",)), seq))
-        assert result.status == "applied", result
-    yield running.url, client
-    client.close()
-    running.stop()
-    local.close()
+    with running_agent("accept") as served:
+        yield served
 
 
 def action(args, seq: int, revision: int = 1) -> Action:
-    return Action(plan_id="accept", seq=seq, worker_id="local/0", args=args, revision=revision, reason="test")
+    return agent_action(args, seq, revision, plan_id="accept")
 
 
 def complete(url: str, **body) -> dict:
@@ -46,13 +37,6 @@ def complete(url: str, **body) -> dict:
 
 def expected(model: str, prompt: str, n: int) -> list[int]:
     return dense_tokens(model, tuple(ByteTokenizer().encode(prompt)), n)
-
-
-def wait_for(predicate, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_concurrent_completions_to_two_models_while_one_shrinks(agent) -> None:

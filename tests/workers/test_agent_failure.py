@@ -6,23 +6,16 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from core.actions import Action, ActivateModel
+from tests.workers.agents import wait_for
 from tests.workers.engines import make_engine
 from workers.agent import create_app, serve_in_thread
 from workers.control import LocalWorkerClient
-
-
-def wait_for(predicate, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.001)
 
 
 @pytest.mark.parametrize("streamed", [False, True])

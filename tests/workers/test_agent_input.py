@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -23,10 +22,10 @@ from core.actions import (
     SwapInKV,
     SwapOutKV,
 )
-from tests.workers.engines import dense_tokens, make_engine
-from workers.agent import create_app, serve_in_thread
+from tests.workers.agents import action as agent_action
+from tests.workers.agents import running_agent, wait_for
+from tests.workers.engines import dense_tokens
 from workers.client import HttpWorkerClient
-from workers.control import LocalWorkerClient
 from workers.tokenizer import ByteTokenizer
 
 JSON = {"content-type": "application/json"}
@@ -34,20 +33,12 @@ JSON = {"content-type": "application/json"}
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[tuple[str, HttpWorkerClient]]:
-    local = LocalWorkerClient(make_engine(activate=(), kv_pages=24))
-    running = serve_in_thread(create_app(local))
-    client = HttpWorkerClient(running.url)
-    for seq, model in enumerate("ab"):
-        result = client.apply(action(ActivateModel(model=model, replica_id=f"{model}-0", gpu_ids=("local/0",)), seq))
-        assert result.status == "applied", result
-    yield running.url, client
-    client.close()
-    running.stop()
-    local.close()
+    with running_agent("input") as served:
+        yield served
 
 
 def action(args, seq: int, revision: int = 1) -> Action:
-    return Action(plan_id="input", seq=seq, worker_id="local/0", args=args, revision=revision, reason="test")
+    return agent_action(args, seq, revision, plan_id="input")
 
 
 def assert_serves(url: str) -> None:
@@ -112,6 +103,14 @@ def removed(url: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def assert_removed_and_freed(url: str, client: HttpWorkerClient, removed_before: float) -> None:
+    """The request whose client left is counted as removed, no page is held, and the worker still serves."""
+    wait_for(lambda: removed(url) > removed_before, 10, "the request was not removed when its client left")
+    status = client.status()
+    assert status.kv_pages_used == 0 and all(r.num_running == r.num_waiting == 0 for r in status.replicas)
+    assert_serves(url)
+
+
 def test_a_client_that_gives_up_on_a_plain_completion_frees_its_kv_pages(agent) -> None:
     """Not streamed: the client (a timeout, a cancelled call) closes its connection while the request generates."""
     url, client = agent
@@ -122,17 +121,9 @@ def test_a_client_that_gives_up_on_a_plain_completion_frees_its_kv_pages(agent) 
     with socket.create_connection((host, int(port)), timeout=10) as conn:
         conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
-        deadline = time.monotonic() + 10
-        while not any(r.model == "a" and r.num_running for r in client.status().replicas):
-            assert time.monotonic() < deadline, "the request never ran"
-            time.sleep(0.005)
-    deadline = time.monotonic() + 10
-    while removed(url) <= before:
-        assert time.monotonic() < deadline, "the request was not removed when its client left"
-        time.sleep(0.01)
-    status = client.status()
-    assert status.kv_pages_used == 0 and all(r.num_running == r.num_waiting == 0 for r in status.replicas)
-    assert_serves(url)
+        wait_for(lambda: any(r.model == "a" and r.num_running for r in client.status().replicas), 10,
+                 "the request never ran")
+    assert_removed_and_freed(url, client, before)
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_kv_pages_at_once(agent) -> None:
@@ -144,13 +135,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_kv_pages_at_once(agent) -> No
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as response:
         chunks = (line for line in response.iter_lines() if line.startswith("data: "))
         next(chunks), next(chunks)  # two tokens, then the client hangs up
-    deadline = time.monotonic() + 10
-    while removed(url) <= before:
-        assert time.monotonic() < deadline, "the request was not removed when its client left"
-        time.sleep(0.01)
-    status = client.status()
-    assert status.kv_pages_used == 0 and all(r.num_running == r.num_waiting == 0 for r in status.replicas)
-    assert_serves(url)
+    assert_removed_and_freed(url, client, before)
 
 
 @pytest.mark.parametrize(("raw", "status"), [("Infinity", 422), ("1e300", 200)])
