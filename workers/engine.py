@@ -241,6 +241,13 @@ class Engine:
             raise InputError("prompt_tokens", len(ids), f"prompt + max tokens ({len(ids)} + {request.output_tokens}) "
                              f"within the context of {request.model}: {limit} tokens",
                              problem=f"{len(ids) + request.output_tokens} tokens exceed the context")
+        if self.scheduler.has_model(request.model) and self.store.residency(request.model) is Residency.ACTIVE:
+            room = self.scheduler.kv_capacity_tokens(request.model)
+            if len(ids) + request.output_tokens > room:  # admitted, it would be dropped once it outgrew its share
+                raise InputError("prompt_tokens", len(ids),
+                                 f"prompt + max tokens ({len(ids)} + {request.output_tokens}) within the KV cache "
+                                 f"{request.model} holds on this worker now: {room} tokens",
+                                 problem=f"{len(ids) + request.output_tokens} tokens exceed the KV cache")
         now = self.clock()
         gid = group_id(request.model, request.slo_class,
                        request.arrival_s // self.config.group_window_s * self.config.group_window_s)

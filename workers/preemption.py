@@ -57,9 +57,7 @@ class Preemption(SchedulerBase):
 
     def _exceeds_capacity(self, st: ModelState, seq: Sequence) -> bool:
         """Even alone, the sequence's tokens could not fit the model's share of the pool (and of its mirrors)."""
-        pages = self.pool.max_pages(st.name)
-        per_page = self.pool.blocks_per_page(st.name) * st.layout.block_size_tokens
-        return seq.num_tokens > pages * per_page
+        return seq.num_tokens > self.kv_capacity_tokens(st.name)
 
     def _preempt(self, seq: Sequence, mode: PreemptMode | None = None, *, hold: bool = False) -> SeqStatus:
         """Take a running sequence off the device: pause (checkpointed), swap out or drop its KV for recompute."""

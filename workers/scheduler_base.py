@@ -83,6 +83,12 @@ class SchedulerBase:
         self._num_ready = 0  # models with runnable work at the last schedule()
         self.num_preemptions = 0
 
+    def kv_capacity_tokens(self, model: str) -> int:
+        """The most tokens one sequence of the model could hold alone: its share of the pool (and of its mirrors)
+        as the pool is sized now. A KV resize changes it."""
+        st = self._state(model)
+        return self.pool.max_pages(model) * self.pool.blocks_per_page(model) * st.layout.block_size_tokens
+
     def _transfer(self, seq: Sequence, first_token: int, num_tokens: int) -> KVTransfer:
         bs = self._models[seq.model].layout.block_size_tokens
         table = self.pool.block_table(seq.seq_id)

@@ -24,8 +24,10 @@ from core.actions import (
 )
 from tests.workers.agents import action as agent_action
 from tests.workers.agents import running_agent, wait_for
-from tests.workers.engines import dense_tokens
+from tests.workers.engines import dense_tokens, make_engine
+from workers.agent import create_app, serve_in_thread
 from workers.client import HttpWorkerClient
+from workers.control import LocalWorkerClient
 from workers.tokenizer import ByteTokenizer
 
 JSON = {"content-type": "application/json"}
@@ -191,3 +193,25 @@ def test_completion_errors_have_the_openai_shape_and_control_errors_the_projects
     control = httpx.post(f"{url}/v1/worker/actions", json={"plan_id": "p"})
     assert control.status_code == 422 and control.json()["error"] == "invalid_input"
 
+
+
+def test_a_completion_larger_than_the_kv_share_is_a_400_with_the_limit_not_a_200_dropped() -> None:
+    """OpenAI clients expect a request that can never be served to fail up front (as one past the context does),
+    not a 200 whose `finish_reason` says it was dropped."""
+    local = LocalWorkerClient(make_engine(activate=("a",), kv_pages=2))
+    running = serve_in_thread(create_app(local))
+    try:
+        room = local.engine.scheduler.kv_capacity_tokens("a")
+        prompt = len(ByteTokenizer().encode("x" * 10))
+        body = {"model": "a", "prompt": "x" * 10, "max_tokens": room - prompt + 1, "temperature": 0}
+        response = httpx.post(f"{running.url}/v1/completions", json=body, timeout=10)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == "prompt_tokens" and error["code"] == "invalid_input"
+        assert f"KV cache a holds on this worker now: {room} tokens" in error["message"]
+        fits = httpx.post(f"{running.url}/v1/completions", json={**body, "max_tokens": room - prompt}, timeout=60)
+        assert fits.status_code == 200, fits.text
+        assert fits.json()["choices"][0]["finish_reason"] in {"length", "stop"}
+    finally:
+        running.stop()
+        local.close()

@@ -116,6 +116,19 @@ def test_bad_requests_are_rejected_with_the_reason(kwargs: dict, match: str) -> 
     assert result.status == "rejected" and match in result.message and handle is None
 
 
+def test_a_request_larger_than_the_models_kv_share_is_rejected_up_front_not_dropped_later() -> None:
+    engine = make_engine(activate=("a",), kv_pages=6)  # 384 tokens
+    result, handle = engine.submit(request(8, "a", prompt=300, output=100))
+    assert result.status == "rejected" and handle is None
+    assert "within the KV cache a holds on this worker now: 384 tokens" in result.message
+    result, handle = engine.submit(request(9, "a", prompt=300, output=84))  # exactly fits
+    assert result.status == "accepted"
+    engine.run_until_idle()
+    assert handle.finish_reason == "length"
+    # An inactive model's share is not known yet: its request queues (and is dropped only if it never fits).
+    assert engine.submit(request(10, "b", prompt=300, output=100))[0].status == "queued"
+
+
 def test_temperature_sampling_is_reproducible_and_independent_of_batching() -> None:
     params = SamplingParams(temperature=0.8, seed=7)
     alone = make_engine(activate=("a",))
