@@ -68,7 +68,8 @@ def agents(tmp_path: Path):
 
 def test_a_paused_worker_times_out_and_the_retry_after_it_recovers_applies_once(agents, tmp_path: Path) -> None:
     (agent,) = agents("h100/0")
-    executor, log = _executor({"h100/0": agent.url}, RetryPolicy(max_attempts=3, load_timeout_floor_s=1.0,
+    # 2 s per attempt: the resumed agent must answer the second within it, on a machine busy with other tests.
+    executor, log = _executor({"h100/0": agent.url}, RetryPolicy(max_attempts=3, load_timeout_floor_s=2.0,
                                                                  backoff_initial_s=0.05, backoff_jitter_s=0.0))
     observed = [executor.workers.clients["h100/0"].status()]
     plan = make_plan((CHAT0,), (("h100/0", ActivateModel(model="chat", replica_id="chat@h100/0",
