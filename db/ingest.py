@@ -35,6 +35,7 @@ COPY_TYPES = (
     "varchar", "varchar", "varchar", "varchar",
 )
 DEFAULT_CHUNK_ROWS = 50_000
+CLOCK_SLACK_S = 1e-6  # times are compared to the microsecond
 SQLITE_ROWS_PER_STATEMENT = 64  # 64 × 15 parameters, far below SQLite's limit of 32,766 per statement
 
 
@@ -156,6 +157,7 @@ def _check_batch(table: RequestTable, outcomes: RequestOutcomes | None) -> None:
     labels = {"model": table.model_names, "slo_class": table.slo_names}
     if outcomes is not None:
         _check_outcomes(outcomes, n)
+        _check_consistent(table, outcomes)
         labels |= {"drop_reason": outcomes.drop_reasons, "worker_id": outcomes.worker_ids,
                    "replica_id": outcomes.replica_ids}
     for column, values in labels.items():
@@ -176,3 +178,15 @@ def _check_outcomes(outcomes: RequestOutcomes, n: int) -> None:
             raise InputError(name, float(negative[0]), "latencies must be ≥ 0 (NaN or None where unknown)")
     if n and not 0 <= outcomes.outcome_idx.min() <= outcomes.outcome_idx.max() < len(REQUEST_OUTCOMES):
         raise InputError("outcome_idx", int(outcomes.outcome_idx.max()), f"codes 0…{len(REQUEST_OUTCOMES) - 1}")
+
+
+def _check_consistent(table: RequestTable, outcomes: RequestOutcomes) -> None:
+    """Times that contradict each other in one row: a request cannot finish before it arrived, nor see its first
+    token after its end. Unknown values (NaN) pass; the sender's float rounding is allowed for (`CLOCK_SLACK_S`)."""
+    arrival, finish, ttft, e2e = table.arrival_s, outcomes.finish_s, outcomes.ttft_s, outcomes.e2e_s
+    for i in np.flatnonzero(finish < arrival - CLOCK_SLACK_S)[:1]:
+        raise InputError("finish_s", float(finish[i]), f"a time ≥ the request's arrival_s ({arrival[i]:.6f})",
+                         problem=f"{finish[i]:.6f} (request_id {table.request_id[i]}) is before the request arrived")
+    for i in np.flatnonzero(ttft > e2e + CLOCK_SLACK_S)[:1]:
+        raise InputError("ttft_s", float(ttft[i]), f"at most the request's e2e_s ({e2e[i]:.6f})",
+                         problem=f"{ttft[i]:.6f} (request_id {table.request_id[i]}) is after the request ended")

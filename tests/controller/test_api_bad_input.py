@@ -103,6 +103,15 @@ def test_request_ids_must_fit_the_database(api: Api, ids: list[int]) -> None:
     assert rows_stored(api) == 0
 
 
+def test_a_request_that_finishes_before_it_arrives_is_refused_and_nothing_is_stored(api: Api) -> None:
+    body = batch(5, start_s=1000.0)
+    body["finish_s"] = [t + 2.0 for t in body["arrival_s"]]
+    body["finish_s"][3] = body["arrival_s"][3] - 10.0
+    error = assert_error(api.client("plan").post(f"/v1/fleets/{FLEET}/telemetry", json=body), 400, "finish_s")
+    assert "(request_id 3) is before the request arrived" in error["message"]
+    assert rows_stored(api) == 0
+
+
 def test_a_fleet_too_large_to_list_is_refused(api: Api) -> None:
     def two_pools(spec: dict) -> None:  # each pool within bounds, the fleet one GPU past them
         spec["pools"] = [spec["pools"][0] | {"count": MAX_FLEET_GPUS}, spec["pools"][0] | {"name": "more", "count": 1}]

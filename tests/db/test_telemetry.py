@@ -118,6 +118,29 @@ def test_bad_input_names_the_column(sessions: sessionmaker[Session]) -> None:
         request_counts(s, fleet="f", start_s=0, end_s=10, interval_s=0)
 
 
+def test_times_that_contradict_each_other_in_a_row_are_refused_naming_the_request(
+        sessions: sessionmaker[Session]) -> None:
+    table, outcomes = _batch(10)
+    early = outcomes.finish_s.copy()
+    early[4] = table.arrival_s[4] - 0.5
+    late_first = outcomes.ttft_s.copy()
+    served = int(np.flatnonzero(np.isfinite(outcomes.e2e_s))[0])
+    late_first[served] = outcomes.e2e_s[served] + 1.0
+    with sessions.begin() as s:
+        ensure_fleet(s, name="f")
+        with pytest.raises(InputError, match=rf"finish_s: .* \(request_id {table.request_id[4]}\) is before the"):
+            ingest_requests(s, fleet="f", table=table, outcomes=RequestOutcomes(**{**outcomes.__dict__,
+                                                                                  "finish_s": early}))
+        with pytest.raises(InputError, match=r"ttft_s: .* is after the request ended; at most the request's e2e_s"):
+            ingest_requests(s, fleet="f", table=table, outcomes=RequestOutcomes(**{**outcomes.__dict__,
+                                                                                  "ttft_s": late_first}))
+        rounding = outcomes.finish_s.copy()
+        rounding[4] = table.arrival_s[4] - 1e-7  # the sender's float rounding, not a contradiction
+        ingest_requests(s, fleet="f", table=table, outcomes=RequestOutcomes(**{**outcomes.__dict__,
+                                                                              "finish_s": rounding}))
+    assert _count(sessions) == 10
+
+
 def test_outcome_columns_from_plain_lists() -> None:
     outcomes = RequestOutcomes.from_columns(outcome=["completed", "dropped"], ttft_s=[0.25, None],
                                             drop_reason=[None, "timeout"])
