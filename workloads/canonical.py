@@ -1,6 +1,6 @@
 """The canonical trace CSV: `arrival_s,model,slo_class,prompt_tokens,output_tokens`, one request per row.
 
-It is what `fleetwise trace convert` writes and what every tool reads back: arrival times in seconds (kept as
+It is what `fleetwise trace convert` writes and what every tool reads back: arrival times in seconds (≥ 0, kept as
 written, not rebased; written with microsecond precision), model and SLO class names as text (any column order).
 """
 
@@ -27,7 +27,8 @@ def read_canonical(path: str | Path) -> RequestTable:
     """
     frame = read_csv_frame(path, columns=CANONICAL_COLUMNS, header=True, fmt=_FMT,
                            dtype={"model": "str", "slo_class": "str"})
-    arrival_s = numeric_column(frame, "arrival_s", source=path, first_line=2, expected="a time in seconds")
+    arrival_s = numeric_column(frame, "arrival_s", source=path, first_line=2, min_value=0.0,
+                               expected="a time in seconds ≥ 0 (shift the trace so that none is negative)")
     model_idx, model_names = _names(frame, "model", path)
     slo_idx, slo_names = _names(frame, "slo_class", path)
     prompt = token_column(frame, "prompt_tokens", source=path, first_line=2)

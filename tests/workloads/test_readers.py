@@ -156,6 +156,9 @@ def test_canonical_accepts_any_column_order(tmp_path: Path) -> None:
         # more than int32 holds: must not wrap around to a negative count
         ("arrival_s,model,slo_class,prompt_tokens,output_tokens\n0,m,c,99999999999999999999,1\n",
          "c.csv:2: prompt_tokens: 99999999999999999999 is not allowed"),
+        # replayed, requests at -100 s and -50 s had TTFTs of 98 s and 50 s that no fleet caused
+        ("arrival_s,model,slo_class,prompt_tokens,output_tokens\n0,m,c,1,1\n-5,m,c,1,1\n",
+         "c.csv:3: arrival_s: -5 is not allowed; arrival_s must be a time in seconds ≥ 0"),
     ],
 )
 def test_canonical_errors(tmp_path: Path, text: str, expected: str) -> None:
