@@ -48,8 +48,10 @@ def whatif(
                                                              "time (or attainment against load with --sweep).")] = None,
     rate_scale: Annotated[float, typer.Option("--rate-scale", parser=_number("--rate-scale", minimum=0, inclusive=False),
                                               metavar="FLOAT", help="Multiply the arrival rate.")] = 1.0,
-    start: Annotated[float, typer.Option("--start", parser=_number("--start", minimum=0, inclusive=True),
-                                         metavar="SECONDS", help="Skip the workload's first seconds.")] = 0.0,
+    start: Annotated[float, typer.Option(
+        "--start", parser=_number("--start", minimum=0, inclusive=True), metavar="SECONDS",
+        help="Replay from this time on the workload's clock (Azure, Mooncake, ServeGen: seconds from its start; "
+             "a canonical CSV: its times as written).")] = 0.0,
     duration: Annotated[float | None, typer.Option(
         "--duration", parser=_number("--duration", minimum=0, inclusive=False), metavar="SECONDS",
         help="Replay only this long (from --start).")] = None,

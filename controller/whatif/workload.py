@@ -44,12 +44,19 @@ def prepare_workload(config: WhatIfConfig, fleet: FleetSpec, *, rate_scale: floa
 
 
 def _slice(table: RequestTable, config: WhatIfConfig) -> RequestTable:
+    """`[start, start + duration)` on the workload's own clock (a trace with absolute times keeps them)."""
     if config.start_s == 0 and config.duration_s is None:
         return table
     if len(table) and config.start_s >= table.arrival_s[-1]:
         raise InputError("--start", config.start_s, f"a start before the workload ends ({table.arrival_s[-1]:.0f} s)")
     end = config.start_s + config.duration_s if config.duration_s is not None else np.inf
-    return time_slice(table, config.start_s, end)
+    part = time_slice(table, config.start_s, end)
+    if len(table) and not len(part):
+        raise InputError("--start", config.start_s,
+                         f"a slice that holds requests: they arrive from {table.arrival_s[0]:.0f} to "
+                         f"{table.arrival_s[-1]:.0f} s on the workload's clock",
+                         problem=f"[{config.start_s:g}, {end:g}) s holds no request")
+    return part
 
 
 def _stage(seed: int, stage: int) -> int:

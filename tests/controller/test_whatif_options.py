@@ -67,6 +67,16 @@ def test_bad_workload_options_are_input_errors(tmp_path, kw: dict, option: str) 
         prepare_workload(_config(tmp_path, **kw), _fleet())
 
 
+def test_a_slice_without_requests_names_the_range_they_arrive_in(tmp_path) -> None:
+    path = tmp_path / "epoch.csv"
+    table = make_table(50, models=("a",), rate_per_s=5.0, seed=1)
+    write_canonical(table.with_arrivals(table.arrival_s + 1.7e9), path)  # Unix times, kept as written
+    config = WhatIfConfig(fleet="unused.yaml", workload=str(path), policies=("dedicated",), start_s=60,
+                          duration_s=600)
+    with pytest.raises(InputError, match=r"--start: \[60, 660\) s holds no request; .* from 1700000000 to"):
+        prepare_workload(config, _fleet())
+
+
 def test_mean_rate_scenarios_hold_each_models_rate_lengths_and_classes(tmp_path) -> None:
     fleet = _fleet()
     table = prepare_workload(_config(tmp_path, split_models=2), fleet)
