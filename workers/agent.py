@@ -33,7 +33,7 @@ from core.errors import InputError, strict_json
 from core.requests import Request
 from core.status import SubmitResult, WorkerStatus
 from workers.control import LocalWorkerClient
-from workers.handles import RequestHandle, SamplingParams
+from workers.handles import RequestHandle, SamplingParams, StopHold
 from workers.metrics import WorkerMetrics
 from workers.schemas import Choice, CompletionRequest, CompletionResponse, RequestIn, Usage
 from workers.tokenizer import ByteTokenizer
@@ -104,7 +104,8 @@ class _Completions:
             return _error({**err.to_dict(), "error": "model_not_found"}, 404, openai=True)
         request = self._request(body)
         self.engine.validate(request)  # raises InputError → 400 with field, value, allowed
-        params = SamplingParams(temperature=body.temperature, seed=body.seed or 0, ignore_eos=body.ignore_eos)
+        params = SamplingParams(temperature=body.temperature, seed=body.seed or 0, ignore_eos=body.ignore_eos,
+                                stop=_stop_sequences(body))
         result, handle = self.client.submit_with_handle(request, params)
         if handle is None:
             stopped = self.engine.failure is not None
@@ -123,8 +124,9 @@ class _Completions:
         if handle.finish_reason and handle.finish_reason.startswith("error:"):
             return _error({"error": "engine_stopped", "message": handle.finish_reason.removeprefix("error: "),
                            "tokens_generated": len(handle.tokens)}, 503, openai=True)
-        return JSONResponse(self._response(body, handle, _text(body, handle.tokens), handle.finish_reason,
-                                           usage=True).model_dump())
+        tokens = params.without_stop(handle.tokens) if handle.finish_reason == "stop" else handle.tokens
+        return JSONResponse(self._response(body, handle, _text(body, tokens), handle.finish_reason, usage=True,
+                                           token_ids=tokens).model_dump())
 
     async def _abort_when_gone(self, http: HttpRequest, handle: RequestHandle, poll_s: float = 0.05) -> None:
         """A client that gives up on a non-streamed completion (a timeout, a cancelled call) must not leave the
@@ -149,14 +151,22 @@ class _Completions:
     async def _stream(self, body: CompletionRequest, handle: RequestHandle,
                       events: AsyncIterator[int | None]) -> AsyncIterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        hold = StopHold(handle.params)  # the stop sequence is never sent (as in the non-streamed text)
+
+        def text(tokens: list[int], *, final: bool = False) -> str:
+            return decoder.decode(bytes(t for t in tokens if _byte_level(body, t)), final=final)
+
         try:
             async for token in events:
                 if token is None:
-                    chunk = self._response(body, handle, decoder.decode(b"", final=True), handle.finish_reason,
-                                           usage=True)
+                    rest = hold.end()
+                    chunk = self._response(body, handle, text(rest, final=True), handle.finish_reason, usage=True,
+                                           token_ids=rest)
                 else:
-                    piece = decoder.decode(bytes([token])) if _byte_level(body, token) else ""
-                    chunk = self._response(body, handle, piece, None, usage=False, token_ids=[token])
+                    ready = hold.push(token)
+                    if not ready:
+                        continue
+                    chunk = self._response(body, handle, text(ready), None, usage=False, token_ids=ready)
                 yield f"data: {chunk.model_dump_json()}\n\n"
             yield "data: [DONE]\n\n"
         finally:
@@ -180,6 +190,16 @@ class _Completions:
 
 def _byte_level(body: CompletionRequest, token: int) -> bool:
     return isinstance(body.prompt, str) and 0 <= token < 256
+
+
+def _stop_sequences(body: CompletionRequest) -> tuple[tuple[int, ...], ...]:
+    """OpenAI's `stop` strings as the byte-level token sequences the engine matches."""
+    if body.stop is None:
+        return ()
+    if not isinstance(body.prompt, str):
+        raise InputError("stop", body.stop, "stop strings with a text prompt only (a token-id prompt gets token ids "
+                         "back, no text to match)")
+    return tuple(tuple(ByteTokenizer().encode(s, add_bos=False)) for s in body.stop)
 
 
 def _text(body: CompletionRequest, tokens: list[int]) -> str:

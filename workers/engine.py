@@ -291,7 +291,7 @@ class Engine:
                 torch.cuda.synchronize(self.device)
             end = self.clock()
             eos = self.store.source(batch.model).eos_token_id if batch.model else None
-            finished = {i for i, t in tokens.items() if t == eos and not self._handles[i].params.ignore_eos}
+            finished = {i for i, t in tokens.items() if self._ends(self._handles[i], t, eos)}
             done = self.scheduler.on_batch_done(batch, end, finished=finished, token_ids=tokens)
             self.memory.sync_host(self.pool)
             self._deliver(tokens, done, finished)
@@ -299,6 +299,13 @@ class Engine:
             # The iteration's cost runs to here (bookkeeping and delivery included): the next one starts now.
             return StepReport(batch.model, batch.prefill_tokens, batch.prefill_attn, batch.decode_seqs,
                               batch.kv_tokens, batch.swap_tokens, self.clock() - start, len(done))
+
+    @staticmethod
+    def _ends(handle: RequestHandle, token: int, eos: int | None) -> bool:
+        """`token` ends the request: EOS (unless ignored) or the last token of one of its stop sequences."""
+        params = handle.params
+        return (token == eos and not params.ignore_eos) or (
+            bool(params.stop) and params.stops_at(handle.tokens, token))
 
     def run_until_idle(self, max_steps: int = 1_000_000) -> list[StepReport]:
         """Step until nothing can run (tests, profiling, benchmarks)."""

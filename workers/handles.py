@@ -20,10 +20,50 @@ class SamplingParams:
     temperature: float = 0.0  # 0: greedy
     seed: int = 0  # seeds the draws at temperature > 0 (with the position: see workers.runner)
     ignore_eos: bool = False  # generate exactly max tokens (trace replay), even past EOS
+    # Token sequences that end the request ("stop") once its output ends with one of them (EOS or not).
+    stop: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.temperature <= 100:
             raise InputError("temperature", self.temperature, "a number in [0, 100] (0: greedy)")
+        if any(not seq for seq in self.stop):
+            raise InputError("stop", self.stop, "non-empty token sequences")
+
+    def stops_at(self, tokens: list[int], token: int) -> bool:
+        """`tokens` followed by `token` end with one of the stop sequences."""
+        for seq in self.stop:
+            n = len(seq)
+            if seq[-1] == token and (n == 1 or (len(tokens) >= n - 1 and tuple(tokens[1 - n:]) == seq[:-1])):
+                return True
+        return False
+
+    def without_stop(self, tokens: list[int]) -> list[int]:
+        """`tokens` less the stop sequence they end with (the longest, which starts earliest), as OpenAI's `stop`
+        leaves it out of the text."""
+        ends = [len(seq) for seq in self.stop if len(tokens) >= len(seq) and tuple(tokens[-len(seq):]) == seq]
+        return tokens[:len(tokens) - max(ends)] if ends else tokens
+
+
+class StopHold:
+    """Streams tokens without the stop sequence: a token that may begin one is held back until the next tokens
+    show it does not (then it is released) or the request ends (then the completed stop sequence is dropped)."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.held: list[int] = []
+
+    def push(self, token: int) -> list[int]:
+        """The tokens that can be sent now (none while the newest ones may still be a stop sequence's start)."""
+        self.held.append(token)
+        keep = max((k for seq in self.params.stop for k in range(min(len(seq), len(self.held)), 0, -1)
+                    if tuple(self.held[-k:]) == seq[:k]), default=0)
+        out, self.held = self.held[:len(self.held) - keep], self.held[len(self.held) - keep:]
+        return out
+
+    def end(self) -> list[int]:
+        """What is left to send once the request has ended."""
+        out, self.held = self.params.without_stop(self.held), []
+        return out
 
 
 # Replaying a trace: the trace fixes the output length, so EOS must not cut it short.

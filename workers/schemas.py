@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 from core.requests import Request
 
@@ -20,6 +20,11 @@ _STRICT = ConfigDict(extra="forbid")
 def _prompt_form(prompt: object) -> str | None:
     """Which form of prompt was sent, so that an error names that form's problem (not the other's)."""
     return "text" if isinstance(prompt, str) else "token_ids" if isinstance(prompt, list) else None
+
+
+def _as_list(value: object) -> object:
+    """OpenAI takes one string or a list of them."""
+    return [value] if isinstance(value, str) else value
 
 
 Prompt = Annotated[
@@ -56,6 +61,10 @@ class CompletionRequest(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(ge=1, le=1)] = Field(default=1.0, description="Only 1.0 (no nucleus sampling).")
     n: Literal[1] = 1
+    stop: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_as_list),
+                    Field(min_length=1, max_length=4)] | None = Field(
+        default=None, description="A string or up to 4: the completion ends before the first of them (left out of "
+        "the text and of token_ids), finish_reason 'stop'. Text prompts only.")
     stream: bool = False
     seed: int | None = None
     user: str | None = None

@@ -78,10 +78,12 @@ def test_an_offline_request_is_preempted_and_resumes_without_recomputation(agent
     b = next(r for r in client.status().replicas if r.model == "b")
     assert b.num_offline_paused == 1 and b.num_running == 0
     assert client.apply(action(ResumeOffline(replica_id="b-0"), seq=21)).message.startswith("resumed 1")
-    last = list(chunks)[-1]
+    rest = list(chunks)
+    last = rest[-1]
     assert last["choices"][0]["finish_reason"] == "length"
     assert last["usage"]["num_preemptions"] == 1 and last["usage"]["num_recomputed_tokens"] == 0
-    assert last["choices"][0]["token_ids"] == expected("b", "offline batch work", 400)
+    # Every chunk carries the tokens new in it (the text's delta), the last one too.
+    assert [t for c in [first, *rest] for t in c["choices"][0]["token_ids"]] == expected("b", "offline batch work", 400)
 
 
 def test_metrics_report_queues_pages_latencies_and_preemptions(agent) -> None:
@@ -111,3 +113,26 @@ def test_submit_over_http_and_bad_input_get_clear_answers(agent) -> None:
                                    seq=30, revision=3))
     assert negative.status == "failed" and "kv_limit_gib" in negative.message
     assert httpx.get(f"{url}/healthz").json()["worker_id"] == "local/0"
+
+
+def test_stop_strings_end_a_completion_before_them_streamed_or_not(agent) -> None:
+    url, _client = agent
+    prompt = "stop strings"
+    greedy = expected("a", prompt, 40)
+    # The first pair of ASCII tokens after the third: the greedy output reaches it at position i.
+    i = next(i for i in range(3, 39) if greedy[i] < 128 and greedy[i + 1] < 128)
+    stop = bytes(greedy[i:i + 2]).decode()
+    body = {"model": "a", "prompt": prompt, "max_tokens": 40, "stop": ["never", stop]}
+    choice = complete(url, **body)["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert choice["token_ids"] == greedy[:i] and choice["text"] == ByteTokenizer().decode(greedy[:i])
+    chunks = list(stream(url, **body))
+    assert [t for c in chunks for t in c["choices"][0]["token_ids"]] == greedy[:i]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == choice["text"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["usage"]["completion_tokens"] == i + 2  # the stop string was generated, not sent
+    by_ids = httpx.post(f"{url}/v1/completions", json={**body, "prompt": [256, 65]})
+    assert by_ids.status_code == 400 and by_ids.json()["error"]["param"] == "stop"
+    too_many = httpx.post(f"{url}/v1/completions", json={**body, "stop": list("abcde")})
+    assert too_many.status_code == 422 and too_many.json()["error"]["param"] == "stop"
+    assert complete(url, **{**body, "stop": stop})["choices"][0] == choice  # one string as a list of one
