@@ -15,7 +15,12 @@ import numpy as np
 
 from core.errors import InputError, NotFoundError
 from forecasters.series import CountSeries, count_series
-from workloads.availability import AvailabilityTrace, is_availability_trace, read_availability
+from workloads.availability import (
+    AvailabilityTrace,
+    is_availability_trace,
+    or_availability,
+    read_availability,
+)
 from workloads.formats import detect_format, read_trace
 from workloads.servegen import ServeGenSet, read_servegen
 
@@ -52,7 +57,11 @@ def load_source(path: str | Path, *, interval_s: float, model: str | None = None
         counts = trace.counts(interval_s).astype(np.float64)[None, :]
         series = CountSeries((trace.name,), counts, 0.0, interval_s)
         return SeriesSource("availability", series, _pick(model, series.names, "pool") or trace.name, trace)
-    if detect_format(path) == "servegen":
+    try:
+        kind = detect_format(path)
+    except InputError as exc:
+        raise (or_availability(exc) if exc.where == "path" else exc) from None
+    if kind == "servegen":
         series = servegen_counts(read_servegen(path), interval_s)
         return SeriesSource("servegen", series, _pick_client(model, series.names))
     table = read_trace(path)

@@ -88,6 +88,17 @@ class AvailabilityTrace:
         return cls(name, np.asarray(times_s, dtype=np.float64)[keep], change[keep], float(duration_s))
 
 
+AVAILABILITY_FORMATS = ("an availability trace: a Parcae or SpotServe CSV (t_ms,add|remove,node rows, or node "
+                        "counts), a SpotServe segment .txt or a SkyPilot .json")
+
+
+def or_availability(exc: InputError) -> InputError:
+    """A request-trace format error, for a command that also reads availability traces: the same error, with
+    availability traces among what is allowed."""
+    return InputError(exc.where, exc.value, f"{exc.allowed}; or {AVAILABILITY_FORMATS}", source=exc.source,
+                      problem=exc.problem)
+
+
 def is_availability_trace(path: str | Path) -> bool:
     """Whether `path` looks like an availability trace rather than a request trace: a SpotServe segment (.txt),
     a SkyPilot document (.json with "metadata" and "data"), or a headerless CSV of events or node counts."""

@@ -29,7 +29,9 @@ def detect_format(path: str | Path) -> TraceFormat:
     if path.is_dir():
         if is_servegen_folder(path):
             return "servegen"
-        raise InputError("path", str(path), _KNOWN, problem=f"{path} holds no chunk-<client>-trace.csv files")
+        inside = _trace_files(path)
+        hint = f" (it holds {inside[1]:,} trace files: pass one, e.g. {inside[0]})" if inside else ""
+        raise InputError("path", str(path), _KNOWN, problem=f"{path} holds no chunk-<client>-trace.csv files{hint}")
     if not path.is_file():
         raise InputError("path", str(path), _KNOWN, problem=f"no such file or folder: {path}")
     suffixes = [s.lower() for s in path.suffixes]
@@ -47,6 +49,18 @@ def detect_format(path: str | Path) -> TraceFormat:
         raise InputError("path", str(path), "the ServeGen folder that holds this file",
                          problem=f"{path.name} is one ServeGen client's file")
     raise InputError("path", str(path), _KNOWN, problem=f"{path}: unknown trace format (header {header[:6]})")
+
+
+def _trace_files(folder: Path, limit: int = 10_000) -> tuple[Path, int] | None:
+    """The first trace-like file under `folder` (sorted) and how many there are, looking at most `limit` entries
+    deep (a folder of SkyPilot or SpotServe traces, say)."""
+    found: list[Path] = []
+    for i, p in enumerate(folder.rglob("*")):
+        if i >= limit:
+            break
+        if p.is_file() and p.suffix.lower() in (".csv", ".json", ".jsonl", ".txt"):
+            found.append(p)
+    return (min(found), len(found)) if found else None
 
 
 def read_trace(

@@ -1,4 +1,5 @@
-"""What a trace looks like: totals, per-model rates and length percentiles, and the arrival rate over time.
+"""What a trace looks like: totals, per-model rates and length percentiles, and the arrival rate over time; for an
+availability trace, how many instances were up and how often they were taken away.
 
 Long-tail traces (hundreds of models) are summarised as the busiest `top` models plus one "others" row.
 """
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.requests import RequestTable
+from workloads.availability import AvailabilityTrace
 from workloads.servegen import ServeGenSet
 
 PERCENTILES = (50, 90, 99)
@@ -116,3 +118,57 @@ def _client_stats(sg: ServeGenSet, rows: list[int], client: int) -> ClientStats:
     mean_cv = float((sg.cv[rows] * weights).sum() / weights.sum()) if weights.sum() > 0 else 0.0
     return ClientStats(client, float(rate.sum() * sg.window_s), float(rate.mean()), float(rate.max()),
                        int(np.count_nonzero(rate > 0)), mean_cv)
+
+
+@dataclass(frozen=True)
+class AvailabilitySummary:
+    """One spot pool's trace: the instances up over time (time-weighted) and its removals."""
+
+    name: str
+    duration_s: float
+    events: int
+    max_count: int
+    min_count: int  # over the observation window, after the first event
+    mean_count: float  # time-weighted
+    count_pct: tuple[int, ...]  # time-weighted p10 / p50 / p90 of the count
+    removals: int  # instances taken away
+    additions: int  # instances joining
+    largest_removal: int  # most instances taken away at one time
+    removals_per_hour: float
+    hazard_per_node_hour: float  # removals per instance-hour up
+
+
+COUNT_PERCENTILES = (10, 50, 90)
+
+
+def summarize_availability(trace: AvailabilityTrace) -> AvailabilitySummary:
+    """Counts weighted by how long each held, from the first event to the end of the observation window."""
+    start = float(trace.time_s[0]) if trace.num_events else 0.0
+    cuts = np.unique(np.concatenate([[start, trace.duration_s], trace.time_s]))
+    cuts = cuts[(cuts >= start) & (cuts <= trace.duration_s)]
+    levels, spans = trace.count_at(cuts[:-1]), np.diff(cuts)
+    order = np.argsort(levels, kind="stable")
+    share = np.cumsum(spans[order]) / max(spans.sum(), 1e-12)
+    pct = tuple(int(levels[order][min(np.searchsorted(share, q / 100), len(order) - 1)]) if len(order) else 0
+                for q in COUNT_PERCENTILES)
+    removed = -trace.delta[trace.delta < 0]
+    at_once = _removed_at_once(trace)
+    span_s = max(trace.duration_s - start, 1e-12)
+    exposure_h = trace.node_seconds(start) / 3600
+    return AvailabilitySummary(
+        name=trace.name, duration_s=trace.duration_s, events=trace.num_events, max_count=trace.max_count,
+        min_count=int(levels.min()) if len(levels) else 0,
+        mean_count=float(np.sum(levels * spans) / span_s) if len(levels) else 0.0, count_pct=pct,
+        removals=int(removed.sum()), additions=int(trace.delta[trace.delta > 0].sum()), largest_removal=at_once,
+        removals_per_hour=float(removed.sum() / span_s * 3600),
+        hazard_per_node_hour=float(removed.sum() / exposure_h) if exposure_h > 0 else 0.0,
+    )
+
+
+def _removed_at_once(trace: AvailabilityTrace) -> int:
+    """Most instances removed by the events of one time (events at the same time apply together)."""
+    gone = trace.delta < 0
+    if not gone.any():
+        return 0
+    times, index = np.unique(trace.time_s[gone], return_inverse=True)
+    return int(np.bincount(index, weights=-trace.delta[gone], minlength=len(times)).max())

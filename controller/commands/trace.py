@@ -23,6 +23,7 @@ from core.errors import InputError
 if TYPE_CHECKING:
     from core.fleet import FleetSpec
     from core.requests import RequestTable
+    from workloads.availability import AvailabilityTrace
     from workloads.servegen import ServeGenSet
     from workloads.spec import WorkloadSpec
     from workloads.summary import TraceSummary
@@ -50,17 +51,25 @@ def inspect(
 ) -> None:
     """Requests, duration, per-model rate and prompt/output length percentiles (p50/p90/p99).
 
-    A ServeGen folder without --fleet is summarised from its rate series (per client), without synthesising it.
+    A ServeGen folder without --fleet is summarised from its rate series (per client), without synthesising it; an
+    availability trace (Parcae / SpotServe CSV, SpotServe segment, SkyPilot JSON) by its instances up and removals.
     """
     from controller.outputs import check_output
+    from workloads.availability import is_availability_trace, or_availability, read_availability
     from workloads.formats import detect_format
     from workloads.servegen import read_servegen
 
     check_output("--plot", plot, suffix=".png", inputs=(source, fleet))
-    if fleet is None and source.is_dir() and detect_format(source) == "servegen":
-        _inspect_servegen(read_servegen(source), source, plot=plot, json_out=json_out, top=top)
+    if is_availability_trace(source):
+        _inspect_availability(read_availability(source), source, plot=plot, json_out=json_out)
         return
-    table = _load(source, fleet, seed)
+    try:
+        if fleet is None and source.is_dir() and detect_format(source) == "servegen":
+            _inspect_servegen(read_servegen(source), source, plot=plot, json_out=json_out, top=top)
+            return
+        table = _load(source, fleet, seed)
+    except InputError as exc:
+        raise (or_availability(exc) if exc.where == "path" else exc) from None
     _inspect_table(table, source, plot=plot, json_out=json_out, top=top)
 
 
@@ -264,6 +273,37 @@ def _inspect_servegen(sg: ServeGenSet, source: Path, *, plot: Path | None, json_
         t.add_row(name, f"{r.expected_requests:,.0f}", f"{r.mean_rate_per_s:,.3f}", f"{r.peak_rate_per_s:,.2f}",
                   f"{r.active_windows:,}", f"{r.mean_cv:.2f}")
     out.print(t)
+
+
+def _inspect_availability(trace: AvailabilityTrace, source: Path, *, plot: Path | None, json_out: bool) -> None:
+    import numpy as np
+
+    from workloads.summary import COUNT_PERCENTILES, summarize_availability
+
+    summary = summarize_availability(trace)
+    if plot is not None:
+        step_s = max(trace.duration_s / 2000, 1.0)
+        counts = trace.counts(step_s)
+        _plot(step_s * np.arange(len(counts)), {"all": counts}, plot, title=f"{trace.name}: instances up",
+              unit="instances")
+    if json_out:
+        print_json(asdict(summary) | {"source": str(source), "plot": str(plot) if plot else None})
+        return
+    out.print(f"[bold]{trace.name}[/] (availability trace): {summary.events:,} events over "
+              f"{_duration(summary.duration_s)}; {summary.min_count}–{summary.max_count} instances up "
+              f"(time-weighted mean {summary.mean_count:.1f})")
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=False)
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    t.add_row("instances up, p" + "/p".join(map(str, COUNT_PERCENTILES)) + " of the time",
+              "/".join(map(str, summary.count_pct)))
+    t.add_row("removals (instances) / additions", f"{summary.removals:,} / {summary.additions:,}")
+    t.add_row("removals per hour", f"{summary.removals_per_hour:.2f}")
+    t.add_row("removal hazard per instance-hour up", f"{summary.hazard_per_node_hour:.3f}")
+    t.add_row("most instances removed at once", f"{summary.largest_removal}")
+    out.print(t)
+    if plot is not None:
+        out.print(f"instances-up plot: {plot}")
 
 
 def _plot(times_s: Any, series: dict[str, Any], path: Path, *, title: str, unit: str) -> None:

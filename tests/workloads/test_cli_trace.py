@@ -158,3 +158,21 @@ def test_inspect_plot_must_be_a_png_path(tmp_path: Path, capsys: Cap, monkeypatc
     res = invoke(capsys, monkeypatch, "trace", "inspect", str(src), "--plot", str(tmp_path / plot))
     _one_line_error(res, "--plot", ".png")
     assert not (tmp_path / f"{plot}.png").exists()
+
+
+def test_inspect_an_availability_trace(tmp_path: Path, capsys: Cap, monkeypatch: Patch) -> None:
+    path = write(tmp_path / "spot.csv", "0,add,n1\n0,add,n2\n0,add,n3\n600000,remove,n2\n1200000,add,n4\n")
+    res = invoke(capsys, monkeypatch, "trace", "inspect", str(path), "--json")
+    assert res.code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert (data["events"], data["removals"], data["additions"], data["max_count"]) == (5, 1, 4, 3)
+    res = invoke(capsys, monkeypatch, "trace", "inspect", str(path))
+    assert "spot (availability trace): 5 events" in res.stdout and "removals per hour" in res.stdout
+
+
+def test_a_folder_of_traces_names_one_to_pass(tmp_path: Path, capsys: Cap, monkeypatch: Patch) -> None:
+    (tmp_path / "zone").mkdir()
+    write(tmp_path / "zone" / "b.json", '{"metadata": {"gap_seconds": 300}, "data": [1, 1]}')
+    for args in (("trace", "inspect", str(tmp_path)), ("forecast", "--trace", str(tmp_path))):
+        res = invoke(capsys, monkeypatch, *args)
+        _one_line_error(res, "holds 1 trace files: pass one, e.g.", "b.json", "or an availability trace")

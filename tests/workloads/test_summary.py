@@ -7,7 +7,8 @@ import pytest
 
 from core.requests import RequestTable
 from tests.factories import make_table
-from workloads.summary import nice_bin_s, rate_over_time, summarize
+from workloads.availability import AvailabilityTrace
+from workloads.summary import nice_bin_s, rate_over_time, summarize, summarize_availability
 
 
 def _long_tail() -> RequestTable:
@@ -48,3 +49,14 @@ def test_rate_over_time_integrates_to_the_request_count() -> None:
 
 def test_nice_bins() -> None:
     assert [nice_bin_s(x) for x in (0.2, 3, 45, 3000, 90_000)] == [1, 5, 60, 3600, 172_800]
+
+
+def test_availability_summary_weights_counts_by_how_long_they_held() -> None:
+    # 4 instances for 1 h, 1 for 2 h (3 removed at once), 3 for 1 h: 4 hours observed.
+    trace = AvailabilityTrace("pool", np.array([0.0, 3600.0, 3600.0, 10800.0]), np.array([4, -2, -1, 2]), 14400.0)
+    s = summarize_availability(trace)
+    assert (s.min_count, s.max_count, s.count_pct) == (1, 4, (1, 1, 4))
+    assert s.mean_count == pytest.approx((4 + 2 + 3) / 4)
+    assert (s.removals, s.additions, s.largest_removal) == (3, 6, 3)
+    assert s.removals_per_hour == pytest.approx(0.75)
+    assert s.hazard_per_node_hour == pytest.approx(3 / 9)  # 9 instance-hours up
