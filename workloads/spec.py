@@ -60,6 +60,7 @@ Positive = Annotated[float, Field(gt=0)]
 Name = Annotated[str, Field(min_length=1)]  # model and class names: an empty one would be an empty CSV field
 MAX_DURATION_S = 366 * 86400.0  # a year: arrivals are merged at microsecond ticks in 64-bit keys
 MAX_SPLIT_MODELS = 10_000  # models a split creates (as ModelSpec.copies allows per fleet entry)
+NOT_THE_FLEETS = "is not the fleet's"  # the problem of a workload's model or class the fleet lacks
 
 
 class Lognormal(BaseModel):
@@ -355,11 +356,12 @@ def _on_fleet_names(table: RequestTable, fleet: FleetSpec) -> RequestTable:
     """Check every model and class is the fleet's, and use the fleet's dictionaries (all its models and classes,
     in fleet order), so indices mean the same in every table built for one fleet."""
     models, classes = fleet.model_names, [c.name for c in fleet.slo_classes]
-    for kind, names, known in (("models", table.model_names, models), ("slo classes", table.slo_names, classes)):
+    for kind, names, known in (("model", table.model_names, models), ("slo_class", table.slo_names, classes)):
         stray = [n for n in names if n not in set(known)]
         if stray:
             shown = ", ".join(known[:12]) + (" …" if len(known) > 12 else "")
-            raise InputError(kind, stray[0], f"one of fleet {fleet.name!r}'s {kind}: {shown}")
+            raise InputError(kind, stray[0], f"a {kind} of fleet {fleet.name!r} ({shown})",
+                             problem=f"{stray[0]!r} {NOT_THE_FLEETS}")
     model_pos = np.asarray([models.index(n) for n in table.model_names], np.int32)
     class_pos = np.asarray([classes.index(n) for n in table.slo_names], np.int16)
     return table.with_labels(model_idx=model_pos[table.model_idx], model_names=models,

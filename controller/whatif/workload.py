@@ -8,13 +8,16 @@ from the fleet's mix. Readers and transforms are the workloads package's; nothin
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from controller.whatif.options import WhatIfConfig
 from core.errors import InputError
 from core.fleet import FleetSpec
 from core.requests import RequestTable
-from workloads.spec import load_workload
+from workloads.availability import is_availability_trace
+from workloads.spec import NOT_THE_FLEETS, load_workload
 from workloads.synth import assign_slo_classes, scale_rate, split_models, time_slice
 
 # Independent seeds for the CLI's stages, derived from --seed (the source itself is loaded with --seed).
@@ -28,7 +31,17 @@ def prepare_workload(config: WhatIfConfig, fleet: FleetSpec, *, rate_scale: floa
         raise InputError("--split-models", split, f"at most the fleet's {len(fleet.models)} models")
     if config.zipf_exponent is not None and split is None:
         raise InputError("--zipf", config.zipf_exponent, "only together with --split-models N")
-    table = load_workload(config.workload, fleet=None if split else fleet, seed=config.seed)
+    if is_availability_trace(config.workload):
+        raise InputError("--workload", config.workload, "a request trace or workload YAML (a spot pool of the fleet "
+                         "replays an availability trace: its availability_trace)",
+                         problem=f"{Path(config.workload).name} is a spot availability trace, not requests")
+    try:
+        table = load_workload(config.workload, fleet=None if split else fleet, seed=config.seed)
+    except InputError as exc:
+        if not exc.problem.endswith(NOT_THE_FLEETS) or split is not None:
+            raise
+        raise InputError(exc.where, exc.value, f"{exc.allowed}; or --split-models N, which spreads the workload "
+                         "over the fleet's first N models and its SLO mix", problem=exc.problem) from None
     table = _slice(table, config)
     scale = config.rate_scale if rate_scale is None else rate_scale
     if scale != 1.0:

@@ -67,6 +67,31 @@ def test_bad_workload_options_are_input_errors(tmp_path, kw: dict, option: str) 
         prepare_workload(_config(tmp_path, **kw), _fleet())
 
 
+def test_a_workload_with_classes_the_fleet_lacks_suggests_split_models(tmp_path) -> None:
+    path = tmp_path / "w.yaml"  # a workload that names its own classes: a plain trace's are mapped onto the fleet
+    path.write_text("""apiVersion: fleetwise/v1
+kind: Workload
+metadata: {name: gold}
+spec:
+  source: {synthetic: {duration_s: 60, models: [{model: a, rate_per_s: 2.0}]}}
+  slo: {mix: {gold: 1.0}}
+""")
+    config = WhatIfConfig(fleet="unused.yaml", workload=str(path), policies=("dedicated",))
+    with pytest.raises(InputError, match=r"slo_class: 'gold' is not the fleet's; .*\(interactive, batch\); or "
+                                         r"--split-models N"):
+        prepare_workload(config, _fleet())
+    split = prepare_workload(config.model_copy(update={"split_models": 1}), _fleet())
+    assert set(split.slo_names) <= {"interactive", "batch"} and len(split) > 0
+
+
+def test_an_availability_trace_as_the_workload_says_where_it_belongs(tmp_path) -> None:
+    path = tmp_path / "spot.csv"
+    path.write_text("0,add,n1\n60000,remove,n1\n")
+    config = WhatIfConfig(fleet="unused.yaml", workload=str(path), policies=("dedicated",))
+    with pytest.raises(InputError, match="--workload: spot.csv is a spot availability trace, not requests; .*availability_trace"):
+        prepare_workload(config, _fleet())
+
+
 def test_a_slice_without_requests_names_the_range_they_arrive_in(tmp_path) -> None:
     path = tmp_path / "epoch.csv"
     table = make_table(50, models=("a",), rate_per_s=5.0, seed=1)
