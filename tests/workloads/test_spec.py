@@ -157,5 +157,5 @@ def test_yaml_errors_carry_the_line(tmp_path: Path) -> None:
 def test_fleet_mismatch_is_reported(tmp_path: Path) -> None:
     path = _spec(tmp_path, {"source": {"synthetic": {"duration_s": 10, "models": [{"model": "a", "rate_per_s": 1}]}},
                             "models": {"mode": "rename", "rename": {"a": "ghost"}}})
-    with pytest.raises(InputError, match="ghost.*fleet 'test''s models"):
+    with pytest.raises(InputError, match="model: 'ghost' is not the fleet's; a model of fleet 'test' \\(chat\\)"):
         load_workload(path, fleet=make_fleet())
