@@ -147,10 +147,8 @@ def summarize_availability(trace: AvailabilityTrace) -> AvailabilitySummary:
     cuts = np.unique(np.concatenate([[start, trace.duration_s], trace.time_s]))
     cuts = cuts[(cuts >= start) & (cuts <= trace.duration_s)]
     levels, spans = trace.count_at(cuts[:-1]), np.diff(cuts)
-    order = np.argsort(levels, kind="stable")
-    share = np.cumsum(spans[order]) / max(spans.sum(), 1e-12)
-    pct = tuple(int(levels[order][min(np.searchsorted(share, q / 100), len(order) - 1)]) if len(order) else 0
-                for q in COUNT_PERCENTILES)
+    pct = tuple(int(v) for v in np.quantile(levels, np.asarray(COUNT_PERCENTILES) / 100, weights=spans,
+                                            method="inverted_cdf")) if spans.sum() > 0 else (0,) * len(COUNT_PERCENTILES)
     removed = -trace.delta[trace.delta < 0]
     at_once = _removed_at_once(trace)
     span_s = max(trace.duration_s - start, 1e-12)
