@@ -2,6 +2,7 @@
 
 - a request trace (Azure CSV, Mooncake JSONL, canonical CSV): requests per interval per model;
 - a ServeGen folder: requests per interval per client (rate × window), windows summed into longer intervals;
+- a rate profile (SpotServe's arrival-rates.csv): expected requests per interval (rate × interval);
 - an availability trace (Parcae, SpotServe, SkyPilot): GPUs up at each interval boundary.
 """
 
@@ -22,9 +23,10 @@ from workloads.availability import (
     read_availability,
 )
 from workloads.formats import detect_format, read_trace
+from workloads.rates import read_rate_profile
 from workloads.servegen import ServeGenSet, read_servegen
 
-SourceKind = Literal["requests", "servegen", "availability"]
+SourceKind = Literal["requests", "servegen", "rates", "availability"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +66,10 @@ def load_source(path: str | Path, *, interval_s: float, model: str | None = None
     if kind == "servegen":
         series = servegen_counts(read_servegen(path), interval_s)
         return SeriesSource("servegen", series, _pick_client(model, series.names))
+    if kind == "rates":
+        profile = read_rate_profile(path)
+        series = CountSeries((profile.name,), profile.counts(interval_s)[None, :], 0.0, interval_s)
+        return SeriesSource("rates", series, _pick(model, series.names, "model") or profile.name)
     table = read_trace(path)
     series = count_series(table, interval_s, by="model")
     if len(series.names) == 1 and model is None:

@@ -12,19 +12,21 @@ from core.requests import RequestTable
 from workloads.azure import AZURE_COLUMNS, read_azure
 from workloads.canonical import CANONICAL_COLUMNS, read_canonical
 from workloads.mooncake import read_mooncake
+from workloads.rates import is_rate_profile
 from workloads.servegen import is_servegen_folder
 
-TraceFormat = Literal["azure", "mooncake", "canonical", "servegen"]
-FORMATS: tuple[str, ...] = ("azure", "mooncake", "canonical", "servegen")
+TraceFormat = Literal["azure", "mooncake", "canonical", "servegen", "rates"]
+FORMATS: tuple[str, ...] = ("azure", "mooncake", "canonical", "servegen", "rates")
 _KNOWN = (
     "a ServeGen folder, a Mooncake .jsonl file, a CSV with the header TIMESTAMP,ContextTokens,GeneratedTokens "
-    "(Azure) or arrival_s,model,slo_class,prompt_tokens,output_tokens (canonical), or a workload .yaml"
+    "(Azure) or arrival_s,model,slo_class,prompt_tokens,output_tokens (canonical), a rate profile (a CSV of "
+    "requests/s per minute, as SpotServe's arrival-rates.csv), or a workload .yaml"
 )
 
 
 def detect_format(path: str | Path) -> TraceFormat:
-    """The format of a trace path: a folder of chunk files is ServeGen, `.jsonl`/`.json` is Mooncake, a CSV is
-    Azure or canonical by its header."""
+    """The format of a trace path: a folder of chunk files is ServeGen, `.jsonl`/`.json` is Mooncake, a CSV of
+    numbers only is a rate profile, another CSV is Azure or canonical by its header."""
     path = Path(path)
     if path.is_dir():
         if is_servegen_folder(path):
@@ -37,6 +39,8 @@ def detect_format(path: str | Path) -> TraceFormat:
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in (".jsonl", ".json"):
         return "mooncake"
+    if is_rate_profile(path):
+        return "rates"
     try:
         header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
     except (ValueError, UnicodeDecodeError):
@@ -76,5 +80,6 @@ def read_trace(
         return read_mooncake(path, model=model or "mooncake", slo_class=slo_class)
     if fmt == "canonical":
         return read_canonical(path)
-    raise InputError("format", fmt, "a request trace file (azure, mooncake, canonical); ServeGen folders hold "
-                     "rates: synthesise requests from them with workloads.servegen.synthesize")
+    raise InputError("format", fmt, "a request trace file (azure, mooncake, canonical); ServeGen folders and rate "
+                     "profiles hold rates: synthesise requests from them with workloads.servegen.synthesize or "
+                     "workloads.rates.synthesize_profile")

@@ -1,8 +1,9 @@
 """Workload specs and `load_workload`, the one entry point that turns any workload source into a `RequestTable`.
 
 A workload YAML (`apiVersion: fleetwise/v1`, `kind: Workload`) names a source — a trace (Azure CSV, Mooncake
-JSONL, canonical CSV or a ServeGen folder; paths relative to the YAML file) or a synthetic generator — and the
-transforms applied to it, always in this order: time slice → rate scale → models → SLO classes.
+JSONL, canonical CSV, a ServeGen folder or a rate profile; paths relative to the YAML file) or a synthetic
+generator — and the transforms applied to it, always in this order: time slice → rate scale → models → SLO
+classes.
 
 ```yaml
 apiVersion: fleetwise/v1
@@ -39,6 +40,7 @@ from core.requests import MAX_TOKENS, RequestTable, max_requests
 from core.yamlspec import load_yaml_model
 from workloads.formats import detect_format, read_trace
 from workloads.lengths import AZURE_CONV_LENGTHS, EmpiricalLengths, LengthModel, LognormalLengths
+from workloads.rates import DEFAULT_INTERVAL_S, read_rate_profile, synthesize_profile
 from workloads.servegen import read_servegen, synthesize
 from workloads.synth import (
     assign_slo_classes,
@@ -91,15 +93,21 @@ class LengthsSpec(BaseModel):
 
 
 class TraceSource(BaseModel):
-    """A recorded trace. ServeGen folders are turned into requests by `workloads.servegen.synthesize`."""
+    """A recorded trace. ServeGen folders and rate profiles hold rates, not requests: they are turned into requests
+    by `workloads.servegen.synthesize` and `workloads.rates.synthesize_profile`."""
 
     model_config = _STRICT
-    path: str = Field(description="Trace file or ServeGen folder, relative to the YAML file.")
-    format: Literal["auto", "azure", "mooncake", "canonical", "servegen"] = "auto"
-    model: Name | None = Field(default=None, description="Model name for single-model traces (Azure, Mooncake).")
+    path: str = Field(description="Trace file, rate profile or ServeGen folder, relative to the YAML file.")
+    format: Literal["auto", "azure", "mooncake", "canonical", "servegen", "rates"] = "auto"
+    model: Name | None = Field(default=None, description="Model name for single-model traces (Azure, Mooncake, "
+                                                         "rate profiles).")
     per_client: bool = Field(default=True, description="ServeGen: one model per client (else one per folder).")
     model_prefix: str | None = Field(default=None, description="ServeGen: model name prefix (default: folder).")
-    lengths: LengthsSpec | None = Field(default=None, description="ServeGen: lengths (default: Azure conv fit).")
+    lengths: LengthsSpec | None = Field(default=None, description="ServeGen, rate profiles: lengths (default: "
+                                                                  "Azure conv fit).")
+    interval_s: Positive | None = Field(default=None, description="Rate profile: seconds per rate (default 60).")
+    cv: Positive | None = Field(default=None, description="Rate profile: inter-arrival CV inside each interval "
+                                                          "(default 1, Poisson; > 1 bursty).")
 
 
 class ModelRate(BaseModel):
@@ -223,7 +231,8 @@ def load_workload(
     source: str | Path, *, fleet: FleetSpec | None = None, seed: int = 0, on_progress: Progress | None = None
 ) -> RequestTable:
     """Any workload source as a `RequestTable`: a workload YAML, a trace file (format detected from extension and
-    header) or a ServeGen folder (one model per client, lengths from the Azure conversation fit).
+    header), a ServeGen folder (one model per client) or a rate profile (per-minute rates, Poisson within each
+    minute, one model named after the file); the last two with lengths from the Azure conversation fit.
 
     With `fleet`, models and SLO classes are mapped onto the fleet's (see the module docstring). Deterministic
     for a given source, fleet and seed. `on_progress(done, total)` reports ServeGen synthesis progress.
@@ -232,9 +241,12 @@ def load_workload(
     if path.suffix.lower() in (".yaml", ".yml"):
         return build_workload(load_workload_spec(path), base_dir=path.parent, fleet=fleet, seed=seed,
                               on_progress=on_progress)
-    if detect_format(path) == "servegen":
+    fmt = detect_format(path)
+    if fmt == "servegen":
         table = synthesize(read_servegen(path), lengths=AZURE_CONV_LENGTHS, seed=_stage_seed(seed, 0),
                            on_progress=on_progress)
+    elif fmt == "rates":
+        table = synthesize_profile(read_rate_profile(path), lengths=AZURE_CONV_LENGTHS, seed=_stage_seed(seed, 0))
     else:
         table = read_trace(path)
     return _onto_fleet(table, None, None, fleet, seed) if fleet is not None else table
@@ -251,10 +263,17 @@ def build_workload(
         fleet = load_fleet(base_dir / body.fleet)
     trace = body.source.trace
     fmt = None if trace is None else (detect_format(base_dir / trace.path) if trace.format == "auto" else trace.format)
+    if trace is not None:
+        _check_trace_fields(trace, fmt)
     if trace is not None and fmt == "servegen":
         table = _from_servegen(trace, body, base_dir, seed, on_progress)
     else:
-        if trace is not None:
+        if trace is not None and fmt == "rates":
+            lengths = _lengths(trace.lengths, base_dir) if trace.lengths else AZURE_CONV_LENGTHS
+            profile = read_rate_profile(base_dir / trace.path, interval_s=trace.interval_s or DEFAULT_INTERVAL_S)
+            table = synthesize_profile(profile, lengths=lengths, seed=_stage_seed(seed, 0), model=trace.model,
+                                       cv=trace.cv or 1.0)
+        elif trace is not None:
             table = read_trace(base_dir / trace.path, format=fmt, model=trace.model)  # type: ignore[arg-type]
         else:
             assert body.source.synthetic is not None
@@ -264,6 +283,18 @@ def build_workload(
         if body.rate_scale != 1:
             table = scale_rate(table, body.rate_scale, seed=_stage_seed(seed, 1))
     return _onto_fleet(table, body.models, body.slo, fleet, seed)
+
+
+# Fields of `TraceSource` that only some formats read: given for another, they would be silently ignored.
+_FORMAT_FIELDS = {"per_client": ("servegen",), "model_prefix": ("servegen",), "lengths": ("servegen", "rates"),
+                  "interval_s": ("rates",), "cv": ("rates",)}
+
+
+def _check_trace_fields(trace: TraceSource, fmt: str) -> None:
+    for name, formats in _FORMAT_FIELDS.items():
+        if name in trace.model_fields_set and fmt not in formats:
+            raise InputError(f"spec.source.trace.{name}", getattr(trace, name),
+                             f"only for a {' or '.join(formats)} source (this trace is {fmt})")
 
 
 def _from_servegen(

@@ -1,5 +1,6 @@
-"""What a trace looks like: totals, per-model rates and length percentiles, and the arrival rate over time; for an
-availability trace, how many instances were up and how often they were taken away.
+"""What a trace looks like: totals, per-model rates and length percentiles, and the arrival rate over time; for a
+rate profile, the spread of its rates; for an availability trace, how many instances were up and how often they
+were taken away.
 
 Long-tail traces (hundreds of models) are summarised as the busiest `top` models plus one "others" row.
 """
@@ -12,6 +13,7 @@ import numpy as np
 
 from core.requests import RequestTable
 from workloads.availability import AvailabilityTrace
+from workloads.rates import RateProfile
 from workloads.servegen import ServeGenSet
 
 PERCENTILES = (50, 90, 99)
@@ -170,3 +172,36 @@ def _removed_at_once(trace: AvailabilityTrace) -> int:
         return 0
     times, index = np.unique(trace.time_s[gone], return_inverse=True)
     return int(np.bincount(index, weights=-trace.delta[gone], minlength=len(times)).max())
+
+
+RATE_PERCENTILES = (10, 50, 90)
+
+
+@dataclass(frozen=True)
+class RateSummary:
+    """A rate profile at a glance: how much traffic, and how unevenly it comes."""
+
+    name: str
+    intervals: int
+    interval_s: float
+    duration_s: float
+    expected_requests: float
+    mean_rate_per_s: float
+    rate_pct: tuple[float, ...]  # at RATE_PERCENTILES, over intervals
+    peak_rate_per_s: float
+    peak_to_mean: float  # what a fleet sized for the mean rate would miss at the peak
+    idle_intervals: int  # intervals at rate 0
+    largest_step: float  # largest change from one interval to the next, as a share of the mean rate
+
+
+def summarize_rates(profile: RateProfile) -> RateSummary:
+    r = profile.rates_per_s
+    mean = float(r.mean())
+    step = float(np.abs(np.diff(r)).max() / mean) if len(r) > 1 and mean > 0 else 0.0
+    return RateSummary(
+        name=profile.name, intervals=len(r), interval_s=profile.interval_s, duration_s=profile.duration_s,
+        expected_requests=profile.expected_requests, mean_rate_per_s=mean,
+        rate_pct=tuple(float(v) for v in np.percentile(r, RATE_PERCENTILES)), peak_rate_per_s=float(r.max()),
+        peak_to_mean=float(r.max() / mean) if mean > 0 else 0.0, idle_intervals=int((r == 0).sum()),
+        largest_step=step,
+    )

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from core.fleet import FleetSpec
     from core.requests import RequestTable
     from workloads.availability import AvailabilityTrace
+    from workloads.rates import RateProfile
     from workloads.servegen import ServeGenSet
     from workloads.spec import WorkloadSpec
     from workloads.summary import TraceSummary
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Request traces and workloads: inspect and convert.", no_args_is_help=True)
 
 Source = Annotated[Path, typer.Argument(help="Trace file (Azure CSV, Mooncake JSONL, canonical CSV), ServeGen "
-                                             "folder, or workload YAML (kind: Workload).")]
+                                             "folder, rate profile (CSV of requests/s per minute), or workload "
+                                             "YAML (kind: Workload).")]
 FleetOpt = Annotated[Path | None, typer.Option("--fleet", help="Map models and SLO classes onto this fleet.")]
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Seed for synthesis, splits and SLO draws.")]
 # Where each convert option lands in the workload spec it builds (so a spec error names the option).
@@ -51,12 +53,14 @@ def inspect(
 ) -> None:
     """Requests, duration, per-model rate and prompt/output length percentiles (p50/p90/p99).
 
-    A ServeGen folder without --fleet is summarised from its rate series (per client), without synthesising it; an
-    availability trace (Parcae / SpotServe CSV, SpotServe segment, SkyPilot JSON) by its instances up and removals.
+    A ServeGen folder or a rate profile without --fleet is summarised from its rates, without synthesising
+    requests; an availability trace (Parcae / SpotServe CSV, SpotServe segment, SkyPilot JSON) by its instances up
+    and removals.
     """
     from controller.outputs import check_output
     from workloads.availability import is_availability_trace, or_availability, read_availability
     from workloads.formats import detect_format
+    from workloads.rates import read_rate_profile
     from workloads.servegen import read_servegen
 
     check_output("--plot", plot, suffix=".png", inputs=(source, fleet))
@@ -64,8 +68,13 @@ def inspect(
         _inspect_availability(read_availability(source), source, plot=plot, json_out=json_out)
         return
     try:
-        if fleet is None and source.is_dir() and detect_format(source) == "servegen":
+        is_yaml = source.suffix.lower() in (".yaml", ".yml")
+        kind = detect_format(source) if fleet is None and not is_yaml else None
+        if kind == "servegen":
             _inspect_servegen(read_servegen(source), source, plot=plot, json_out=json_out, top=top)
+            return
+        if kind == "rates":
+            _inspect_rates(read_rate_profile(source), source, plot=plot, json_out=json_out)
             return
         table = _load(source, fleet, seed)
     except InputError as exc:
@@ -112,8 +121,9 @@ def convert(
     with _progress("writing") as report:
         write_canonical(table, dest)
         report(1, 1)
-    out.print(f"wrote {len(table):,} requests ({len(table.model_names)} models, {table.duration_s / 60:.1f} min) "
-              f"to {dest}")
+    models = len(table.model_names)
+    out.print(f"wrote {len(table):,} requests ({models} model{'s' if models != 1 else ''}, "
+              f"{table.duration_s / 60:.1f} min) to {dest}")
 
 
 def _spec_from_options(source: Path, *, model: str | None, slo_class: str | None, start_s: float | None,
@@ -275,6 +285,27 @@ def _inspect_servegen(sg: ServeGenSet, source: Path, *, plot: Path | None, json_
     out.print(t)
 
 
+def _inspect_rates(profile: RateProfile, source: Path, *, plot: Path | None, json_out: bool) -> None:
+    import numpy as np
+
+    from workloads.summary import RATE_PERCENTILES, summarize_rates
+
+    summary = summarize_rates(profile)
+    if plot is not None:
+        _plot(profile.interval_s * np.arange(summary.intervals), {"all": profile.rates_per_s}, plot,
+              title=f"{profile.name}: rate per {profile.interval_s:g} s", unit="requests/s")
+    _figures(summary, source, plot=plot, json_out=json_out, plotted="rate plot", headline=(
+        f"[bold]{profile.name}[/] (rate profile): {summary.intervals:,} intervals of {profile.interval_s:g} s = "
+        f"{_duration(summary.duration_s)}; {summary.expected_requests:,.0f} requests expected "
+        f"(mean {summary.mean_rate_per_s:,.3f} req/s)"), rows=[
+        ("rate p" + "/p".join(map(str, RATE_PERCENTILES)) + " (req/s)", "/".join(f"{v:,.3f}" for v in summary.rate_pct)),
+        ("peak rate (req/s) / peak ÷ mean", f"{summary.peak_rate_per_s:,.3f} / {summary.peak_to_mean:.2f}"),
+        ("largest change between intervals (share of the mean)", f"{100 * summary.largest_step:.1f} %"),
+        ("intervals without traffic", f"{summary.idle_intervals:,}"),
+    ], note="whatif and trace convert draw requests from it: Poisson within each interval, lengths from the Azure "
+            "conversation fit (set both in a workload YAML)")
+
+
 def _inspect_availability(trace: AvailabilityTrace, source: Path, *, plot: Path | None, json_out: bool) -> None:
     import numpy as np
 
@@ -286,24 +317,36 @@ def _inspect_availability(trace: AvailabilityTrace, source: Path, *, plot: Path 
         counts = trace.counts(step_s)
         _plot(step_s * np.arange(len(counts)), {"all": counts}, plot, title=f"{trace.name}: instances up",
               unit="instances")
+    _figures(summary, source, plot=plot, json_out=json_out, plotted="instances-up plot", headline=(
+        f"[bold]{trace.name}[/] (availability trace): {summary.events:,} events over "
+        f"{_duration(summary.duration_s)}; {summary.min_count}–{summary.max_count} instances up "
+        f"(time-weighted mean {summary.mean_count:.1f})"), rows=[
+        ("instances up, p" + "/p".join(map(str, COUNT_PERCENTILES)) + " of the time",
+         "/".join(map(str, summary.count_pct))),
+        ("removals (instances) / additions", f"{summary.removals:,} / {summary.additions:,}"),
+        ("removals per hour", f"{summary.removals_per_hour:.2f}"),
+        ("removal hazard per instance-hour up", f"{summary.hazard_per_node_hour:.3f}"),
+        ("most instances removed at once", f"{summary.largest_removal}"),
+    ])
+
+
+def _figures(summary: Any, source: Path, *, plot: Path | None, json_out: bool, headline: str,
+             rows: list[tuple[str, str]], plotted: str, note: str | None = None) -> None:
+    """A summary dataclass as JSON, or as a headline over a two-column table of figures."""
     if json_out:
         print_json(asdict(summary) | {"source": str(source), "plot": str(plot) if plot else None})
         return
-    out.print(f"[bold]{trace.name}[/] (availability trace): {summary.events:,} events over "
-              f"{_duration(summary.duration_s)}; {summary.min_count}–{summary.max_count} instances up "
-              f"(time-weighted mean {summary.mean_count:.1f})")
+    out.print(headline)
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=False)
     t.add_column("figure")
     t.add_column("value", justify="right")
-    t.add_row("instances up, p" + "/p".join(map(str, COUNT_PERCENTILES)) + " of the time",
-              "/".join(map(str, summary.count_pct)))
-    t.add_row("removals (instances) / additions", f"{summary.removals:,} / {summary.additions:,}")
-    t.add_row("removals per hour", f"{summary.removals_per_hour:.2f}")
-    t.add_row("removal hazard per instance-hour up", f"{summary.hazard_per_node_hour:.3f}")
-    t.add_row("most instances removed at once", f"{summary.largest_removal}")
+    for figure, value in rows:
+        t.add_row(figure, value)
     out.print(t)
+    if note:
+        out.print(f"[dim]{note}[/]")
     if plot is not None:
-        out.print(f"instances-up plot: {plot}")
+        out.print(f"{plotted}: {plot}")
 
 
 def _plot(times_s: Any, series: dict[str, Any], path: Path, *, title: str, unit: str) -> None:

@@ -41,7 +41,8 @@ def _number(option: str, *, minimum: float, inclusive: bool, integer: bool = Fal
 def whatif(
     fleet: Annotated[Path, typer.Option("--fleet", help="Fleet YAML (apiVersion: fleetwise/v1, kind: Fleet).")],
     workload: Annotated[str, typer.Option("--workload", help="Trace file (Azure, Mooncake, canonical CSV), "
-                                                               "ServeGen folder or workload YAML.")],
+                                                               "ServeGen folder, rate profile (CSV of requests/s per "
+                                                               "minute) or workload YAML.")],
     policy: Annotated[str, typer.Option("--policy", help="Comma-separated policies to compare.")] = DEFAULT_POLICIES,
     report_json: Annotated[Path | None, typer.Option("--report-json", help="Write the report JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: attainment and cost, attainment over "
@@ -50,8 +51,8 @@ def whatif(
                                               metavar="FLOAT", help="Multiply the arrival rate.")] = 1.0,
     start: Annotated[float, typer.Option(
         "--start", parser=_number("--start", minimum=0, inclusive=True), metavar="SECONDS",
-        help="Replay from this time on the workload's clock (Azure, Mooncake, ServeGen: seconds from its start; "
-             "a canonical CSV: its times as written).")] = 0.0,
+        help="Replay from this time on the workload's clock (Azure, Mooncake, ServeGen, rate profiles: seconds "
+             "from its start; a canonical CSV: its times as written).")] = 0.0,
     duration: Annotated[float | None, typer.Option(
         "--duration", parser=_number("--duration", minimum=0, inclusive=False), metavar="SECONDS",
         help="Replay only this long (from --start).")] = None,
