@@ -37,22 +37,19 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from controller.whatif.options import WhatIfConfig
-from controller.whatif.policies import POLICIES, PolicyContext, mean_rate_scenarios
-from controller.whatif.predictive import fleetwise_setup
+from controller.whatif.policies import POLICIES, PolicyContext
 from controller.whatif.workload import prepare_workload
 from core.fleet import load_fleet
-from simulator.availability import availability_changes
+from simulator.availability import spot_replay
 from simulator.config import SimConfig
 from simulator.fleet import FleetSimulation
 from simulator.latency import build_latency_book
-from workloads.availability import AvailabilityTrace, read_availability
 
 RESULTS = ROOT / "bench" / "results"
 TRACES = ROOT.parent / "shared" / "data" / "traces"
@@ -94,31 +91,17 @@ def simulate(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _setup(policy: str, fleet, book, table, traces, seed: int = SEED, options: dict[str, Any] | None = None):
-    """The policy's planner; `options` override FleetwisePlanner fields of fleetwise, oracle and spotserve."""
-    if policy in ("fleetwise", "oracle", "spotserve") and (traces or options):
-        options = dict(options or {}) | ({"spot_policy": "reactive", "name": "spotserve"} if policy == "spotserve"
-                                         else {})
-        return fleetwise_setup(fleet, book, table, mean_rate_scenarios(table, fleet), seed=seed,
-                               oracle=policy == "oracle", availability=traces or None, planner_options=options)
-    return POLICIES[policy](PolicyContext(fleet, book, table, seed))
+    """The policy's planner from the what-if registry; `options` override FleetwisePlanner fields of fleetwise,
+    oracle and spotserve."""
+    return POLICIES[policy](PolicyContext(fleet, book, table, seed, availability=traces, planner_options=options or {}))
 
 
 def _availability(fleet, fleet_dir: Path, offset_s: float | None):
     """Per-GPU changes of every spot pool from trace time `offset_s` on, and each trace on the simulation clock."""
     if offset_s is None:
         return [], {}
-    changes, traces = [], {}
-    for pool in fleet.pools:
-        if not pool.availability_trace:
-            continue
-        trace = read_availability(fleet_dir / pool.availability_trace)
-        changes += availability_changes(trace, pool, start_s=0.0, offset_s=offset_s)
-        later = trace.time_s > offset_s
-        level = int(trace.count_at(offset_s))
-        traces[pool.name] = AvailabilityTrace(trace.name, np.concatenate([[0.0], trace.time_s[later] - offset_s]),
-                                              np.concatenate([[level], trace.delta[later]]).astype(np.int64),
-                                              trace.duration_s - offset_s)
-    return sorted(changes, key=lambda c: (c.time_s, c.gpu_id)), traces
+    replay = spot_replay(fleet, fleet_dir, offset_s=offset_s, start_s=0.0)
+    return replay.changes, replay.on_clock
 
 
 def _record_moves(planner, moves: list[dict[str, float]]) -> None:

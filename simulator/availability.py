@@ -7,10 +7,12 @@ fleet starts with every GPU up, so GPUs beyond the trace's count at its start le
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from core.errors import InputError
 from core.fleet import FleetSpec, PoolSpec
 from simulator.fleet import AvailabilityChange
 from workloads.availability import AvailabilityTrace, read_availability
@@ -33,12 +35,43 @@ def availability_changes(trace: AvailabilityTrace, pool: PoolSpec, *, start_s: f
     return changes
 
 
-def fleet_availability(fleet: FleetSpec, fleet_dir: str | Path, *, start_s: float = 0.0,
-                       offset_s: float = 0.0) -> list[AvailabilityChange]:
-    """The changes of every pool that names an `availability_trace` (a path relative to the fleet file)."""
-    out: list[AvailabilityChange] = []
+@dataclass(frozen=True)
+class SpotReplay:
+    """What a simulation replays of a fleet's spot traces: the per-GPU changes it applies, and each spot pool's trace
+    on the simulation clock (`on_clock`), which a forecasting planner reads up to now and an oracle whole."""
+
+    changes: list[AvailabilityChange]
+    on_clock: dict[str, AvailabilityTrace]
+
+
+def spot_replay(fleet: FleetSpec, fleet_dir: str | Path, *, offset_s: float = 0.0,
+                start_s: float = 0.0) -> SpotReplay:
+    """Every pool that names an `availability_trace` (a path relative to the fleet file), replayed from trace time
+    `offset_s` at simulation time `start_s`. An offset at or past a trace's end is an error naming `offset_s`."""
+    changes: list[AvailabilityChange] = []
+    on_clock: dict[str, AvailabilityTrace] = {}
     for pool in fleet.pools:
-        if pool.availability_trace:
-            trace = read_availability(Path(fleet_dir) / pool.availability_trace)
-            out += availability_changes(trace, pool, start_s=start_s, offset_s=offset_s)
-    return sorted(out, key=lambda c: (c.time_s, c.gpu_id))
+        if not pool.availability_trace:
+            continue
+        trace = read_availability(Path(fleet_dir) / pool.availability_trace)
+        if not 0 <= offset_s < trace.duration_s:
+            raise InputError("offset_s", offset_s, f"a trace time from 0 to before the end of pool {pool.name}'s "
+                             f"trace {trace.name} ({trace.duration_s:g} s)")
+        changes += availability_changes(trace, pool, start_s=start_s, offset_s=offset_s)
+        on_clock[pool.name] = on_simulation_clock(trace, offset_s=offset_s, start_s=start_s)
+    return SpotReplay(sorted(changes, key=lambda c: (c.time_s, c.gpu_id)), on_clock)
+
+
+def on_simulation_clock(trace: AvailabilityTrace, *, offset_s: float, start_s: float) -> AvailabilityTrace:
+    """`trace` from trace time `offset_s` on, moved so that `offset_s` falls at simulation time `start_s`. The count
+    at the offset holds from time 0 (nothing is known of the pool before the replay starts, and a forecaster
+    reading zeros there would take the pool for empty)."""
+    later = trace.time_s > offset_s
+    level = int(trace.count_at(offset_s))
+    shift = start_s - offset_s
+    nodes = ((),) + tuple(n for n, k in zip(trace.node_ids, later, strict=True) if k) if trace.node_ids else ()
+    times = np.concatenate([[0.0], trace.time_s[later] + shift])
+    deltas = np.concatenate([[level], trace.delta[later]]).astype(np.int64)
+    keep = deltas != 0  # a pool that starts empty has no first event
+    return AvailabilityTrace(trace.name, times[keep], deltas[keep], trace.duration_s + shift,
+                             tuple(n for n, k in zip(nodes, keep, strict=True) if k) if nodes else ())

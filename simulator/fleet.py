@@ -338,6 +338,8 @@ class FleetSimulation:
             worker.recover()
             self.raise_event(FleetEvent(EventKind.GPU_ADDED, now, worker_id=gpu_id))
         elif not up and worker.healthy:
+            if now > self.table.start_s:  # GPUs down at the start are the fleet's initial state, not removals
+                self.metrics.gpus_removed += 1
             worker.fail()
             self.raise_event(FleetEvent(EventKind.GPU_REMOVED, now, worker_id=gpu_id))
 

@@ -51,6 +51,7 @@ class MetricsRecorder:
         self.gpu_steps: list[tuple[float, int]] = []  # (time, GPUs billed from then on)
         self.num_completed = 0
         self.num_dropped = 0
+        self.gpus_removed = 0  # GPUs taken away after the run's start (spot preemptions, failures)
         self._buffer: list[tuple[int, float, float, int, int, int]] = []
 
     def finished(self, seqs: list[Sequence]) -> None:
@@ -127,13 +128,15 @@ class SimResult:
     num_events: int
     window_s: float
     config: dict[str, object] = field(default_factory=dict)
+    gpus_removed: int = 0  # GPUs taken away after the run's start (spot preemptions, failures)
 
     @classmethod
     def from_recorder(cls, rec: MetricsRecorder, fleet: FleetSpec, **totals) -> SimResult:
         rec.flush()
         return cls(rec.table, fleet, rec.first_token_s, rec.finish_s, rec.generated, rec.state, rec.drop_reason,
                    list(rec.reasons), rec.preemptions, rec.recomputed_tokens, rec.waited_at_router,
-                   rec.waited_for_activation, Counter(rec.actions), gpu_steps=list(rec.gpu_steps), **totals)
+                   rec.waited_for_activation, Counter(rec.actions), gpu_steps=list(rec.gpu_steps),
+                   gpus_removed=rec.gpus_removed, **totals)
 
     # -- per request -------------------------------------------------------------------------------------------
     @property
@@ -202,7 +205,7 @@ class SimResult:
             "preemptions": int(self.preemptions.sum()), "recomputed_tokens": int(self.recomputed_tokens.sum()),
             "waited_at_router": int(self.waited_at_router.sum()),
             "waited_for_activation": int(self.waited_for_activation.sum()),
-            "sim_span_s": span, "events": self.num_events,
+            "sim_span_s": span, "events": self.num_events, "gpus_removed": self.gpus_removed,
             "timeline": self.timeline(slo),
         }
 

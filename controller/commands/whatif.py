@@ -67,6 +67,12 @@ def whatif(
     replan_interval: Annotated[float, typer.Option(
         "--replan-interval", parser=_number("--replan-interval", minimum=1, inclusive=True), metavar="SECONDS",
         help="Planner tick in simulated seconds (planners also run on the events they subscribe to).")] = 10.0,
+    spot_start: Annotated[float, typer.Option(
+        "--spot-start", parser=_number("--spot-start", minimum=0, inclusive=True), metavar="SECONDS",
+        help="Replay the spot pools' availability traces from this time on their own clock (from the workload's "
+             "start).")] = 0.0,
+    no_spot: Annotated[bool, typer.Option("--no-spot", help="Keep every spot GPU up (no availability replay): "
+                                                            "what the preemptions cost.")] = False,
     sweep: Annotated[str | None, typer.Option("--sweep", metavar="rate=START:STOP:STEP",
                                               help="Load sweep, e.g. rate=0.6:1.6:0.2.")] = None,
     jobs: Annotated[int | None, typer.Option("--jobs", parser=_number("--jobs", minimum=1, inclusive=True,
@@ -84,7 +90,8 @@ def whatif(
     config = WhatIfConfig(
         fleet=str(fleet), workload=workload, policies=parse_policies(policy, policy_names()), rate_scale=rate_scale,
         start_s=start, duration_s=duration, split_models=split_models, zipf_exponent=zipf, seed=seed,
-        replan_interval_s=replan_interval, sweep=parse_sweep(sweep) if sweep else None,
+        replan_interval_s=replan_interval, sweep=parse_sweep(sweep) if sweep else None, spot_start_s=spot_start,
+        spot_replay=not no_spot,
     )
     check_paths(config)
     check_output("--report-json", report_json, suffix=".json", inputs=(fleet, workload))
@@ -118,7 +125,13 @@ def whatif(
 
 def _check_inputs(config: WhatIfConfig) -> None:
     """Load the fleet and the workload once in this process, so a bad file fails with one line before any run."""
+    from controller.whatif.runner import spot_replay_of
     from controller.whatif.workload import prepare_workload
     from core.fleet import load_fleet
 
-    prepare_workload(config, load_fleet(config.fleet))
+    fleet = load_fleet(config.fleet)
+    table = prepare_workload(config, fleet)
+    if config.spot_start_s and (not config.spot_replay or not any(p.availability_trace for p in fleet.pools)):
+        raise InputError("--spot-start", config.spot_start_s, "only with a fleet whose spot pools name an "
+                         "availability_trace, and without --no-spot")
+    spot_replay_of(config, fleet, table)

@@ -44,6 +44,9 @@ class WhatIfConfig(BaseModel):
     # never lets the simulation advance.
     replan_interval_s: Annotated[float, Field(ge=1.0)] = 10.0
     sweep: Sweep | None = None
+    # Spot pools replay their availability_trace from this trace time, starting with the workload.
+    spot_start_s: Annotated[float, Field(ge=0)] = 0.0
+    spot_replay: bool = True
 
 
 def parse_policies(text: str, known: list[str]) -> tuple[str, ...]:

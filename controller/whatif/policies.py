@@ -6,13 +6,14 @@ seed) and returns a `PolicySetup`: the planner and, optionally, the scenarios it
 what an operator would know before the run — each model's mean request rate and lengths over the workload
 (`mean_rate_scenarios`): the static ones (dedicated, MuxServe) size their placement from it, as their papers do;
 the reactive ones (QLM, Prism) use it only for the initial deployment and then react to what they observe.
-A predictive planner brings its own `scenarios_fn` (forecasts), an oracle one that reads the true future.
+A predictive planner brings its own `scenarios_fn` (forecasts), an oracle one that reads the true future. On a fleet
+whose spot pools name availability traces, the predictive planners also forecast (oracle: read) the pools' GPUs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from core.protocols import Planner
 from core.requests import RequestTable
 from core.state import FleetState
 from optimizers.baselines import DedicatedPlanner, MuxServePlanner, PrismPlanner, QLMPlanner
+from workloads.availability import AvailabilityTrace
 
 ScenariosFn = Callable[[FleetState], ScenarioSet | None]
 
@@ -35,6 +37,10 @@ class PolicyContext:
     latency: LatencyBook
     workload: RequestTable  # the requests that will be replayed (an oracle may read them; others must not)
     seed: int
+    # Each spot pool's replayed availability trace on the simulation clock (an oracle may read it whole; a
+    # forecasting planner sees it up to now).
+    availability: Mapping[str, AvailabilityTrace] = field(default_factory=dict)
+    planner_options: Mapping[str, object] = field(default_factory=dict)  # FleetwisePlanner fields (experiments)
 
 
 @dataclass(frozen=True)
@@ -63,16 +69,22 @@ POLICIES: dict[str, PolicyFactory] = {
     "prism": _baseline(PrismPlanner),
     "fleetwise": lambda ctx: _predictive(ctx, oracle=False),
     "oracle": lambda ctx: _predictive(ctx, oracle=True),
+    "spotserve": lambda ctx: _predictive(ctx, oracle=False, spot={"spot_policy": "reactive", "name": "spotserve"}),
 }
+# Policies that differ from `fleetwise` only on spot pools: SpotServe's reactive controller (REFERENCES.md: on each
+# availability change, the configuration that meets the arrival rate at the lowest latency, else the highest
+# throughput) in place of liveput, with the same forecasts and on-demand placement.
+SPOT_ONLY = frozenset({"spotserve"})
 
 
-def _predictive(ctx: PolicyContext, *, oracle: bool) -> PolicySetup:
+def _predictive(ctx: PolicyContext, *, oracle: bool, spot: Mapping[str, object] | None = None) -> PolicySetup:
     """`fleetwise` over forecasts of what the run has seen, or (`oracle`) over the true future: the same
     optimizer either way (controller/whatif/predictive.py)."""
     from controller.whatif.predictive import fleetwise_setup
 
     return fleetwise_setup(ctx.fleet, ctx.latency, ctx.workload, mean_rate_scenarios(ctx.workload, ctx.fleet),
-                           seed=ctx.seed, oracle=oracle)
+                           seed=ctx.seed, oracle=oracle, availability=ctx.availability or None,
+                           planner_options={**ctx.planner_options, **(spot or {})} or None)
 
 
 def policy_names() -> list[str]:

@@ -80,8 +80,10 @@ def comparison_table(report: Report, *, title: str = "What-if comparison") -> Ta
             cells = [f"[green]{c}[/]" if v == best else c for c, v in zip(cells, values)]
         t.add_row(label, *cells)
     requests = next(iter(policies.values()))["requests"]["total"] if policies else 0
-    t.caption = (f"{requests:,} requests; attainment counts dropped requests as misses; latency percentiles over "
-                 f"completed requests; green: best")
+    removed = max((f.get("gpus_removed", 0) for f in policies.values()), default=0)
+    spot = f"; {removed} GPUs removed by the spot pools' availability traces" if removed else ""
+    t.caption = (f"{requests:,} requests{spot}; attainment counts dropped requests as misses; latency percentiles "
+                 f"over completed requests; green: best")
     return t
 
 

@@ -1,7 +1,8 @@
 """Running what-if jobs: one simulation per (policy, sweep point), in parallel processes, with a progress bar.
 
 A `Job` is picklable and self-contained: the worker process loads the fleet, prepares the workload, builds the
-latency book and the policy's planner, runs `simulator.fleet.FleetSimulation` and returns the policy's figures
+latency book, the spot pools' availability replay and the policy's planner, runs `simulator.fleet.FleetSimulation`
+and returns the policy's figures
 (`SimResult.figures()`). Runs use `concurrent.futures.ProcessPoolExecutor`; progress (simulated time over the
 workload's span) flows back through a manager queue and drives one Rich progress bar per job.
 """
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -23,7 +25,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from controller.whatif.options import WhatIfConfig
 from controller.whatif.policies import POLICIES, PolicyContext
 from controller.whatif.workload import prepare_workload
-from core.fleet import load_fleet
+from core.errors import InputError
+from core.fleet import FleetSpec, load_fleet
+from core.requests import RequestTable
+from simulator.availability import SpotReplay, spot_replay
 from simulator.config import SimConfig
 from simulator.fleet import FleetSimulation
 from simulator.kernel import Priority
@@ -54,15 +59,28 @@ def sim_config(config: WhatIfConfig) -> SimConfig:
     return SimConfig(replan_interval_s=config.replan_interval_s)
 
 
+def spot_replay_of(config: WhatIfConfig, fleet: FleetSpec, table: RequestTable) -> SpotReplay:
+    """The fleet's spot traces from `config.spot_start_s` on, starting with the workload (none with --no-spot)."""
+    if not config.spot_replay:
+        return SpotReplay([], {})
+    try:
+        return spot_replay(fleet, Path(config.fleet).parent, offset_s=config.spot_start_s, start_s=table.start_s)
+    except InputError as exc:
+        if exc.where != "offset_s":
+            raise
+        raise InputError("--spot-start", config.spot_start_s, exc.allowed) from None
+
+
 def run_job(config: WhatIfConfig, job: Job, progress: Any = None) -> tuple[int, Figures]:
     """Simulate one job; `progress` (a queue, or a callable) receives (job index, fraction of the span)."""
     started = time.perf_counter()
     fleet = load_fleet(config.fleet)
     table = prepare_workload(config, fleet, rate_scale=config.rate_scale * job.point)
     book = build_latency_book(fleet)
-    setup = POLICIES[job.policy](PolicyContext(fleet, book, table, config.seed))
+    spot = spot_replay_of(config, fleet, table)
+    setup = POLICIES[job.policy](PolicyContext(fleet, book, table, config.seed, availability=spot.on_clock))
     sim = FleetSimulation(fleet, table, setup.planner, config=sim_config(config), book=book,
-                          scenarios_fn=setup.scenarios_fn)
+                          scenarios_fn=setup.scenarios_fn, availability=spot.changes)
     if progress is not None:
         report = progress if callable(progress) else progress.put
         sim.kernel.schedule(_ProgressTick.first(table.start_s, table.start_s + table.duration_s, job.index, report))

@@ -184,3 +184,49 @@ def test_report_must_not_overwrite_an_input(inputs: tuple[Path, Path], tmp_path:
     res = run_cli("whatif", "--fleet", str(fleet), "--workload", str(mooncake), "--report-json", str(mooncake))
     assert res.returncode == 2 and "--report-json" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert mooncake.read_text().startswith('{"timestamp": 0')
+
+
+@pytest.fixture(scope="module")
+def spot_fleet(inputs: tuple[Path, Path]) -> Path:
+    """The three models on one on-demand L4 and two spot L4s whose trace takes one away at 10 s and one at 20 s."""
+    folder = inputs[0].parent
+    (folder / "spot.csv").write_text("0,add,n1\n0,add,n2\n10000,remove,n2\n20000,remove,n1\n40000,add,n3\n")
+    spec = fleet_dict(pools=[{"name": "l4", "gpu": "L4", "count": 1, "gpus_per_node": 1},
+                             {"name": "l4-spot", "gpu": "L4", "count": 2, "gpus_per_node": 1, "spot": True,
+                              "price_per_hour": 0.3, "availability_trace": "spot.csv"}],
+                      models=MODELS, slo_classes=CLASSES,
+                      workload={"default_slo_mix": {"interactive": 0.6, "standard": 0.4}})
+    return write_fleet(folder / "spot-fleet.yaml", spec)
+
+
+def test_spot_pools_replay_their_trace(inputs: tuple[Path, Path], spot_fleet: Path, tmp_path: Path) -> None:
+    trace = inputs[1]
+    runs = {}
+    for name, extra in {"replay": ["--policy", "dedicated,spotserve"], "no-spot": ["--no-spot"],
+                        "later": ["--spot-start", "15"]}.items():
+        res = run_cli("whatif", "--fleet", str(spot_fleet), "--workload", str(trace), "--split-models", "3",
+                      "--duration", "45", "--policy", "dedicated", "--report-json", str(tmp_path / f"{name}.json"),
+                      *extra)
+        assert res.returncode == 0, res.stderr
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        if name == "replay":
+            assert "2 GPUs removed by the spot pools' availability traces" in " ".join(res.stdout.split())
+    assert {p: f["gpus_removed"] for p, f in runs["replay"]["policies"].items()} == {"dedicated": 2, "spotserve": 2}
+    assert runs["no-spot"]["policies"]["dedicated"]["gpus_removed"] == 0
+    assert runs["later"]["policies"]["dedicated"]["gpus_removed"] == 1  # from 15 s on, only the removal at 20 s
+    assert runs["replay"]["config"]["spot_start_s"] == 0 and runs["later"]["config"]["spot_start_s"] == 15
+
+
+@pytest.mark.parametrize(("fleet_of", "args", "message"), [
+    ("spot", ["--spot-start", "40"], ("--spot-start: 40.0 is not allowed; a trace time from 0 to before the end of "
+                                     "pool l4-spot's trace spot (40 s)")),
+    ("spot", ["--spot-start", "5", "--no-spot"], "only with a fleet whose spot pools name an availability_trace"),
+    ("plain", ["--spot-start", "5"], "only with a fleet whose spot pools name an availability_trace"),
+    ("spot", ["--spot-start", "-1"], "--spot-start: '-1' is not allowed; a finite number ≥ 0"),
+])
+def test_bad_spot_options_fail_with_one_line(inputs: tuple[Path, Path], spot_fleet: Path, fleet_of: str,
+                                             args: list[str], message: str) -> None:
+    fleet = spot_fleet if fleet_of == "spot" else inputs[0]
+    res = run_cli("whatif", "--fleet", str(fleet), "--workload", str(inputs[1]), "--split-models", "3", *args)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.errors import InputError
 from core.state import EventKind
-from simulator.availability import availability_changes, fleet_availability
+from simulator.availability import availability_changes, on_simulation_clock, spot_replay
 from simulator.fleet import AvailabilityChange, FleetSimulation
 from simulator.planners import StaticPlanner
 from tests.factories import make_table
@@ -31,10 +32,25 @@ def test_a_fleet_reads_its_pools_traces_and_the_simulation_replays_them(tmp_path
     (tmp_path / "spot.csv").write_text("0,add,a\n0,add,b\n5000,remove,b\n")
     fleet = small_fleet(pools=[{"name": "h100", "gpu": "H100-SXM", "count": 2, "gpus_per_node": 1, "spot": True,
                                 "availability_trace": "spot.csv"}])
-    changes = fleet_availability(fleet, tmp_path)
+    replay = spot_replay(fleet, tmp_path)
+    changes = replay.changes
     assert changes == [AvailabilityChange(5.0, "h100/1", False)]
+    assert replay.on_clock["h100"].count_at(np.array([0.0, 4.9, 5.0])).tolist() == [2, 2, 1]
+    with pytest.raises(InputError, match="offset_s: 5.0 is not allowed; a trace time from 0 to before the end of pool "
+                                         r"h100's trace spot \(5 s\)"):
+        spot_replay(fleet, tmp_path, offset_s=5.0)
     res = FleetSimulation(fleet, make_table(100, rate_per_s=10.0, seed=1), StaticPlanner(), availability=changes).run()
     assert res.figures()["requests"]["completed"] == 100
+
+
+def test_a_trace_moved_onto_the_simulation_clock_holds_its_level_from_zero() -> None:
+    trace = AvailabilityTrace("t", np.array([0.0, 10.0, 20.0, 30.0]), np.array([3, -2, 5, -3]), 40.0,
+                              (("a", "b", "c"), ("b", "c"), ("b", "c", "d", "e", "f"), ("d", "e", "f")))
+    moved = on_simulation_clock(trace, offset_s=15.0, start_s=100.0)
+    np.testing.assert_array_equal(moved.time_s, [0.0, 105.0, 115.0])
+    np.testing.assert_array_equal(moved.delta, [1, 5, -3])
+    assert moved.duration_s == 125.0 and moved.node_ids == ((), ("b", "c", "d", "e", "f"), ("d", "e", "f"))
+    assert on_simulation_clock(trace, offset_s=0.0, start_s=0.0).count_at(np.array([0.0, 10.0])).tolist() == [3, 1]
 
 
 class Recorder(StaticPlanner):
