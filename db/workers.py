@@ -35,3 +35,14 @@ def latest_worker_statuses(session: Session, *, fleet: str) -> list[WorkerStatus
     ranked = select(w.payload, w.worker_id, rank).where(w.fleet_id == fleet_id).subquery()
     rows = session.execute(select(ranked.c.payload).where(ranked.c.rank == 1).order_by(ranked.c.worker_id))
     return [WorkerStatus.model_validate(payload) for (payload,) in rows]
+
+
+def health_history(session: Session, *, fleet: str, start_s: float, end_s: float) -> list[tuple[float, str, str, bool]]:
+    """`(time_s, worker_id, pool, healthy)` of every snapshot of `fleet` with `start_s ≤ time_s ≤ end_s`, oldest
+    first: what the controller saw of its workers, round after round (a worker that did not answer has no row)."""
+    fleet_id = get_fleet(session, name=fleet).id
+    w = WorkerSnapshotRow
+    rows = session.execute(
+        select(w.time_s, w.worker_id, w.payload["pool"].as_string(), w.healthy)
+        .where(w.fleet_id == fleet_id, w.time_s >= start_s, w.time_s <= end_s).order_by(w.time_s, w.id))
+    return [(float(t), str(worker), str(pool), bool(healthy)) for t, worker, pool, healthy in rows]

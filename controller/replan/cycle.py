@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ from db.forecasts import save_forecast
 from db.plans import create_plan, list_plans, set_plan_status
 from db.runs import finish_replan_run, start_replan_run
 from executors import ExecutionReport
+from workloads.availability import AvailabilityTrace
 
 T = TypeVar("T")
 OPEN_STATUSES = ("proposed", "approved")
@@ -141,16 +142,19 @@ def _stages(ctl: Controller, runtime: FleetRuntime, stages: _Stages, cycle_id: s
 
 def forecast_and_store(ctl: Controller, runtime: FleetRuntime, obs: Observed) -> tuple[ScenarioSet, list[int]]:
     """Scenarios for the planner and the per-model forecasts behind them (stored; their ids returned)."""
-    scenarios, forecasts = make_scenarios(ctl, runtime, obs.spec, obs.spec_digest, obs.history, obs.state.time_s)
+    scenarios, forecasts = make_scenarios(ctl, runtime, obs.spec, obs.spec_digest, obs.history, obs.state.time_s,
+                                          availability=obs.availability)
     with ctl.sessions.begin() as s:
         ids = [save_forecast(s, fleet=runtime.name, forecast=f).id for f in forecasts]
     return scenarios, ids
 
 
 def make_scenarios(ctl: Controller, runtime: FleetRuntime, spec: FleetSpec, spec_digest: str, history: RequestTable,
-                   now_s: float) -> tuple[ScenarioSet, list[Forecast]]:
-    """Forecast every model from `history` (the fleet's builder refits cheaply between full selections) and
-    sample the scenarios."""
+                   now_s: float, *, availability: Mapping[str, AvailabilityTrace] | None = None,
+                   ) -> tuple[ScenarioSet, list[Forecast]]:
+    """Forecast every model from `history` (the fleet's builder refits cheaply between full selections) and every
+    spot pool from the `availability` the controller observed (`controller.replan.availability`), and sample the
+    scenarios. The forecasts returned are the models' and the pools' (series `pool:<name>`, GPUs)."""
     from forecasters.builder import BuilderConfig, ScenarioBuilder
 
     s = ctl.settings
@@ -159,9 +163,9 @@ def make_scenarios(ctl: Controller, runtime: FleetRuntime, spec: FleetSpec, spec
                                num_scenarios=s.num_scenarios, reduce_to=min(s.reduce_scenarios_to, s.num_scenarios),
                                lookback=max(4, int(s.history_s // s.forecast_interval_s)))
         runtime.builder, runtime.builder_key = ScenarioBuilder(spec, config), spec_digest
-    scenarios = runtime.builder.build(history, now_s, seed=runtime.num_cycles)
+    scenarios = runtime.builder.build(history, now_s, seed=runtime.num_cycles, availability=availability)
     forecasts = [f.forecast(s.forecast_horizon) for f in runtime.builder.forecasters]
-    return scenarios, forecasts
+    return scenarios, forecasts + runtime.builder.availability_forecasts
 
 
 def _plan(planner: Planner, obs: Observed, scenarios: ScenarioSet, budget_s: float) -> Plan:

@@ -1,5 +1,7 @@
 """The observe stage of a replanning cycle: what the fleet looks like now, read from the database (spec, plans,
 telemetry) and from the workers (through the executor backend; the newest stored snapshots when the fleet has none).
+Spot pools' availability over the history window comes from the stored rounds of worker statuses
+(`controller.replan.availability`): what the scenario builder forecasts each spot pool's GPUs from.
 
 Per-model load (`core.state.ModelLoad`) is computed from the request telemetry of the last observation window.
 Workers that do not answer are left out of the state — planners place only on GPUs that reported healthy — and
@@ -11,10 +13,11 @@ activate on demand (fleetwise, prism, qlm) place the model instead of counting o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from controller.replan.availability import observed_availability
 from controller.runtime import Controller, FleetRuntime
 from core.actions import Residency
 from core.fleet import FleetSpec
@@ -24,9 +27,10 @@ from core.status import WorkerStatus
 from db.fleets import fleet_spec, get_fleet, spec_sha256
 from db.plans import latest_plan, to_plan
 from db.telemetry import RequestOutcomes, read_telemetry
-from db.workers import latest_worker_statuses, record_worker_statuses
+from db.workers import health_history, latest_worker_statuses, record_worker_statuses
 from executors import WorkerSet
 from forecasters.lengths import EmpiricalLengths, GroupLengths
+from workloads.availability import AvailabilityTrace
 
 CURRENT_STATUSES = ("applied", "applying")
 
@@ -46,6 +50,7 @@ class Observed:
     history: RequestTable
     outcomes: RequestOutcomes
     workers: WorkerSet | None
+    availability: dict[str, AvailabilityTrace] = field(default_factory=dict)  # spot pools, as observed
 
 
 def observe(ctl: Controller, runtime: FleetRuntime) -> Observed:
@@ -68,7 +73,19 @@ def observe(ctl: Controller, runtime: FleetRuntime) -> Observed:
         load=model_loads(history, outcomes, now, window_s), events=tuple(runtime.events) + tuple(events),
         observation_window_s=window_s, next_generation=newest.generation + 1 if newest is not None else None,
     )
-    return Observed(spec, version, spec_sha256(spec), state, history, outcomes, workers)
+    return Observed(spec, version, spec_sha256(spec), state, history, outcomes, workers,
+                    spot_availability(ctl, name, spec, now))
+
+
+def spot_availability(ctl: Controller, fleet: str, spec: FleetSpec, now: float) -> dict[str, AvailabilityTrace]:
+    """Each spot pool's healthy workers over the history window, round by round of status calls (this round
+    included); empty for a fleet without spot pools."""
+    if not any(p.spot for p in spec.pools):
+        return {}
+    start = now - ctl.settings.history_s
+    with ctl.sessions.begin() as s:
+        rows = health_history(s, fleet=fleet, start_s=start, end_s=now)
+    return observed_availability(spec, rows, start_s=start, end_s=now)
 
 
 def _worker_statuses(ctl: Controller, fleet: str, workers: WorkerSet | None, stored: list[WorkerStatus],

@@ -23,7 +23,7 @@ from db.runs import (
     start_whatif_run,
 )
 from db.tokens import allows, authenticate_token, create_token, revoke_token
-from db.workers import latest_worker_statuses, record_worker_statuses
+from db.workers import health_history, latest_worker_statuses, record_worker_statuses
 from tests.db.builders import make_plan
 from tests.factories import make_fleet
 
@@ -120,3 +120,14 @@ def test_latest_worker_status_per_worker(sessions: sessionmaker[Session]) -> Non
     with sessions.begin() as s:
         latest = latest_worker_statuses(s, fleet="test")
     assert latest == [_status("h100/0", 2.0, healthy=False), _status("h100/1", 1.0)]
+
+
+def test_health_history_reads_every_snapshot_in_the_window_oldest_first(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        put_fleet(s, spec=make_fleet())
+        record_worker_statuses(s, fleet="test", statuses=[_status("h100/1", 5.0), _status("h100/0", 4.0)])
+        record_worker_statuses(s, fleet="test", statuses=[_status("h100/0", 9.0, healthy=False)])
+        record_worker_statuses(s, fleet="test", statuses=[_status("h100/0", 20.0)])
+    with sessions.begin() as s:
+        rows = health_history(s, fleet="test", start_s=4.0, end_s=10.0)
+    assert rows == [(4.0, "h100/0", "h100", True), (5.0, "h100/1", "h100", True), (9.0, "h100/0", "h100", False)]
