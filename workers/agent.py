@@ -27,6 +27,7 @@ from fastapi import FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 
 from core.actions import Action, ApplyResult
 from core.errors import InputError, strict_json
@@ -50,7 +51,7 @@ def create_app(client: LocalWorkerClient) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: HttpRequest, exc: RequestValidationError) -> JSONResponse:
-        err = _as_input_error(exc.errors()[0])
+        err = _as_input_error(exc.errors()[0], CompletionRequest if _is_openai(request) else None)
         return _error({**err.to_dict(), "errors": _jsonable_errors(exc)}, 422, openai=_is_openai(request))
 
     @app.exception_handler(InputError)
@@ -105,7 +106,9 @@ class _Completions:
         request = self._request(body)
         self.engine.validate(request)  # raises InputError → 400 with field, value, allowed
         params = SamplingParams(temperature=body.temperature, seed=body.seed or 0, ignore_eos=body.ignore_eos,
-                                stop=_stop_sequences(body))
+                                stop=_stop_sequences(body), presence_penalty=body.presence_penalty,
+                                frequency_penalty=body.frequency_penalty,
+                                logit_bias=_logit_bias(body, self.engine.store.source(body.model).arch.vocab_size))
         result, handle = self.client.submit_with_handle(request, params)
         if handle is None:
             stopped = self.engine.failure is not None
@@ -192,6 +195,15 @@ def _byte_level(body: CompletionRequest, token: int) -> bool:
     return isinstance(body.prompt, str) and 0 <= token < 256
 
 
+def _logit_bias(body: CompletionRequest, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `logit_bias` (token ids as strings) as (id, bias) pairs, every id within the model's vocabulary."""
+    pairs = tuple(sorted((int(t), float(b)) for t, b in (body.logit_bias or {}).items()))
+    outside = [t for t, _ in pairs if t >= vocab_size]
+    if outside:
+        raise InputError("logit_bias", outside[:5], f"token ids of {body.model}'s vocabulary: 0 to {vocab_size - 1}")
+    return pairs
+
+
 def _stop_sequences(body: CompletionRequest) -> tuple[tuple[int, ...], ...]:
     """OpenAI's `stop` strings as the byte-level token sequences the engine matches."""
     if body.stop is None:
@@ -218,10 +230,15 @@ async def _events(handle: RequestHandle) -> AsyncIterator[int | None]:
             return
 
 
-def _as_input_error(error: Mapping[str, Any]) -> InputError:
-    """A pydantic error as an InputError: where (the JSON path in the body), the value sent, what is allowed."""
+def _as_input_error(error: Mapping[str, Any], schema: type[BaseModel] | None = None) -> InputError:
+    """A pydantic error as an InputError: where (the JSON path in the body), the value sent, what is allowed. A
+    field of `schema` honoured at one value only says so in its own words (its description, "Only …")."""
     loc, msg, value = error.get("loc", ()), error.get("msg", "see errors"), error.get("input")
     where = ".".join(str(p) for p in loc if p != "body") or "body"
+    msg = msg.removeprefix("Value error, ")
+    field = schema.model_fields.get(where) if schema is not None else None
+    if field is not None and (field.description or "").startswith("Only"):
+        msg = field.description
     if error.get("type") == "json_invalid":  # FastAPI's: loc is ("body", character offset), input {}
         return InputError("body", None, "a JSON object",
                           problem=f"is not valid JSON: {error.get('ctx', {}).get('error')} at character {loc[-1]}")

@@ -334,8 +334,13 @@ class Engine:
         else:
             ids = tuple(prompt[start:]) + tuple(seq.output_token_ids[max(0, start - p) : start + n - p])
         params = self._handles[seq.seq_id].params
-        return SeqWork(seq.seq_id, ids, start, seq.block_table, sample, params.temperature,
-                       params.seed ^ seq.seq_id)
+        if not params.shapes_logits:
+            return SeqWork(seq.seq_id, ids, start, seq.block_table, sample, params.temperature,
+                           params.seed ^ seq.seq_id)
+        penalized = params.presence_penalty or params.frequency_penalty
+        return SeqWork(seq.seq_id, ids, start, seq.block_table, sample, params.temperature, params.seed ^ seq.seq_id,
+                       params.presence_penalty, params.frequency_penalty, params.logit_bias,
+                       tuple(seq.output_token_ids) if sample and penalized else ())
 
     def _deliver(self, tokens: dict[int, int], done: list[Sequence], finished: set[int]) -> None:
         for seq_id, token in tokens.items():

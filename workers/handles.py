@@ -22,12 +22,27 @@ class SamplingParams:
     ignore_eos: bool = False  # generate exactly max tokens (trace replay), even past EOS
     # Token sequences that end the request ("stop") once its output ends with one of them (EOS or not).
     stop: tuple[tuple[int, ...], ...] = ()
+    # OpenAI's penalties: each logit drops by frequency × (times the token was generated) + presence × (once it was).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit before sampling)
 
     def __post_init__(self) -> None:
         if not 0 <= self.temperature <= 100:
             raise InputError("temperature", self.temperature, "a number in [0, 100] (0: greedy)")
         if any(not seq for seq in self.stop):
             raise InputError("stop", self.stop, "non-empty token sequences")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise InputError(name, getattr(self, name), "a number in [-2, 2]")
+        for token, bias in self.logit_bias:
+            if token < 0 or not -100 <= bias <= 100:
+                raise InputError("logit_bias", {token: bias}, "token ids ≥ 0 with biases in [-100, 100]")
+
+    @property
+    def shapes_logits(self) -> bool:
+        """Whether sampling adjusts the logits first (penalties or biases)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
     def stops_at(self, tokens: list[int], token: int) -> bool:
         """`tokens` followed by `token` end with one of the stop sequences."""

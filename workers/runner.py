@@ -34,6 +34,10 @@ class SeqWork:
     sample: bool  # sample the next token after token_ids[-1]
     temperature: float = 0.0  # 0: greedy
     seed: int = 0  # sampling seed (temperature > 0)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    generated: tuple[int, ...] = ()  # the output so far, when a penalty reads it
 
     @property
     def end_pos(self) -> int:
@@ -104,15 +108,37 @@ class _Inputs:
 
 
 def sample_tokens(logits: torch.Tensor, work: Sequence[SeqWork]) -> list[int]:
-    """One token per row of `logits` [M, vocab]: argmax at temperature 0, else a seeded draw."""
+    """One token per row of `logits` [M, vocab]: argmax at temperature 0, else a seeded draw; penalties and biases
+    (OpenAI's) adjust a row's logits first."""
     tokens = logits.argmax(-1).tolist()
     for i, w in enumerate(work):
-        if w.temperature > 0:
-            # Over a tiny temperature (1e-320 is valid input) logits overflow to inf and softmax gives NaN, which
-            # killed the engine thread. Shifted to a maximum of 0 they only underflow (to -inf: probability 0), and
-            # in float64 every positive temperature stays non-zero: the draw tends to greedy as it tends to 0.
-            row = logits[i].double()
-            probs = torch.softmax((row - row.max()) / w.temperature, dim=-1).cpu()
-            gen = torch.Generator().manual_seed(hash((w.seed, w.end_pos)) & 0x7FFF_FFFF_FFFF_FFFF)
-            tokens[i] = int(torch.multinomial(probs, 1, generator=gen))
+        shaped = w.presence_penalty or w.frequency_penalty or w.logit_bias
+        if w.temperature <= 0 and not shaped:
+            continue
+        row = logits[i].double()
+        if shaped:
+            row = _shape(row, w)
+        if w.temperature <= 0:
+            tokens[i] = int(row.argmax())
+            continue
+        # Over a tiny temperature (1e-320 is valid input) logits overflow to inf and softmax gives NaN, which
+        # killed the engine thread. Shifted to a maximum of 0 they only underflow (to -inf: probability 0), and
+        # in float64 every positive temperature stays non-zero: the draw tends to greedy as it tends to 0.
+        probs = torch.softmax((row - row.max()) / w.temperature, dim=-1).cpu()
+        gen = torch.Generator().manual_seed(hash((w.seed, w.end_pos)) & 0x7FFF_FFFF_FFFF_FFFF)
+        tokens[i] = int(torch.multinomial(probs, 1, generator=gen))
     return tokens
+
+
+def _shape(row: torch.Tensor, w: SeqWork) -> torch.Tensor:
+    """`row` less OpenAI's penalties on the tokens generated so far, plus the request's logit biases."""
+    row = row.clone()
+    vocab = row.shape[0]
+    if w.generated and (w.presence_penalty or w.frequency_penalty):
+        counts = torch.bincount(torch.tensor(w.generated, device=row.device), minlength=vocab)[:vocab].double()
+        row -= w.frequency_penalty * counts + w.presence_penalty * (counts > 0).double()
+    kept = [(t, b) for t, b in w.logit_bias if t < vocab]  # ids are checked against the model's vocabulary upstream
+    if kept:
+        ids, bias = zip(*kept, strict=True)
+        row[torch.tensor(ids, device=row.device)] += torch.tensor(bias, device=row.device, dtype=row.dtype)
+    return row

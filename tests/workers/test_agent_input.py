@@ -195,6 +195,26 @@ def test_completion_errors_have_the_openai_shape_and_control_errors_the_projects
 
 
 
+def test_openai_clients_that_send_every_parameter_at_its_default_are_served(agent) -> None:
+    """LangChain-style clients send penalties, best_of, logit_bias, logprobs and echo on every call, at their
+    defaults: those are honoured; values the engine cannot honour are refused naming the field."""
+    url, _ = agent
+    body = {"model": "a", "prompt": "defaults", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+    plain = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["choices"][0]["token_ids"]
+    defaults = {"presence_penalty": 0, "frequency_penalty": 0, "best_of": 1, "logit_bias": {}, "logprobs": None,
+                "echo": False, "suffix": None, "n": 1, "top_p": 1}
+    sent = httpx.post(f"{url}/v1/completions", json=body | defaults, timeout=60)
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["choices"][0]["token_ids"] == plain
+    forced = httpx.post(f"{url}/v1/completions", json=body | {"logit_bias": {"65": 100}}, timeout=60).json()
+    assert forced["choices"][0]["token_ids"] == [65] * 8 and forced["choices"][0]["text"] == "A" * 8
+    for field, value, status in (("logprobs", 1, 422), ("echo", True, 422), ("best_of", 2, 422),
+                                 ("presence_penalty", 2.5, 422), ("logit_bias", {"x": 1}, 422),
+                                 ("logit_bias", {"65": 101}, 422), ("logit_bias", {"9999": 1}, 400)):
+        refused = httpx.post(f"{url}/v1/completions", json=body | {field: value}, timeout=60)
+        assert refused.status_code == status and refused.json()["error"]["param"] == field, refused.text
+
+
 def test_a_completion_larger_than_the_kv_share_is_a_400_with_the_limit_not_a_200_dropped() -> None:
     """OpenAI clients expect a request that can never be served to fail up front (as one past the context does),
     not a 200 whose `finish_reason` says it was dropped."""

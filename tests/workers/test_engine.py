@@ -4,6 +4,7 @@ a single greedy token."""
 import pytest
 
 from core.actions import Residency
+from core.errors import InputError
 from tests.workers.engines import dense_tokens, make_engine, request
 from workers.handles import SamplingParams
 
@@ -182,3 +183,52 @@ def test_with_a_latency_profile_offline_requests_yield_to_online_tpot_and_output
         assert handle.num_recomputed_tokens == 0 and handle.tokens == dense_tokens("a", handle.prompt_token_ids, 30)
     assert sum(h.num_preemptions for h in batch) == 3  # the three latest paused once, resumed from checkpoints
     assert online.tokens == dense_tokens("a", online.prompt_token_ids, 10)
+
+
+def _dense_shaped(model: str, prompt: tuple[int, ...], n: int, *, presence: float, frequency: float,
+                  bias: dict[int, float]) -> list[int]:
+    """Greedy tokens of the dense reference with OpenAI's penalties and biases applied by hand, token by token."""
+    import torch
+
+    from tests.workers.engines import _dense
+    from workers.reference import dense_logits
+
+    seq, out = list(prompt), []
+    with torch.inference_mode():
+        for _ in range(n):
+            row = dense_logits(_dense(model), seq)[-1].double()
+            for token in set(out):
+                row[token] -= frequency * out.count(token) + presence
+            for token, b in bias.items():
+                row[token] += b
+            out.append(int(row.argmax()))
+            seq.append(out[-1])
+    return out
+
+
+@pytest.mark.parametrize(("presence", "frequency", "bias"), [
+    (1.5, 0.0, {}), (0.0, 0.7, {}), (-2.0, 0.0, {}), (0.5, 0.5, {65: 3.0, 66: -100.0}),
+])
+def test_penalties_and_biases_match_the_dense_reference_in_a_busy_batch(presence: float, frequency: float,
+                                                                         bias: dict[int, float]) -> None:
+    engine = make_engine(activate=("a",))
+    for i in range(3):  # neighbours without penalties share every step's batch
+        engine.submit(request(200 + i, output=16))
+    params = SamplingParams(presence_penalty=presence, frequency_penalty=frequency, logit_bias=tuple(bias.items()),
+                            ignore_eos=True)
+    _, handle = engine.submit(request(9, output=48), params)
+    engine.run_until_idle()
+    plain = dense_tokens("a", handle.prompt_token_ids, 48)  # 34 distinct tokens in 48: it repeats
+    assert handle.tokens == _dense_shaped("a", handle.prompt_token_ids, 48, presence=presence, frequency=frequency,
+                                          bias=bias)
+    assert handle.tokens != plain
+    distinct = len(set(handle.tokens))
+    assert distinct > len(set(plain)) if presence + frequency > 0 else distinct < len(set(plain))
+    assert 66 not in handle.tokens or 66 not in bias
+
+
+def test_penalties_out_of_range_are_refused() -> None:
+    with pytest.raises(InputError, match="presence_penalty: 2.5 is not allowed; a number in"):
+        SamplingParams(presence_penalty=2.5)
+    with pytest.raises(InputError, match="logit_bias"):
+        SamplingParams(logit_bias=((3, 101.0),))
