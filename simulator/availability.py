@@ -53,13 +53,25 @@ def spot_replay(fleet: FleetSpec, fleet_dir: str | Path, *, offset_s: float = 0.
     for pool in fleet.pools:
         if not pool.availability_trace:
             continue
-        trace = read_availability(Path(fleet_dir) / pool.availability_trace)
+        trace = read_pool_trace(pool, fleet_dir)
         if not 0 <= offset_s < trace.duration_s:
             raise InputError("offset_s", offset_s, f"a trace time from 0 to before the end of pool {pool.name}'s "
                              f"trace {trace.name} ({trace.duration_s:g} s)")
         changes += availability_changes(trace, pool, start_s=start_s, offset_s=offset_s)
         on_clock[pool.name] = on_simulation_clock(trace, offset_s=offset_s, start_s=start_s)
     return SpotReplay(sorted(changes, key=lambda c: (c.time_s, c.gpu_id)), on_clock)
+
+
+def read_pool_trace(pool: PoolSpec, fleet_dir: str | Path) -> AvailabilityTrace:
+    """The availability trace `pool` names (relative to the fleet file); an error names the pool and the file."""
+    assert pool.availability_trace is not None
+    path = Path(fleet_dir) / pool.availability_trace
+    try:
+        return read_availability(path)
+    except InputError as exc:
+        at = str(path) if exc.where == "trace" else exc.where  # the reader's own place: a line of the file
+        raise InputError(f"pool {pool.name}: availability_trace", str(path), exc.allowed,
+                         problem=f"{at}: {exc.problem}") from None
 
 
 def on_simulation_clock(trace: AvailabilityTrace, *, offset_s: float, start_s: float) -> AvailabilityTrace:

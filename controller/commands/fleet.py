@@ -1,10 +1,12 @@
-"""`fleetwise fleet check FLEET.yaml`: validate a fleet and summarise pools, models and what fits where."""
+"""`fleetwise fleet check FLEET.yaml`: validate a fleet and summarise pools, spot pools' availability traces, models
+and what fits where."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from itertools import groupby
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -13,6 +15,9 @@ from controller.console import out, print_json
 from controller.fleet_settings import check_labels
 from core.catalog import GIB
 from core.fleet import FitRow, FleetSpec, load_fleet
+
+if TYPE_CHECKING:
+    from workloads.summary import AvailabilitySummary
 
 app = typer.Typer(help="Fleet specs: validate and summarise.", no_args_is_help=True)
 
@@ -24,16 +29,43 @@ def check(
     path: FleetPath,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Validate FLEET.yaml; print GPUs and memory per pool, model sizes, and which models fit where at which TP."""
+    """Validate FLEET.yaml; print GPUs and memory per pool, the spot pools' availability traces, model sizes, and
+    which models fit where at which TP."""
     fleet = load_fleet(path)
     check_labels(fleet)  # the controller refuses a fleet whose fleetwise/* labels it cannot use; so does check
+    traces = _spot_traces(fleet, path.parent)  # a trace that cannot be read fails here, not in a later what-if
     if json_out:
-        print_json(summary(fleet))
+        print_json(summary(fleet) | {"availability_traces": {p: asdict(t) for p, t in traces.items()}})
         return
     out.print(f"[bold]{fleet.name}[/] — {fleet.metadata.description or 'fleet'}  [green]✓ valid[/]")
     out.print(_pools_table(fleet))
+    if traces:
+        out.print(_traces_table(fleet, traces))
     out.print(_models_table(fleet))
     out.print(_fit_table(fleet))
+
+
+def _spot_traces(fleet: FleetSpec, fleet_dir: Path) -> dict[str, AvailabilitySummary]:
+    """The availability trace of every pool that names one, summarised (`workloads.summary`)."""
+    from simulator.availability import read_pool_trace
+    from workloads.summary import summarize_availability
+
+    return {p.name: summarize_availability(read_pool_trace(p, fleet_dir)) for p in fleet.pools if p.availability_trace}
+
+
+def _traces_table(fleet: FleetSpec, traces: dict[str, AvailabilitySummary]) -> Table:
+    t = Table(title="Spot availability traces (whatif replays them)", title_justify="left")
+    for col in ("pool", "trace", "span", "instances up min–max (mean)", "removals/h", "hazard /instance-h"):
+        t.add_column(col, justify="left" if col in ("pool", "trace") else "right")
+    notes = []
+    for name, a in traces.items():
+        t.add_row(name, a.name, f"{a.duration_s / 3600:.1f} h", f"{a.min_count}–{a.max_count} ({a.mean_count:.1f})",
+                  f"{a.removals_per_hour:.2f}", f"{a.hazard_per_node_hour:.3f}")
+        count = fleet.pool(name).count
+        if a.max_count > count:
+            notes.append(f"{name}: the trace reaches {a.max_count} instances, the pool has {count} (capped)")
+    t.caption = "; ".join(notes) or None
+    return t
 
 
 def summary(fleet: FleetSpec) -> dict[str, object]:

@@ -53,3 +53,30 @@ def test_fleet_check_refuses_labels_the_controller_would_refuse(tmp_path: Path) 
     res = run_cli("fleet", "check", str(write_fleet(tmp_path / "typo.yaml", data)))
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "fleetwise/advisroy" in lines[0], res.stderr
+
+
+def _spot_fleet(tmp_path: Path, trace: str) -> Path:
+    (tmp_path / "spot.csv").write_text(trace)
+    data = fleet_dict(pools=[{"name": "spot", "gpu": "L4", "count": 2, "gpus_per_node": 1, "spot": True,
+                              "price_per_hour": 0.3, "availability_trace": "spot.csv"}])
+    return write_fleet(tmp_path / "fleet.yaml", data)
+
+
+def test_fleet_check_summarises_spot_traces_and_says_when_the_pool_caps_one(tmp_path: Path) -> None:
+    path = _spot_fleet(tmp_path, "0,add,a\n0,add,b\n0,add,c\n1800000,remove,b\n3600000,remove,a\n")
+    res = run_cli("fleet", "check", str(path))
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())
+    assert "Spot availability traces" in text and "spot: the trace reaches 3 instances, the pool has 2 (capped)" in text
+    data = json.loads(run_cli("fleet", "check", "--json", str(path)).stdout)
+    assert data["availability_traces"]["spot"]["removals"] == 2 and data["availability_traces"]["spot"]["max_count"] == 3
+
+
+def test_an_unreadable_spot_trace_fails_the_check_naming_the_pool_and_line(tmp_path: Path) -> None:
+    res = run_cli("fleet", "check", str(_spot_fleet(tmp_path, "0,add,a\n5000,explode,a\n")))
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1
+    assert "pool spot: availability_trace: spot.csv:2: '5000,explode,a' is not allowed; t_ms,add|remove" in lines[0]
+    (tmp_path / "spot.csv").unlink()
+    res = run_cli("fleet", "check", str(tmp_path / "fleet.yaml"))
+    assert res.returncode == 2 and f"{tmp_path / 'spot.csv'}: no such file" in res.stderr
