@@ -2,9 +2,9 @@
 
 A `Job` is picklable and self-contained: the worker process loads the fleet, prepares the workload, builds the
 latency book, the spot pools' availability replay and the policy's planner, runs `simulator.fleet.FleetSimulation`
-and returns the policy's figures
-(`SimResult.figures()`). Runs use `concurrent.futures.ProcessPoolExecutor`; progress (simulated time over the
-workload's span) flows back through a manager queue and drives one Rich progress bar per job.
+and returns the policy's figures (`SimResult.figures()`). Runs use `concurrent.futures.ProcessPoolExecutor`;
+progress (simulated time over the workload's span) flows back through a manager queue and drives one Rich progress
+bar per job.
 """
 
 from __future__ import annotations
