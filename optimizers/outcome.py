@@ -33,7 +33,8 @@ def expected_outcome(problem: PlacementProblem, decision: PlacementDecision, unm
         for c, cls in enumerate(problem.classes):
             total = demand[:, c].sum()
             per_class[cls.name] = float(1 - unmet_rps[s, :, c].sum() / total) if total > 0 else 1.0
-        served = (demand - unmet_rps[s])[:, problem.online_mask].sum(axis=1)
+        # The solver's unmet demand can exceed the demand by round-off (zero demand, 1e-12 unmet): serve ≥ 0.
+        served = np.maximum(demand - unmet_rps[s], 0.0)[:, problem.online_mask].sum(axis=1)
         total = demand.sum()
         scenarios.append(ScenarioOutcome(
             scenario=s, weight=float(problem.weights[s]),

@@ -60,6 +60,19 @@ def test_plan_runs_one_cycle_and_prints_the_plan(url: str, tmp_path: Path) -> No
     assert "no executor backend" in body["cycle"]["note"]
 
 
+def test_plan_with_fleetwise_on_a_fleet_without_telemetry_or_workers(url: str, tmp_path: Path) -> None:
+    """A first cycle: no telemetry, no backend. The program then serves nothing, and its round-off once made the
+    expected goodput a hair below zero, which failed the cycle."""
+    from tests.factories import EXAMPLES
+
+    res = run_cli("plan", "spot-mixed", "--fleet-file", str(EXAMPLES / "spot-mixed.yaml"), "--policy", "fleetwise",
+                  "--url", url, "--json")
+    assert res.returncode == 0, res.stderr
+    body = json.loads(res.stdout)
+    assert body["cycle"]["outcome"] in ("planned", "unchanged") and body["status"] == "proposed"
+    assert body["plan"]["expected"]["overall"]["goodput_tokens_per_s"] >= 0
+
+
 def test_plan_refuses_bad_options_and_unmigrated_databases(url: str, tmp_path: Path) -> None:
     bad = run_cli("plan", "test", "--policy", "random", "--url", url)
     assert bad.returncode == 2 and "--policy" in one_line(bad)
