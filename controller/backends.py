@@ -11,6 +11,8 @@ fleets:
     workers: {h100/0: "http://10.0.0.5:8100", h100/1: "http://10.0.0.6:8100"}
   trial:
     backend: sim                        # simulated GPUs on the controller's clock (every GPU of the fleet)
+    spot_traces: {v100-spot: traces/p3trace.csv}   # sim: spot pools replay these (relative to this file)
+    spot_start_s: 19800                 # from this trace time, at the backend's start
 ```
 
 A fleet without an entry has no backend: its plans are made and stored, never executed.
@@ -30,6 +32,7 @@ from core.fleet import FleetSpec
 from core.protocols import Clock
 from core.yamlspec import load_yaml_model
 from executors import BackendKind, RoutingTable, WorkerSet, http_workers
+from simulator.fleet import AvailabilityChange
 
 _STRICT = ConfigDict(frozen=True, extra="forbid")
 
@@ -42,6 +45,10 @@ class FleetBackend(BaseModel):
     workers: dict[str, str] = Field(default={}, description="http: GPU id → worker agent URL.")
     status_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     action_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    spot_traces: dict[str, str] = Field(default={}, description="sim: pool → availability trace its simulated GPUs "
+                                                                "replay from the backend's start.")
+    spot_start_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        default=0.0, description="sim: the trace time the replay starts from.")
 
 
 class WorkersFile(BaseModel):
@@ -64,7 +71,9 @@ class BackendRegistry:
     def from_file(cls, path: Path | None, clock: Clock) -> BackendRegistry:
         if path is None:
             return cls(clock)
-        return cls(clock, load_yaml_model(WorkersFile, path).fleets)
+        fleets = load_yaml_model(WorkersFile, path).fleets
+        return cls(clock, {name: cfg.model_copy(update={"spot_traces": {
+            pool: str(path.parent / trace) for pool, trace in cfg.spot_traces.items()}}) for name, cfg in fleets.items()})
 
     def register(self, fleet: str, workers: WorkerSet) -> None:
         """Use `workers` for `fleet` (in-process backends: the demo, tests)."""
@@ -90,7 +99,7 @@ class BackendRegistry:
 
     def _build(self, fleet: str, spec: FleetSpec, config: FleetBackend) -> WorkerSet:
         if config.backend == "sim":
-            sim = ClockedSimFleet(spec, self.clock)
+            sim = ClockedSimFleet(spec, self.clock, availability=self._spot_changes(fleet, spec, config))
             return WorkerSet(sim.clients(), RoutingTable(), kind=BackendKind.SIM)
         from workers.client import HttpWorkerClient
 
@@ -102,6 +111,25 @@ class BackendRegistry:
             config.workers, lambda wid, url: HttpWorkerClient(url, worker_id=wid, timeout_s=config.action_timeout_s,
                                                               attempts=2),
             RoutingTable(), status_timeout_s=config.status_timeout_s)
+
+
+    def _spot_changes(self, fleet: str, spec: FleetSpec, config: FleetBackend) -> list[AvailabilityChange]:
+        """The per-GPU changes of the pools `config.spot_traces` names, from `spot_start_s` on, starting now."""
+        from simulator.availability import availability_changes, read_trace_for
+
+        pools = {p.name: p for p in spec.pools}
+        changes: list[AvailabilityChange] = []
+        for name, path in config.spot_traces.items():
+            where = f"fleets.{fleet}.spot_traces.{name}"
+            if name not in pools:
+                raise InputError(where, name, f"a pool of fleet {fleet}: {', '.join(pools)}")
+            trace = read_trace_for(path, where=where)
+            if config.spot_start_s >= trace.duration_s:
+                raise InputError(f"fleets.{fleet}.spot_start_s", config.spot_start_s,
+                                 f"a trace time before the end of {trace.name} ({trace.duration_s:g} s)")
+            changes += availability_changes(trace, pools[name], start_s=self.clock.now(),
+                                            offset_s=config.spot_start_s)
+        return changes
 
 
 def _digest(spec: FleetSpec) -> str:

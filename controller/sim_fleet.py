@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from core.actions import Action, ApplyResult
 from core.fleet import FleetSpec
@@ -24,16 +25,22 @@ from core.protocols import Clock
 from core.requests import Request
 from core.status import SubmitResult, WorkerStatus
 from simulator.config import SimConfig
-from simulator.kernel import Kernel
+from simulator.fleet import AvailabilityChange
+from simulator.kernel import Kernel, Priority
 from simulator.worker import LocalHooks, SimulatedWorker
 from workers.scheduler import Sequence
 
 
 class ClockedSimFleet:
-    """Simulated workers of `gpu_ids` (default: every GPU of the fleet) on `clock`. Thread-safe."""
+    """Simulated workers of `gpu_ids` (default: every GPU of the fleet) on `clock`. Thread-safe.
+
+    `availability` (e.g. `simulator.availability.availability_changes` of a spot trace) takes GPUs away and brings
+    them back on the clock: a GPU taken away drops its work and reports itself unhealthy until it returns, empty.
+    """
 
     def __init__(self, fleet: FleetSpec, clock: Clock, *, gpu_ids: Iterable[str] | None = None,
-                 book: LatencyBook | None = None, config: SimConfig | None = None) -> None:
+                 book: LatencyBook | None = None, config: SimConfig | None = None,
+                 availability: Iterable[AvailabilityChange] = ()) -> None:
         self.clock = clock
         # The simulator's hooks for workers without a fleet simulation: they share its kernel, keep finished and
         # dropped sequences, and drop what would need re-routing (reason `no_router`).
@@ -42,6 +49,10 @@ class ClockedSimFleet:
         ids = list(gpu_ids) if gpu_ids is not None else fleet.gpu_ids()
         for g in ids:
             self.hooks.workers[g] = SimulatedWorker(g, fleet, book or LatencyBook(), config or SimConfig(), self.hooks)
+        kernel = self.hooks.kernel
+        for change in availability:
+            if change.gpu_id in self.hooks.workers:
+                kernel.schedule(_GpuChange(max(change.time_s, kernel.now_s), self, change.gpu_id, change.up))
 
     @property
     def workers(self) -> dict[str, SimulatedWorker]:
@@ -62,6 +73,24 @@ class ClockedSimFleet:
             done, self.hooks.finished = self.hooks.finished, []
             dropped, self.hooks.dropped = self.hooks.dropped, []
         return done, dropped
+
+
+@dataclass(slots=True)
+class _GpuChange:
+    """A simulated GPU leaves or comes back (a kernel event)."""
+
+    time_s: float
+    fleet: ClockedSimFleet
+    gpu_id: str
+    up: bool
+    priority: int = Priority.AVAILABILITY
+
+    def handle(self) -> None:
+        worker = self.fleet.workers[self.gpu_id]
+        if self.up and not worker.healthy:
+            worker.recover()
+        elif not self.up and worker.healthy:
+            worker.fail()
 
 
 class ClockedWorker:

@@ -65,13 +65,17 @@ def spot_replay(fleet: FleetSpec, fleet_dir: str | Path, *, offset_s: float = 0.
 def read_pool_trace(pool: PoolSpec, fleet_dir: str | Path) -> AvailabilityTrace:
     """The availability trace `pool` names (relative to the fleet file); an error names the pool and the file."""
     assert pool.availability_trace is not None
-    path = Path(fleet_dir) / pool.availability_trace
+    return read_trace_for(Path(fleet_dir) / pool.availability_trace, where=f"pool {pool.name}: availability_trace")
+
+
+def read_trace_for(path: str | Path, *, where: str) -> AvailabilityTrace:
+    """`read_availability(path)`, an error named after the setting `where` that gave the path, with the file (and
+    line) in its problem."""
     try:
         return read_availability(path)
     except InputError as exc:
         at = str(path) if exc.where == "trace" else exc.where  # the reader's own place: a line of the file
-        raise InputError(f"pool {pool.name}: availability_trace", str(path), exc.allowed,
-                         problem=f"{at}: {exc.problem}") from None
+        raise InputError(where, str(path), exc.allowed, problem=f"{at}: {exc.problem}") from None
 
 
 def on_simulation_clock(trace: AvailabilityTrace, *, offset_s: float, start_s: float) -> AvailabilityTrace:

@@ -3,6 +3,8 @@ a replanning cycle forecasts the pool's GPUs from it (stored beside the models' 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from controller.replan.availability import observed_availability
@@ -10,7 +12,7 @@ from controller.replan.cycle import run_cycle
 from core.status import WorkerStatus
 from db.fleets import put_fleet
 from db.forecasts import latest_forecasts
-from db.workers import record_worker_statuses
+from db.workers import health_history, record_worker_statuses
 from tests.controller.conftest import FLEET, make_controller
 from tests.factories import make_fleet
 
@@ -66,6 +68,83 @@ def test_a_cycle_forecasts_spot_gpus_from_the_rounds_it_stored(db_url: str) -> N
         ctl.close()
 
 
+@dataclass
+class SteppedClock:
+    """A controller clock that moves only when the test moves it."""
+
+    t: float
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep_until(self, t: float) -> None:
+        self.t = max(self.t, t)
+
+
 def _status(worker: str, time_s: float) -> WorkerStatus:
     return WorkerStatus(worker_id=worker, pool=worker.split("/")[0], gpu_type="L4", time_s=time_s,
                         memory_total_gib=24.0)
+
+
+def test_the_sim_backend_replays_spot_traces_and_the_cycle_sees_the_gpus_go(db_url: str, tmp_path) -> None:
+    """`backend: sim` with `spot_traces` (a workers file, paths relative to it): the trace takes two of three spot
+    GPUs away 100 s in; the rounds after count one, and the stored forecast reads it. The clock is stepped by the
+    test, so the rounds fall where it says whatever the machine's load."""
+    import yaml
+
+    from controller.backends import BackendRegistry
+    from controller.runtime import Controller
+    from controller.settings import load_settings
+
+    (tmp_path / "traces").mkdir()
+    (tmp_path / "traces" / "spot.csv").write_text("0,add,a\n0,add,b\n0,add,c\n100000,remove,b\n100000,remove,c\n")
+    workers = tmp_path / "workers.yaml"
+    workers.write_text(yaml.safe_dump({"apiVersion": "fleetwise/v1", "kind": "Workers", "fleets": {
+        FLEET: {"backend": "sim", "spot_traces": {"spot": "traces/spot.csv"}}}}))
+    fleet = make_fleet(pools=POOLS, models=[{"name": "chat", "arch": "Llama-3.2-1B", "tp_options": [1],
+                                             "max_context_tokens": 4096}])
+    fleet = type(fleet).model_validate(fleet.model_dump(mode="json") | {"metadata": {"name": FLEET}})
+    clock = SteppedClock(1_000_000.0)
+    ctl = Controller(load_settings(database_url=db_url, policy="dedicated", forecast_interval_s=60.0,
+                                   history_s=3600.0, num_scenarios=8, reduce_scenarios_to=4, holder="spot-sim"),
+                     clock=clock, backends=BackendRegistry.from_file(workers, clock))
+    try:
+        with ctl.sessions.begin() as s:
+            put_fleet(s, spec=fleet)
+        outcomes = []
+        for _ in range(3):  # rounds at 0, 150 and 300 s
+            outcomes.append(run_cycle(ctl, FLEET, trigger="manual", policy="dedicated").outcome)
+            clock.t += 150.0
+        assert set(outcomes) <= {"planned", "unchanged"}, outcomes
+        with ctl.sessions.begin() as s:
+            rows = health_history(s, fleet=FLEET, start_s=0.0, end_s=clock.now())
+            pool = {f.series: f for f in latest_forecasts(s, fleet=FLEET)}["pool:spot"]
+        healthy = [(round(t), w) for t, w, p, ok in rows if p == "spot" and ok]
+        assert len({t for t, _ in healthy}) == 3 and len(healthy) == 3 + 1 + 1  # three up, then one
+        # The builder reads the pool on its grid of whole intervals, so the third cycle is the first whose last
+        # whole interval lies after the removal: its forecast starts from the one GPU left.
+        assert pool.payload["quantiles"]["0.5"][0] == 1.0
+    finally:
+        ctl.close()
+
+
+def test_bad_sim_spot_traces_name_the_setting(tmp_path) -> None:
+    import pytest
+
+    from controller.backends import BackendRegistry, FleetBackend
+    from core.clock import WallClock
+    from core.errors import InputError
+
+    (tmp_path / "spot.csv").write_text("0,add,a\n60000,remove,a\n")
+    fleet = make_fleet(pools=POOLS)
+    cases = [({"ghost": str(tmp_path / "spot.csv")}, 0.0, ("fleets.f.spot_traces.ghost: 'ghost' is not allowed; a "
+                                                           "pool of fleet f: od, spot")),
+             ({"spot": str(tmp_path / "nope.csv")}, 0.0, (f"fleets.f.spot_traces.spot: {tmp_path / 'nope.csv'}: no "
+                                                         "such file")),
+             ({"spot": str(tmp_path / "spot.csv")}, 60.0, "fleets.f.spot_start_s: 60.0 is not allowed")]
+    for traces, start, message in cases:
+        registry = BackendRegistry(WallClock(), {"f": FleetBackend(backend="sim", spot_traces=traces,
+                                                                   spot_start_s=start)})
+        with pytest.raises(InputError) as info:
+            registry.get("f", fleet)
+        assert message in str(info.value)
