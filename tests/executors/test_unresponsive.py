@@ -90,7 +90,9 @@ def test_a_paused_worker_times_out_and_the_retry_after_it_recovers_applies_once(
 def test_an_unresponsive_worker_fails_after_the_timeout_and_the_next_cycle_plans_around_it(agents) -> None:
     good, stuck = agents("h100/0", "h100/1")
     urls = {"h100/0": good.url, "h100/1": stuck.url}
-    retry = RetryPolicy(max_attempts=2, timeout_floor_s=0.5, load_timeout_floor_s=0.5, backoff_initial_s=0.05,
+    # 2 s per attempt: the good agent must load its model within it on a machine busy with other tests (at 0.5 s
+    # it once needed a second attempt); the paused one times out either way.
+    retry = RetryPolicy(max_attempts=2, timeout_floor_s=2.0, load_timeout_floor_s=2.0, backoff_initial_s=0.05,
                         backoff_jitter_s=0.0)
     executor, _ = _executor(urls, retry, status_timeout_s=0.5)
     observed = executor.workers.observe().statuses
