@@ -13,7 +13,7 @@ from core.status import WorkerStatus
 from db.fleets import put_fleet
 from db.forecasts import latest_forecasts
 from db.workers import health_history, record_worker_statuses
-from tests.controller.conftest import FLEET, make_controller
+from tests.controller.conftest import FLEET, make_controller, serve
 from tests.factories import make_fleet
 
 POOLS = [{"name": "od", "gpu": "L4", "count": 1, "gpus_per_node": 1},
@@ -148,3 +148,27 @@ def test_bad_sim_spot_traces_name_the_setting(tmp_path) -> None:
         with pytest.raises(InputError) as info:
             registry.get("f", fleet)
         assert message in str(info.value)
+
+
+def test_forecasting_through_the_api_includes_the_spot_pools(db_url: str) -> None:
+    """`POST /v1/fleets/{name}/forecasts` on a real server: the models' forecasts and `pool:spot`, in GPUs."""
+    fleet = make_fleet(pools=POOLS, models=[{"name": "chat", "arch": "Llama-3.2-1B", "tp_options": [1],
+                                             "max_context_tokens": 4096}])
+    fleet = type(fleet).model_validate(fleet.model_dump(mode="json") | {"metadata": {"name": "spotty"}})
+    ctl = make_controller(db_url, sim_fleets=())
+    now = ctl.clock.now()
+    with ctl.sessions.begin() as s:
+        put_fleet(s, spec=fleet)
+        for k in range(30):
+            up = ["od/0", "spot/0", "spot/1"] + (["spot/2"] if k % 4 else [])
+            record_worker_statuses(s, fleet="spotty", statuses=[_status(w, now - 1800 + 60 * k) for w in up])
+    api = serve(ctl)
+    try:
+        made = api.client("plan").post("/v1/fleets/spotty/forecasts")
+        assert made.status_code == 201, made.text
+        by_series = {f["series"]: f for f in made.json()}
+        assert set(by_series) == {"chat", "pool:spot"} and by_series["pool:spot"]["quantity"] == "gpus"
+        listed = api.client("read").get("/v1/fleets/spotty/forecasts").json()
+        assert {f["series"] for f in listed} == {"chat", "pool:spot"}
+    finally:
+        api.close()

@@ -12,6 +12,7 @@ from controller.api.errors import error_responses
 from controller.api.routes.fleets import FleetName
 from controller.api.schemas import ForecastPublic
 from controller.replan.cycle import make_scenarios
+from controller.replan.observe import spot_availability
 from db.fleets import fleet_spec, spec_sha256
 from db.forecasts import get_forecast, latest_forecasts, save_forecast
 from db.models import ForecastRow
@@ -37,9 +38,11 @@ def make_forecasts(name: FleetName, ctl: ControllerDep, session: SessionDep, _: 
     spec = fleet_spec(session, name=name)
     now = ctl.clock.now()
     history, _outcomes = read_telemetry(session, fleet=name, start_s=now - ctl.settings.history_s, end_s=now)
+    availability = spot_availability(ctl, name, spec, now)
     runtime = ctl.fleet(name)
     with runtime.lock:
-        _scenarios, forecasts = make_scenarios(ctl, runtime, spec, spec_sha256(spec), history, now)
+        _scenarios, forecasts = make_scenarios(ctl, runtime, spec, spec_sha256(spec), history, now,
+                                               availability=availability)
     return [forecast_public(save_forecast(session, fleet=name, forecast=f)) for f in forecasts]
 
 
