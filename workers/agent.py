@@ -4,7 +4,8 @@
   `GET /v1/worker/status`, `POST /v1/worker/actions` (an `Action` → `ApplyResult`), `POST /v1/worker/requests`
   (a `Request` → `SubmitResult`).
 - `POST /v1/completions`: OpenAI-compatible completions, text (byte-level models) or token ids, streamed as
-  server-sent events with `stream: true`.
+  server-sent events with `stream: true`; `POST /v1/chat/completions`: the same over chat messages, which the
+  worker's chat template (`CHAT_TEMPLATE`) turns into one prompt; `GET /v1/models`: the models it serves.
 - `GET /metrics` (Prometheus), `GET /healthz`.
 
 Bad input answers 4xx with a JSON body naming the field, the value and what is allowed (`core.errors.InputError`
@@ -29,18 +30,37 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
-from core.actions import Action, ApplyResult
+from core.actions import Action, ApplyResult, Residency
 from core.errors import InputError, strict_json
 from core.requests import Request
 from core.status import SubmitResult, WorkerStatus
 from workers.control import LocalWorkerClient
 from workers.handles import RequestHandle, SamplingParams, StopHold
 from workers.metrics import WorkerMetrics
-from workers.schemas import Choice, CompletionRequest, CompletionResponse, RequestIn, Usage
+from workers.schemas import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatMessage,
+    ChatMessageOut,
+    Choice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    RequestIn,
+    Usage,
+)
 from workers.tokenizer import ByteTokenizer
 
 COMPLETION_ID_BASE = 1 << 40  # completion request ids start here, clear of trace request ids
 COMPLETIONS_PATH = "/v1/completions"
+CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
+OPENAI_BODIES: dict[str, type[BaseModel]] = {COMPLETIONS_PATH: CompletionRequest, CHAT_PATH: ChatCompletionRequest}
 
 
 def create_app(client: LocalWorkerClient) -> FastAPI:
@@ -51,7 +71,7 @@ def create_app(client: LocalWorkerClient) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: HttpRequest, exc: RequestValidationError) -> JSONResponse:
-        err = _as_input_error(exc.errors()[0], CompletionRequest if _is_openai(request) else None)
+        err = _as_input_error(exc.errors()[0], OPENAI_BODIES.get(request.url.path))
         return _error({**err.to_dict(), "errors": _jsonable_errors(exc)}, 422, openai=_is_openai(request))
 
     @app.exception_handler(InputError)
@@ -83,6 +103,15 @@ def create_app(client: LocalWorkerClient) -> FastAPI:
     async def complete(body: CompletionRequest, http: HttpRequest) -> Response:
         return await completions.serve(body, http)
 
+    @app.post(CHAT_PATH, response_model=ChatCompletionResponse)
+    async def chat(body: ChatCompletionRequest, http: HttpRequest) -> Response:
+        return await completions.serve(body, http)
+
+    @app.get(MODELS_PATH, response_model=ModelList)
+    def models() -> ModelList:
+        """The models this worker serves, in OpenAI's shape (residency and context as extensions)."""
+        return completions.models()
+
     @app.get("/metrics")
     def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
@@ -90,23 +119,57 @@ def create_app(client: LocalWorkerClient) -> FastAPI:
     return app
 
 
+CHAT_TEMPLATE = "<|{role}|>\n{content}\n"  # one per message, then ASSISTANT_CUE: what the model continues
+ASSISTANT_CUE = "<|assistant|>\n"
+
+
+def chat_prompt(messages: list[ChatMessage]) -> str:
+    """The messages as the one text prompt the model continues (`CHAT_TEMPLATE`, then `ASSISTANT_CUE`)."""
+    return "".join(CHAT_TEMPLATE.format(role=m.role, content=m.text) for m in messages) + ASSISTANT_CUE
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One OpenAI call as the engine sees it: the body, its prompt (text or token ids) and whether it is chat."""
+
+    body: CompletionRequest | ChatCompletionRequest
+    prompt: str | list[int]
+
+    @property
+    def chat(self) -> bool:
+        return isinstance(self.body, ChatCompletionRequest)
+
+    @property
+    def text(self) -> bool:
+        return isinstance(self.prompt, str)
+
+
 class _Completions:
-    """`/v1/completions`: turns the OpenAI body into a request, waits on (or streams) its handle."""
+    """`/v1/completions` and `/v1/chat/completions`: turns the OpenAI body into a request, waits on (or streams)
+    its handle, and answers in the endpoint's shape."""
 
     def __init__(self, client: LocalWorkerClient) -> None:
         self.client = client
         self.engine = client.engine
         self._ids = itertools.count(COMPLETION_ID_BASE)
         self._ids_lock = threading.Lock()
+        self.created = int(time.time())  # the models' `created`: when this agent started serving them
 
-    async def serve(self, body: CompletionRequest, http: HttpRequest | None = None) -> Response:
+    def models(self) -> ModelList:
+        store, created = self.engine.store, self.created
+        return ModelList(data=[ModelCard(id=name, created=created, residency=store.residency(name).value,
+                                         max_context_tokens=store.source(name).arch.max_context_tokens)
+                               for name in store.names])
+
+    async def serve(self, body: CompletionRequest | ChatCompletionRequest, http: HttpRequest | None = None) -> Response:
         if not self.engine.store.knows(body.model):
             err = InputError("model", body.model, f"a model this worker serves: {', '.join(self.engine.store.names)}")
             return _error({**err.to_dict(), "error": "model_not_found"}, 404, openai=True)
-        request = self._request(body)
+        call = _Call(body, chat_prompt(body.messages) if isinstance(body, ChatCompletionRequest) else body.prompt)
+        request = self._request(call)
         self.engine.validate(request)  # raises InputError → 400 with field, value, allowed
         params = SamplingParams(temperature=body.temperature, seed=body.seed or 0, ignore_eos=body.ignore_eos,
-                                stop=_stop_sequences(body), presence_penalty=body.presence_penalty,
+                                stop=_stop_sequences(call), presence_penalty=body.presence_penalty,
                                 frequency_penalty=body.frequency_penalty,
                                 logit_bias=_logit_bias(body, self.engine.store.source(body.model).arch.vocab_size))
         result, handle = self.client.submit_with_handle(request, params)
@@ -116,7 +179,7 @@ class _Completions:
                           503 if stopped else 400, openai=True)
         events = _events(handle)
         if body.stream:
-            return StreamingResponse(self._stream(body, handle, events), media_type="text/event-stream")
+            return StreamingResponse(self._stream(call, handle, events), media_type="text/event-stream")
         watcher = asyncio.create_task(self._abort_when_gone(http, handle)) if http is not None else None
         try:
             async for _ in events:
@@ -128,8 +191,8 @@ class _Completions:
             return _error({"error": "engine_stopped", "message": handle.finish_reason.removeprefix("error: "),
                            "tokens_generated": len(handle.tokens)}, 503, openai=True)
         tokens = params.without_stop(handle.tokens) if handle.finish_reason == "stop" else handle.tokens
-        return JSONResponse(self._response(body, handle, _text(body, tokens), handle.finish_reason, usage=True,
-                                           token_ids=tokens).model_dump())
+        text = ByteTokenizer().decode(tokens) if call.text else ""
+        return JSONResponse(self._answer(call, handle, text, tokens, handle.finish_reason).model_dump())
 
     async def _abort_when_gone(self, http: HttpRequest, handle: RequestHandle, poll_s: float = 0.05) -> None:
         """A client that gives up on a non-streamed completion (a timeout, a cancelled call) must not leave the
@@ -140,37 +203,55 @@ class _Completions:
                 return
             await asyncio.sleep(poll_s)
 
-    def _request(self, body: CompletionRequest) -> Request:
+    def _request(self, call: _Call) -> Request:
+        body = call.body
         with self._ids_lock:
             request_id = next(self._ids)
         slo = body.slo_class if body.slo_class is not None else next(
             c.name for c in self.engine.slo_classes.values() if c.online)
-        text, ids = (body.prompt, None) if isinstance(body.prompt, str) else (None, tuple(body.prompt))
+        text, ids = (call.prompt, None) if isinstance(call.prompt, str) else (None, tuple(call.prompt))
         prompt_len = len(ids) if ids is not None else len(ByteTokenizer().encode(text or ""))
         return Request(request_id=request_id, arrival_s=time.time(), model=body.model, slo_class=slo,
-                       prompt_tokens=prompt_len, output_tokens=body.max_tokens, prompt_text=text,
-                       prompt_token_ids=ids)
+                       prompt_tokens=prompt_len, output_tokens=self._max_tokens(call, prompt_len),
+                       prompt_text=text, prompt_token_ids=ids)
 
-    async def _stream(self, body: CompletionRequest, handle: RequestHandle,
+    def _max_tokens(self, call: _Call, prompt_len: int) -> int:
+        """The body's limit; left out, 16 for completions (OpenAI's default) and, for chat, as many as fit: the
+        model's context and, once it is active, its KV share on this worker (so a chat never fails for a limit
+        the client did not set)."""
+        body = call.body
+        given = body.max_tokens if not isinstance(body, ChatCompletionRequest) else (
+            body.max_tokens or body.max_completion_tokens)
+        if given is not None:
+            return given
+        if not call.chat:
+            return 16
+        room = self.engine.store.source(body.model).arch.max_context_tokens - prompt_len
+        if self.engine.scheduler.has_model(body.model) and self.engine.store.residency(body.model) is Residency.ACTIVE:
+            room = min(room, self.engine.scheduler.kv_capacity_tokens(body.model) - prompt_len)
+        return max(room, 1)  # a prompt with no room left is refused by validate, naming it
+
+    async def _stream(self, call: _Call, handle: RequestHandle,
                       events: AsyncIterator[int | None]) -> AsyncIterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         hold = StopHold(handle.params)  # the stop sequence is never sent (as in the non-streamed text)
 
         def text(tokens: list[int], *, final: bool = False) -> str:
-            return decoder.decode(bytes(t for t in tokens if _byte_level(body, t)), final=final)
+            return decoder.decode(bytes(t for t in tokens if call.text and 0 <= t < 256), final=final)
 
         try:
+            if call.chat:  # OpenAI's first chat chunk names the role
+                yield _sse(self._chunk(call, handle, "", [], None, role=True))
             async for token in events:
                 if token is None:
                     rest = hold.end()
-                    chunk = self._response(body, handle, text(rest, final=True), handle.finish_reason, usage=True,
-                                           token_ids=rest)
+                    chunk = self._chunk(call, handle, text(rest, final=True), rest, handle.finish_reason)
                 else:
                     ready = hold.push(token)
                     if not ready:
                         continue
-                    chunk = self._response(body, handle, text(ready), None, usage=False, token_ids=ready)
-                yield f"data: {chunk.model_dump_json()}\n\n"
+                    chunk = self._chunk(call, handle, text(ready), ready, None)
+                yield _sse(chunk)
             yield "data: [DONE]\n\n"
         finally:
             # The client went away mid-stream (the stream is cancelled or closed): stop generating for no one and
@@ -178,24 +259,41 @@ class _Completions:
             if not handle.done:
                 self.engine.abort(handle.request_id, "client disconnected")
 
-    def _response(self, body: CompletionRequest, handle: RequestHandle, text: str, finish: str | None, *,
-                  usage: bool, token_ids: list[int] | None = None) -> CompletionResponse:
-        n_prompt, n_out = len(handle.prompt_token_ids), len(handle.tokens)
-        return CompletionResponse(
-            id=f"cmpl-{handle.request_id}", created=int(time.time()), model=body.model,
-            choices=[Choice(text=text, token_ids=handle.tokens if token_ids is None else token_ids,
-                            finish_reason=finish)],
-            usage=Usage(prompt_tokens=n_prompt, completion_tokens=n_out, total_tokens=n_prompt + n_out,
-                        num_preemptions=handle.num_preemptions, num_recomputed_tokens=handle.num_recomputed_tokens)
-            if usage else None,
-        )
+    def _answer(self, call: _Call, handle: RequestHandle, text: str, tokens: list[int],
+                finish: str | None) -> CompletionResponse | ChatCompletionResponse:
+        """The whole answer of a call that was not streamed."""
+        created, usage = int(time.time()), _usage(handle)
+        if call.chat:
+            return ChatCompletionResponse(
+                id=f"chatcmpl-{handle.request_id}", created=created, model=call.body.model, usage=usage,
+                choices=[ChatChoice(message=ChatMessageOut(content=text), token_ids=tokens, finish_reason=finish)])
+        return CompletionResponse(id=f"cmpl-{handle.request_id}", created=created, model=call.body.model, usage=usage,
+                                  choices=[Choice(text=text, token_ids=tokens, finish_reason=finish)])
+
+    def _chunk(self, call: _Call, handle: RequestHandle, text: str, tokens: list[int], finish: str | None, *,
+               role: bool = False) -> CompletionResponse | ChatCompletionChunk:
+        """One streamed chunk: its new text and token ids; the last (with `finish`) carries the usage."""
+        created, usage = int(time.time()), _usage(handle) if finish is not None else None
+        if call.chat:
+            delta = ChatDelta(role="assistant", content="") if role else ChatDelta(content=text)
+            return ChatCompletionChunk(
+                id=f"chatcmpl-{handle.request_id}", created=created, model=call.body.model, usage=usage,
+                choices=[ChatChunkChoice(delta=delta, token_ids=tokens, finish_reason=finish)])
+        return CompletionResponse(id=f"cmpl-{handle.request_id}", created=created, model=call.body.model, usage=usage,
+                                  choices=[Choice(text=text, token_ids=tokens, finish_reason=finish)])
 
 
-def _byte_level(body: CompletionRequest, token: int) -> bool:
-    return isinstance(body.prompt, str) and 0 <= token < 256
+def _usage(handle: RequestHandle) -> Usage:
+    n_prompt, n_out = len(handle.prompt_token_ids), len(handle.tokens)
+    return Usage(prompt_tokens=n_prompt, completion_tokens=n_out, total_tokens=n_prompt + n_out,
+                 num_preemptions=handle.num_preemptions, num_recomputed_tokens=handle.num_recomputed_tokens)
 
 
-def _logit_bias(body: CompletionRequest, vocab_size: int) -> tuple[tuple[int, float], ...]:
+def _sse(chunk: BaseModel) -> str:
+    return f"data: {chunk.model_dump_json()}\n\n"
+
+
+def _logit_bias(body: CompletionRequest | ChatCompletionRequest, vocab_size: int) -> tuple[tuple[int, float], ...]:
     """OpenAI's `logit_bias` (token ids as strings) as (id, bias) pairs, every id within the model's vocabulary."""
     pairs = tuple(sorted((int(t), float(b)) for t, b in (body.logit_bias or {}).items()))
     outside = [t for t, _ in pairs if t >= vocab_size]
@@ -204,18 +302,15 @@ def _logit_bias(body: CompletionRequest, vocab_size: int) -> tuple[tuple[int, fl
     return pairs
 
 
-def _stop_sequences(body: CompletionRequest) -> tuple[tuple[int, ...], ...]:
+def _stop_sequences(call: _Call) -> tuple[tuple[int, ...], ...]:
     """OpenAI's `stop` strings as the byte-level token sequences the engine matches."""
-    if body.stop is None:
+    stop = call.body.stop
+    if stop is None:
         return ()
-    if not isinstance(body.prompt, str):
-        raise InputError("stop", body.stop, "stop strings with a text prompt only (a token-id prompt gets token ids "
+    if not call.text:
+        raise InputError("stop", stop, "stop strings with a text prompt only (a token-id prompt gets token ids "
                          "back, no text to match)")
-    return tuple(tuple(ByteTokenizer().encode(s, add_bos=False)) for s in body.stop)
-
-
-def _text(body: CompletionRequest, tokens: list[int]) -> str:
-    return ByteTokenizer().decode(tokens) if isinstance(body.prompt, str) else ""
+    return tuple(tuple(ByteTokenizer().encode(s, add_bos=False)) for s in stop)
 
 
 async def _events(handle: RequestHandle) -> AsyncIterator[int | None]:
@@ -250,7 +345,7 @@ def _as_input_error(error: Mapping[str, Any], schema: type[BaseModel] | None = N
 
 
 def _is_openai(request: HttpRequest) -> bool:
-    return request.url.path == COMPLETIONS_PATH
+    return request.url.path in (COMPLETIONS_PATH, CHAT_PATH, MODELS_PATH)
 
 
 def _error(body: dict[str, Any], status: int, *, openai: bool) -> JSONResponse:

@@ -2,7 +2,8 @@
 
 - `RequestIn`: a trace request for `POST /v1/worker/requests` (the WorkerClient's `submit`), field for field
   `core.requests.Request`.
-- `CompletionRequest` / `CompletionResponse` / `CompletionChunk`: the OpenAI completions API, the subset this
+- `CompletionRequest` / `CompletionResponse`, `ChatCompletionRequest` / `ChatCompletionResponse` /
+  `ChatCompletionChunk`, `ModelList`: the OpenAI completions, chat completions and models APIs, the subset this
   engine honours. Unknown fields are rejected rather than silently ignored.
 """
 
@@ -10,7 +11,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 
 from core.requests import Request
 
@@ -60,13 +70,13 @@ class RequestIn(BaseModel):
         return Request(**self.model_dump())
 
 
-class CompletionRequest(BaseModel):
-    """OpenAI `POST /v1/completions` body. `prompt` is text (byte-level models) or token ids."""
+class _Sampling(BaseModel):
+    """What the completions and chat completions bodies share: the model, how much to generate and how to sample."""
 
     model_config = _STRICT
     model: str
-    prompt: Prompt
-    max_tokens: Annotated[int, Field(ge=1)] = 16
+    max_tokens: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Tokens to generate at most "
+                                                           "(completions: 16 when left out; chat: up to the context).")
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(ge=1, le=1)] = Field(default=1.0, description="Only 1: no nucleus sampling.")
     n: Literal[1] = Field(default=1, description="Only 1: one completion per request.")
@@ -83,22 +93,75 @@ class CompletionRequest(BaseModel):
         default=0.0, description="Lowers the logit of every token by this much per time it was generated.")
     logit_bias: Annotated[dict[str, float], AfterValidator(_check_bias)] | None = Field(
         default=None, description="Token id (as a string) → bias added to its logit, in [-100, 100].")
-    # OpenAI parameters honoured at their defaults only, so that clients which always send them work.
-    best_of: Literal[1] | None = Field(default=None, description="Only 1: one candidate per request.")
-    echo: Literal[False] = Field(default=False, description="Only false: the prompt is not echoed.")
-    logprobs: None = Field(default=None, description="Only null: log-probabilities are not returned.")
-    suffix: None = Field(default=None, description="Only null: no insertion after the completion.")
     # Extensions (vLLM names where vLLM has one).
     ignore_eos: bool = Field(default=False, description="Generate max_tokens even past EOS.")
     slo_class: str | None = Field(default=None, description="SLO class; default: the worker's first online class.")
 
 
-class Choice(BaseModel):
-    index: int = 0
+class CompletionRequest(_Sampling):
+    """OpenAI `POST /v1/completions` body. `prompt` is text (byte-level models) or token ids."""
+
+    prompt: Prompt
+    # OpenAI parameters honoured at their defaults only, so that clients which always send them work.
+    best_of: Literal[1] | None = Field(default=None, description="Only 1: one candidate per request.")
+    echo: Literal[False] = Field(default=False, description="Only false: the prompt is not echoed.")
+    logprobs: None = Field(default=None, description="Only null: log-probabilities are not returned.")
+    suffix: None = Field(default=None, description="Only null: no insertion after the completion.")
+
+
+class TextPart(BaseModel):
+    model_config = _STRICT
+    type: Literal["text"] = Field(description="Only text: the models read text.")
     text: str
-    token_ids: list[int] = Field(description="Extension: the generated token ids.")
+
+
+class ChatMessage(BaseModel):
+    model_config = _STRICT
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = _STRICT
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Sampling):
+    """OpenAI `POST /v1/chat/completions` body. The messages become one prompt through the worker's chat template
+    (`workers.agent.CHAT_TEMPLATE`: byte-level models have none of their own)."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="OpenAI's newer name for max_tokens; give one of them.")
+    stream_options: StreamOptions | None = None
+    logprobs: Literal[False] | None = Field(default=None, description="Only false: log-probabilities are not "
+                                                                      "returned.")
+    top_logprobs: None = Field(default=None, description="Only null: log-probabilities are not returned.")
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> ChatCompletionRequest:
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise ValueError("max_tokens or max_completion_tokens, not both")
+        return self
+
+
+class _Choice(BaseModel):
+    """What a choice of every OpenAI answer here carries besides its text."""
+
+    index: int = 0
+    token_ids: list[int] = Field(default=[], description="Extension: the generated token ids (in a stream, the "
+                                                          "chunk's new ones).")
     logprobs: None = None
-    finish_reason: str | None
+    finish_reason: str | None = None
+
+
+class Choice(_Choice):
+    text: str
 
 
 class Usage(BaseModel):
@@ -110,10 +173,58 @@ class Usage(BaseModel):
                                        "preemptions (0 when resumed from a swap or checkpoint).")
 
 
-class CompletionResponse(BaseModel):
+class _Answer(BaseModel):
+    """What every OpenAI answer here carries besides its kind and choices (usage: the whole answer, or a stream's
+    last chunk)."""
+
     id: str
-    object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
-    choices: list[Choice]
     usage: Usage | None = None
+
+
+class CompletionResponse(_Answer):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[Choice]
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(_Choice):
+    message: ChatMessageOut
+
+
+class ChatCompletionResponse(_Answer):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(_Choice):
+    delta: ChatDelta
+
+
+class ChatCompletionChunk(_Answer):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    choices: list[ChatChunkChoice]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "fleetwise"
+    residency: str = Field(description="Extension: active (serving), host (weights in host memory) or cold.")
+    max_context_tokens: int = Field(description="Extension: prompt + output tokens at most.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
