@@ -112,3 +112,26 @@ def test_without_a_limit_a_chat_generates_up_to_the_models_context(agent) -> Non
     context = {m["id"]: m["max_context_tokens"] for m in httpx.get(f"{url}/v1/models").json()["data"]}["a"]
     usage = chat(url, messages=[{"role": "user", "content": "hi"}]).json()["usage"]
     assert usage["prompt_tokens"] + usage["completion_tokens"] == context
+
+
+def test_the_official_openai_client_lists_chats_streams_and_completes(agent) -> None:
+    """What users run: the `openai` package against the worker's /v1, errors included."""
+    import openai
+
+    url, _ = agent
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list()] == ["a", "b"]
+    said = client.chat.completions.create(model="a", messages=MESSAGES, max_tokens=8, temperature=0,
+                                          extra_body={"ignore_eos": True})
+    assert said.choices[0].message.content == ByteTokenizer().decode(expected(MESSAGES, 8))
+    assert said.usage is not None and said.usage.completion_tokens == 8
+    streamed = client.chat.completions.create(model="a", messages=MESSAGES, max_tokens=8, temperature=0, stream=True,
+                                              stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == said.choices[0].message.content
+    completed = client.completions.create(model="a", prompt="hi", max_tokens=5, temperature=0, presence_penalty=0,
+                                          frequency_penalty=0, extra_body={"ignore_eos": True})
+    assert completed.choices[0].finish_reason == "length" and completed.usage.completion_tokens == 5
+    with pytest.raises(openai.UnprocessableEntityError, match="logprobs: True is not allowed"):
+        client.chat.completions.create(model="a", messages=MESSAGES, logprobs=True)
+    with pytest.raises(openai.NotFoundError, match="a model this worker serves"):
+        client.chat.completions.create(model="zz", messages=MESSAGES)
