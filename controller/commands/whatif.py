@@ -131,7 +131,4 @@ def _check_inputs(config: WhatIfConfig) -> None:
 
     fleet = load_fleet(config.fleet)
     table = prepare_workload(config, fleet)
-    if config.spot_start_s and (not config.spot_replay or not any(p.availability_trace for p in fleet.pools)):
-        raise InputError("--spot-start", config.spot_start_s, "only with a fleet whose spot pools name an "
-                         "availability_trace, and without --no-spot")
-    spot_replay_of(config, fleet, table)
+    spot_replay_of(config, fleet, table.start_s)

@@ -27,7 +27,6 @@ from controller.whatif.policies import POLICIES, PolicyContext
 from controller.whatif.workload import prepare_workload
 from core.errors import InputError
 from core.fleet import FleetSpec, load_fleet
-from core.requests import RequestTable
 from simulator.availability import SpotReplay, spot_replay
 from simulator.config import SimConfig
 from simulator.fleet import FleetSimulation
@@ -59,12 +58,16 @@ def sim_config(config: WhatIfConfig) -> SimConfig:
     return SimConfig(replan_interval_s=config.replan_interval_s)
 
 
-def spot_replay_of(config: WhatIfConfig, fleet: FleetSpec, table: RequestTable) -> SpotReplay:
-    """The fleet's spot traces from `config.spot_start_s` on, starting with the workload (none with --no-spot)."""
+def spot_replay_of(config: WhatIfConfig, fleet: FleetSpec, start_s: float) -> SpotReplay:
+    """The fleet's spot traces from `config.spot_start_s` on, at simulation time `start_s` (the workload's start);
+    none with --no-spot. A start the traces cannot give is an error naming --spot-start."""
+    if config.spot_start_s and (not config.spot_replay or not any(p.availability_trace for p in fleet.pools)):
+        raise InputError("--spot-start", config.spot_start_s, "only with a fleet whose spot pools name an "
+                         "availability_trace, and without --no-spot")
     if not config.spot_replay:
         return SpotReplay([], {})
     try:
-        return spot_replay(fleet, Path(config.fleet).parent, offset_s=config.spot_start_s, start_s=table.start_s)
+        return spot_replay(fleet, Path(config.fleet).parent, offset_s=config.spot_start_s, start_s=start_s)
     except InputError as exc:
         if exc.where != "offset_s":
             raise
@@ -77,7 +80,7 @@ def run_job(config: WhatIfConfig, job: Job, progress: Any = None) -> tuple[int, 
     fleet = load_fleet(config.fleet)
     table = prepare_workload(config, fleet, rate_scale=config.rate_scale * job.point)
     book = build_latency_book(fleet)
-    spot = spot_replay_of(config, fleet, table)
+    spot = spot_replay_of(config, fleet, table.start_s)
     setup = POLICIES[job.policy](PolicyContext(fleet, book, table, config.seed, availability=spot.on_clock))
     sim = FleetSimulation(fleet, table, setup.planner, config=sim_config(config), book=book,
                           scenarios_fn=setup.scenarios_fn, availability=spot.changes)

@@ -168,6 +168,8 @@ def test_concurrent_writes_of_one_fleet_conflict_instead_of_failing(api: Api) ->
     ({"sweep": {"parameter": "rate", "values": [1.0] * 51}}, 422, "sweep.values"),
     ({"policies": ["dedicated", "dedicated"]}, 400, "policies"),
     ({"fleet": "/no/such/fleet.yaml"}, 400, "fleet"),
+    ({"spot_start_s": 60.0}, 400, "spot_start_s"),  # small-hetero has no spot trace to start into
+    ({"fleet": str(EXAMPLES / "spot-mixed.yaml"), "spot_start_s": 1e9}, 400, "spot_start_s"),
 ])
 def test_whatif_jobs_the_cli_would_refuse_are_refused(api: Api, fields: dict, status: int, where: str) -> None:
     body = assert_error(api.client("plan").post("/v1/whatif", json=whatif(**fields)), status, where)

@@ -43,10 +43,15 @@ def create(body: WhatIfIn, ctl: ControllerDep, _: PlanToken) -> WhatIfPublic:
         raise InputError("policies", bad if bad is not None else [], f"one or more of {', '.join(known)}")
     if len(set(body.policies)) != len(body.policies):
         raise InputError("policies", list(body.policies), "each policy once")
+    from controller.whatif.runner import spot_replay_of
+    from core.fleet import load_fleet
+
     try:
         check_paths(body)
-    except InputError as exc:  # named after the CLI's options (--fleet); here they are body fields
-        raise InputError(exc.where.removeprefix("--"), exc.value, exc.allowed) from None
+        spot_replay_of(body, load_fleet(body.fleet), 0.0)  # the spot traces and spot_start_s, before queueing
+    except InputError as exc:  # named after the CLI's options (--fleet, --spot-start); here they are body fields
+        field = {"--spot-start": "spot_start_s"}.get(exc.where, exc.where.removeprefix("--"))
+        raise InputError(field, exc.value, exc.allowed, problem=exc.problem) from None
     with ctl.sessions.begin() as s:
         row = create_whatif_run(s, config=body.model_dump(mode="json"))
     ctl.background(run_whatif, ctl, row.run_id, body)
