@@ -35,7 +35,7 @@ from core.errors import InputError, strict_json
 from core.requests import Request
 from core.status import SubmitResult, WorkerStatus
 from workers.control import LocalWorkerClient
-from workers.handles import RequestHandle, SamplingParams, StopHold
+from workers.handles import RequestHandle, SamplingParams, StopHold, TokenLogprob
 from workers.metrics import WorkerMetrics
 from workers.schemas import (
     ChatChoice,
@@ -44,14 +44,18 @@ from workers.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
+    ChatLogprobs,
     ChatMessage,
     ChatMessageOut,
     Choice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     ModelCard,
     ModelList,
     RequestIn,
+    TokenLogprobOut,
+    TopLogprob,
     Usage,
 )
 from workers.tokenizer import ByteTokenizer
@@ -143,6 +147,38 @@ class _Call:
     def text(self) -> bool:
         return isinstance(self.prompt, str)
 
+    @property
+    def logprobs(self) -> int | None:
+        """Alternatives per token to report (None: no log-probabilities)."""
+        body = self.body
+        if isinstance(body, ChatCompletionRequest):
+            return (body.top_logprobs or 0) if body.logprobs else None
+        return body.logprobs
+
+    def token_text(self, token: int) -> str:
+        """A token as the logprobs lists name it: its character for an ASCII byte, OpenAI's `bytes:\\xNN` for a
+        byte that is part of a longer UTF-8 character (so distinct tokens never share a name), else vLLM's
+        `token_id:<id>` (special tokens, token-id prompts)."""
+        if not self.text or not 0 <= token < 256:
+            return f"token_id:{token}"
+        return chr(token) if token < 128 else f"bytes:\\x{token:02x}"
+
+    def logprobs_of(self, tokens: list[int], logprobs: list[TokenLogprob],
+                    offset: int = 0) -> CompletionLogprobs | ChatLogprobs | None:
+        """The endpoint's form of `logprobs` (one per token of `tokens`); `offset`: characters already sent."""
+        if self.logprobs is None:
+            return None
+        if self.chat:
+            return ChatLogprobs(content=[TokenLogprobOut(
+                token=self.token_text(lp.token), logprob=lp.logprob, bytes=_bytes(self, lp.token),
+                top_logprobs=[TopLogprob(token=self.token_text(t), logprob=v, bytes=_bytes(self, t)) for t, v in lp.top])
+                for lp in logprobs])
+        starts = [offset + len(ByteTokenizer().decode(tokens[:i])) if self.text else offset for i in range(len(tokens))]
+        return CompletionLogprobs(
+            tokens=[self.token_text(lp.token) for lp in logprobs], token_logprobs=[lp.logprob for lp in logprobs],
+            top_logprobs=[{self.token_text(t): v for t, v in lp.top} for lp in logprobs] if self.logprobs else None,
+            text_offset=starts)
+
 
 class _Completions:
     """`/v1/completions` and `/v1/chat/completions`: turns the OpenAI body into a request, waits on (or streams)
@@ -171,7 +207,8 @@ class _Completions:
         params = SamplingParams(temperature=body.temperature, seed=body.seed or 0, ignore_eos=body.ignore_eos,
                                 stop=_stop_sequences(call), presence_penalty=body.presence_penalty,
                                 frequency_penalty=body.frequency_penalty,
-                                logit_bias=_logit_bias(body, self.engine.store.source(body.model).arch.vocab_size))
+                                logit_bias=_logit_bias(body, self.engine.store.source(body.model).arch.vocab_size),
+                                logprobs=call.logprobs)
         result, handle = self.client.submit_with_handle(request, params)
         if handle is None:
             stopped = self.engine.failure is not None
@@ -239,19 +276,27 @@ class _Completions:
         def text(tokens: list[int], *, final: bool = False) -> str:
             return decoder.decode(bytes(t for t in tokens if call.text and 0 <= t < 256), final=final)
 
+        sent = chars = 0  # tokens and characters sent so far (the logprobs of a chunk are those of its tokens)
+
+        def chunk(tokens: list[int], piece: str, finish: str | None) -> BaseModel:
+            nonlocal sent, chars
+            lps = call.logprobs_of(tokens, handle.logprobs[sent:sent + len(tokens)], chars)
+            sent, chars = sent + len(tokens), chars + len(piece)
+            return self._chunk(call, handle, piece, tokens, finish, logprobs=lps)
+
         try:
             if call.chat:  # OpenAI's first chat chunk names the role
                 yield _sse(self._chunk(call, handle, "", [], None, role=True))
             async for token in events:
                 if token is None:
                     rest = hold.end()
-                    chunk = self._chunk(call, handle, text(rest, final=True), rest, handle.finish_reason)
+                    out = chunk(rest, text(rest, final=True), handle.finish_reason)
                 else:
                     ready = hold.push(token)
                     if not ready:
                         continue
-                    chunk = self._chunk(call, handle, text(ready), ready, None)
-                yield _sse(chunk)
+                    out = chunk(ready, text(ready), None)
+                yield _sse(out)
             yield "data: [DONE]\n\n"
         finally:
             # The client went away mid-stream (the stream is cancelled or closed): stop generating for no one and
@@ -263,24 +308,32 @@ class _Completions:
                 finish: str | None) -> CompletionResponse | ChatCompletionResponse:
         """The whole answer of a call that was not streamed."""
         created, usage = int(time.time()), _usage(handle)
+        lps = call.logprobs_of(tokens, handle.logprobs[:len(tokens)])
         if call.chat:
             return ChatCompletionResponse(
                 id=f"chatcmpl-{handle.request_id}", created=created, model=call.body.model, usage=usage,
-                choices=[ChatChoice(message=ChatMessageOut(content=text), token_ids=tokens, finish_reason=finish)])
+                choices=[ChatChoice(message=ChatMessageOut(content=text), token_ids=tokens, finish_reason=finish,
+                                    logprobs=lps)])
         return CompletionResponse(id=f"cmpl-{handle.request_id}", created=created, model=call.body.model, usage=usage,
-                                  choices=[Choice(text=text, token_ids=tokens, finish_reason=finish)])
+                                  choices=[Choice(text=text, token_ids=tokens, finish_reason=finish, logprobs=lps)])
 
     def _chunk(self, call: _Call, handle: RequestHandle, text: str, tokens: list[int], finish: str | None, *,
-               role: bool = False) -> CompletionResponse | ChatCompletionChunk:
-        """One streamed chunk: its new text and token ids; the last (with `finish`) carries the usage."""
+               role: bool = False, logprobs: BaseModel | None = None) -> CompletionResponse | ChatCompletionChunk:
+        """One streamed chunk: its new text, token ids and their logprobs; the last (with `finish`) carries the
+        usage."""
         created, usage = int(time.time()), _usage(handle) if finish is not None else None
         if call.chat:
             delta = ChatDelta(role="assistant", content="") if role else ChatDelta(content=text)
             return ChatCompletionChunk(
                 id=f"chatcmpl-{handle.request_id}", created=created, model=call.body.model, usage=usage,
-                choices=[ChatChunkChoice(delta=delta, token_ids=tokens, finish_reason=finish)])
+                choices=[ChatChunkChoice(delta=delta, token_ids=tokens, finish_reason=finish, logprobs=logprobs)])
         return CompletionResponse(id=f"cmpl-{handle.request_id}", created=created, model=call.body.model, usage=usage,
-                                  choices=[Choice(text=text, token_ids=tokens, finish_reason=finish)])
+                                  choices=[Choice(text=text, token_ids=tokens, finish_reason=finish, logprobs=logprobs)])
+
+
+def _bytes(call: _Call, token: int) -> list[int] | None:
+    """A token's UTF-8 bytes (a byte-level token is one byte); None where the worker has no text for it."""
+    return [token] if call.text and 0 <= token < 256 else None
 
 
 def _usage(handle: RequestHandle) -> Usage:

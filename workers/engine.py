@@ -34,7 +34,7 @@ from core.requests import Request
 from core.state import group_id
 from core.status import ReplicaStatus, SubmitResult, WorkerStatus
 from workers.attention import AttentionBackend, TorchAttention, TritonAttention
-from workers.handles import REPLAY, RequestHandle, SamplingParams
+from workers.handles import REPLAY, RequestHandle, SamplingParams, TokenLogprob
 from workers.kernels.layout import PagedKVLayout
 from workers.kv_memory import KVMemory, pool_layout
 from workers.kv_pool import KVPool, fit_block_size
@@ -284,8 +284,11 @@ class Engine:
             self.memory.to_host(batch.swap_out)
             self.memory.to_device(batch.swap_in)
             tokens: dict[int, int] = {}
+            logprobs: dict[int, TokenLogprob] = {}
             if batch.has_compute:
-                tokens = self._runners[batch.model].run(self._work(batch))
+                runner = self._runners[batch.model]
+                tokens = runner.run(self._work(batch))
+                logprobs = runner.last_logprobs
                 self.memory.to_host(batch.checkpoint)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -294,7 +297,7 @@ class Engine:
             finished = {i for i, t in tokens.items() if self._ends(self._handles[i], t, eos)}
             done = self.scheduler.on_batch_done(batch, end, finished=finished, token_ids=tokens)
             self.memory.sync_host(self.pool)
-            self._deliver(tokens, done, finished)
+            self._deliver(tokens, done, finished, logprobs)
             self.num_steps += 1
             # The iteration's cost runs to here (bookkeeping and delivery included): the next one starts now.
             return StepReport(batch.model, batch.prefill_tokens, batch.prefill_attn, batch.decode_seqs,
@@ -334,17 +337,18 @@ class Engine:
         else:
             ids = tuple(prompt[start:]) + tuple(seq.output_token_ids[max(0, start - p) : start + n - p])
         params = self._handles[seq.seq_id].params
-        if not params.shapes_logits:
+        if not params.shapes_logits and params.logprobs is None:
             return SeqWork(seq.seq_id, ids, start, seq.block_table, sample, params.temperature,
                            params.seed ^ seq.seq_id)
         penalized = params.presence_penalty or params.frequency_penalty
         return SeqWork(seq.seq_id, ids, start, seq.block_table, sample, params.temperature, params.seed ^ seq.seq_id,
                        params.presence_penalty, params.frequency_penalty, params.logit_bias,
-                       tuple(seq.output_token_ids) if sample and penalized else ())
+                       tuple(seq.output_token_ids) if sample and penalized else (), params.logprobs)
 
-    def _deliver(self, tokens: dict[int, int], done: list[Sequence], finished: set[int]) -> None:
+    def _deliver(self, tokens: dict[int, int], done: list[Sequence], finished: set[int],
+                 logprobs: dict[int, TokenLogprob] | None = None) -> None:
         for seq_id, token in tokens.items():
-            self._handles[seq_id].push(token)
+            self._handles[seq_id].push(token, (logprobs or {}).get(seq_id))
         for seq in done:
             self._finish(seq, "stop" if seq.seq_id in finished else "length")
         for seq in self.scheduler.take_dropped():

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from core.errors import InputError
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit on alternatives per token
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -26,6 +28,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit before sampling)
+    # Log-probabilities of each generated token and of the `logprobs` likeliest ones (None: not computed). They are
+    # the model's own (log-softmax of its logits), before temperature, penalties and biases.
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.temperature <= 100:
@@ -38,6 +43,8 @@ class SamplingParams:
         for token, bias in self.logit_bias:
             if token < 0 or not -100 <= bias <= 100:
                 raise InputError("logit_bias", {token: bias}, "token ids ≥ 0 with biases in [-100, 100]")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise InputError("logprobs", self.logprobs, f"a number of alternatives from 0 to {MAX_TOP_LOGPROBS}")
 
     @property
     def shapes_logits(self) -> bool:
@@ -57,6 +64,15 @@ class SamplingParams:
         leaves it out of the text."""
         ends = [len(seq) for seq in self.stop if len(tokens) >= len(seq) and tuple(tokens[-len(seq):]) == seq]
         return tokens[:len(tokens) - max(ends)] if ends else tokens
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model, and the likeliest tokens at that step."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, log-probability), likeliest first
 
 
 class StopHold:
@@ -97,6 +113,7 @@ class RequestHandle:
         self.prompt_token_ids = prompt_token_ids
         self.params = params
         self.tokens: list[int] = []
+        self.logprobs: list[TokenLogprob] = []  # one per token when `params.logprobs` is set
         self.finish_reason: str | None = None  # "stop" (EOS), "length", "dropped: …", "removed: …"
         self.ttft_s: float | None = None
         self.tpot_s: float | None = None
@@ -125,9 +142,11 @@ class RequestHandle:
             if ended:
                 listener(self, None)
 
-    def push(self, token: int) -> None:
+    def push(self, token: int, logprob: TokenLogprob | None = None) -> None:
         with self._lock:
             self.tokens.append(token)
+            if logprob is not None:
+                self.logprobs.append(logprob)
             listeners = list(self._listeners)
         for listener in listeners:
             listener(self, token)

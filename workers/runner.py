@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from workers.attention import AttentionBackend, AttentionBatch, default_backend
+from workers.handles import TokenLogprob
 from workers.kernels.layout import PagedKVLayout, kv_views
 from workers.model import LlamaModel
 
@@ -38,6 +39,7 @@ class SeqWork:
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     generated: tuple[int, ...] = ()  # the output so far, when a penalty reads it
+    logprobs: int | None = None  # also report the sampled token's log-probability and this many alternatives
 
     @property
     def end_pos(self) -> int:
@@ -60,7 +62,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, work: Sequence[SeqWork]) -> dict[int, int]:
-        """Compute KV for every `work` item and sample where asked; returns {seq_id: next token}."""
+        """Compute KV for every `work` item and sample where asked; returns {seq_id: next token}. The
+        log-probabilities of the items that asked for them are in `last_logprobs` until the next run."""
+        self.last_logprobs: dict[int, TokenLogprob] = {}
         if not work:
             return {}
         ordered = [w for w in work if len(w.token_ids) == 1] + [w for w in work if len(w.token_ids) > 1]
@@ -75,7 +79,9 @@ class ModelRunner:
             return {}
         last_rows = inputs.tensor(inputs.cu[1:][sampled] - 1, self.device)
         picked = [ordered[i] for i in sampled]
-        tokens = sample_tokens(self.model.logits(hidden[last_rows]), picked)
+        logits = self.model.logits(hidden[last_rows])
+        tokens = sample_tokens(logits, picked)
+        self.last_logprobs = token_logprobs(logits, picked, tokens)
         return dict(zip((w.seq_id for w in picked), tokens, strict=True))
 
 
@@ -128,6 +134,27 @@ def sample_tokens(logits: torch.Tensor, work: Sequence[SeqWork]) -> list[int]:
         gen = torch.Generator().manual_seed(hash((w.seed, w.end_pos)) & 0x7FFF_FFFF_FFFF_FFFF)
         tokens[i] = int(torch.multinomial(probs, 1, generator=gen))
     return tokens
+
+
+def token_logprobs(logits: torch.Tensor, work: Sequence[SeqWork], tokens: list[int]) -> dict[int, TokenLogprob]:
+    """For the rows whose work asks (`logprobs` set): the sampled token's log-probability under the model
+    (log-softmax of its logits, in float32) and the `logprobs` likeliest tokens, by seq_id."""
+    rows = [i for i, w in enumerate(work) if w.logprobs is not None]
+    if not rows:
+        return {}
+    lp = torch.log_softmax(logits[rows].float(), dim=-1)
+    k = max(work[i].logprobs or 0 for i in rows)
+    chosen = lp.gather(1, torch.tensor([tokens[i] for i in rows], device=lp.device)[:, None])[:, 0].tolist()
+    if k:
+        best = lp.topk(k, dim=-1)
+        top_lp, top_ids = best.values.tolist(), best.indices.tolist()
+    else:
+        top_lp = top_ids = [[] for _ in rows]
+    out = {}
+    for j, i in enumerate(rows):
+        n = work[i].logprobs or 0
+        out[work[i].seq_id] = TokenLogprob(tokens[i], chosen[j], tuple(zip(top_ids[j][:n], top_lp[j][:n], strict=True)))
+    return out
 
 
 def _shape(row: torch.Tensor, w: SeqWork) -> torch.Tensor:

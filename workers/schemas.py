@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from core.requests import Request
+from workers.handles import MAX_TOP_LOGPROBS
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -105,7 +106,9 @@ class CompletionRequest(_Sampling):
     # OpenAI parameters honoured at their defaults only, so that clients which always send them work.
     best_of: Literal[1] | None = Field(default=None, description="Only 1: one candidate per request.")
     echo: Literal[False] = Field(default=False, description="Only false: the prompt is not echoed.")
-    logprobs: None = Field(default=None, description="Only null: log-probabilities are not returned.")
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = Field(
+        default=None, description="Return each generated token's log-probability and this many likeliest "
+        "alternatives (the model's own, before temperature, penalties and biases).")
     suffix: None = Field(default=None, description="Only null: no insertion after the completion.")
 
 
@@ -139,29 +142,41 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="OpenAI's newer name for max_tokens; give one of them.")
     stream_options: StreamOptions | None = None
-    logprobs: Literal[False] | None = Field(default=None, description="Only false: log-probabilities are not "
-                                                                      "returned.")
-    top_logprobs: None = Field(default=None, description="Only null: log-probabilities are not returned.")
+    logprobs: bool | None = Field(default=None, description="Return each generated token's log-probability (the "
+                                  "model's own, before temperature, penalties and biases).")
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = Field(
+        default=None, description="With logprobs: this many likeliest alternatives per token too.")
 
     @model_validator(mode="after")
-    def _one_limit(self) -> ChatCompletionRequest:
+    def _consistent(self) -> ChatCompletionRequest:
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise ValueError("max_tokens or max_completion_tokens, not both")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs only with logprobs: true")
         return self
 
 
 class _Choice(BaseModel):
-    """What a choice of every OpenAI answer here carries besides its text."""
+    """What a choice of every OpenAI answer here carries besides its text and log-probabilities."""
 
     index: int = 0
     token_ids: list[int] = Field(default=[], description="Extension: the generated token ids (in a stream, the "
                                                           "chunk's new ones).")
-    logprobs: None = None
     finish_reason: str | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """OpenAI's completions form: parallel lists over the generated tokens."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
 
 
 class Choice(_Choice):
     text: str
+    logprobs: CompletionLogprobs | None = None
 
 
 class Usage(BaseModel):
@@ -193,8 +208,25 @@ class ChatMessageOut(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """OpenAI's chat form: one entry per generated token."""
+
+    content: list[TokenLogprobOut]
+
+
 class ChatChoice(_Choice):
     message: ChatMessageOut
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionResponse(_Answer):
@@ -209,6 +241,7 @@ class ChatDelta(BaseModel):
 
 class ChatChunkChoice(_Choice):
     delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(_Answer):

@@ -34,6 +34,47 @@ def expected(messages: list[dict], n: int) -> list[int]:
     return dense_tokens("a", tuple(ByteTokenizer().encode(prompt)), n)
 
 
+def reference_logprobs(messages: list[dict], tokens: list[int]) -> list[float]:
+    """Each token's log-probability under the dense reference model, recomputing the whole sequence per token."""
+    import torch
+
+    from tests.workers.engines import _dense
+    from workers.reference import dense_logits
+
+    seq = ByteTokenizer().encode(chat_prompt([ChatMessage.model_validate(m) for m in messages]))
+    out = []
+    with torch.inference_mode():
+        for token in tokens:
+            out.append(float(torch.log_softmax(dense_logits(_dense("a"), seq)[-1].float(), -1)[token]))
+            seq.append(token)
+    return out
+
+
+def test_logprobs_are_the_models_own_streamed_or_not(agent) -> None:
+    url, _ = agent
+    tokens = expected(MESSAGES, 6)
+    reference = reference_logprobs(MESSAGES, tokens)
+    body = chat(url, max_tokens=6, logprobs=True, top_logprobs=3).json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert [c["logprob"] for c in content] == pytest.approx(reference, abs=1e-4)
+    assert all(c["bytes"] == [t] and len(c["top_logprobs"]) == 3 for c, t in zip(content, tokens, strict=True))
+    assert all(c["top_logprobs"][0]["logprob"] == pytest.approx(c["logprob"]) for c in content)  # greedy: the top
+    with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=120, json={
+            "model": "a", "messages": MESSAGES, "temperature": 0, "ignore_eos": True, "max_tokens": 6, "stream": True,
+            "logprobs": True}) as response:
+        chunks = [json.loads(line[6:]) for line in response.iter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    streamed = [c["logprob"] for ch in chunks[1:] for c in ch["choices"][0]["logprobs"]["content"]]
+    assert streamed == pytest.approx(reference, abs=1e-4)
+    # Completions: OpenAI's parallel lists, text offsets included.
+    prompt = chat_prompt([ChatMessage.model_validate(m) for m in MESSAGES])
+    done = httpx.post(f"{url}/v1/completions", json={"model": "a", "prompt": prompt, "max_tokens": 6, "temperature": 0,
+                                                     "ignore_eos": True, "logprobs": 2}, timeout=120).json()
+    lps = done["choices"][0]["logprobs"]
+    assert lps["token_logprobs"] == pytest.approx(reference, abs=1e-4)
+    assert lps["text_offset"][0] == 0 and all(len(top) == 2 for top in lps["top_logprobs"])
+
+
 def test_the_template_is_one_line_per_message_then_the_assistant_cue() -> None:
     assert chat_prompt([ChatMessage.model_validate(m) for m in MESSAGES]) == (
         "<|system|>\nYou are terse.\n<|user|>\nSay something.\n<|assistant|>\n")
@@ -91,7 +132,8 @@ def test_the_model_list_names_every_model_with_its_residency(agent) -> None:
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, 422,
      "messages.0.content", None),
     ({"max_tokens": 5, "max_completion_tokens": 5}, 422, "body", "max_tokens or max_completion_tokens, not both"),
-    ({"logprobs": True}, 422, "logprobs", "Only false: log-probabilities are not returned."),
+    ({"top_logprobs": 2}, 422, "body", "top_logprobs only with logprobs: true"),
+    ({"logprobs": True, "top_logprobs": 21}, 422, "top_logprobs", "less than or equal to 20"),
     ({"tools": []}, 422, "tools", "Extra inputs are not permitted"),
     ({"model": "zz"}, 404, "model", "a model this worker serves"),
     ({"max_tokens": 100_000}, 400, "prompt_tokens", "within the context"),
@@ -131,7 +173,12 @@ def test_the_official_openai_client_lists_chats_streams_and_completes(agent) -> 
     completed = client.completions.create(model="a", prompt="hi", max_tokens=5, temperature=0, presence_penalty=0,
                                           frequency_penalty=0, extra_body={"ignore_eos": True})
     assert completed.choices[0].finish_reason == "length" and completed.usage.completion_tokens == 5
-    with pytest.raises(openai.UnprocessableEntityError, match="logprobs: True is not allowed"):
-        client.chat.completions.create(model="a", messages=MESSAGES, logprobs=True)
+    scored = client.chat.completions.create(model="a", messages=MESSAGES, max_tokens=4, temperature=0, logprobs=True,
+                                            top_logprobs=2, extra_body={"ignore_eos": True})
+    assert scored.choices[0].logprobs is not None
+    assert [t.logprob for t in scored.choices[0].logprobs.content] == pytest.approx(
+        reference_logprobs(MESSAGES, expected(MESSAGES, 4)), abs=1e-4)
+    with pytest.raises(openai.UnprocessableEntityError, match="top_logprobs only with logprobs: true"):
+        client.chat.completions.create(model="a", messages=MESSAGES, top_logprobs=2)
     with pytest.raises(openai.NotFoundError, match="a model this worker serves"):
         client.chat.completions.create(model="zz", messages=MESSAGES)

@@ -227,8 +227,22 @@ def test_penalties_and_biases_match_the_dense_reference_in_a_busy_batch(presence
     assert 66 not in handle.tokens or 66 not in bias
 
 
-def test_penalties_out_of_range_are_refused() -> None:
+def test_sampling_parameters_out_of_range_are_refused() -> None:
     with pytest.raises(InputError, match="presence_penalty: 2.5 is not allowed; a number in"):
         SamplingParams(presence_penalty=2.5)
     with pytest.raises(InputError, match="logit_bias"):
         SamplingParams(logit_bias=((3, 101.0),))
+    with pytest.raises(InputError, match="logprobs: 21 is not allowed; a number of alternatives from 0 to 20"):
+        SamplingParams(logprobs=21)
+
+
+def test_logprobs_ride_along_without_changing_a_token() -> None:
+    """Asking for log-probabilities changes nothing else: the tokens are the dense reference's, one entry each."""
+    engine = make_engine(activate=("a",))
+    _, plain = engine.submit(request(11, output=12), SamplingParams(ignore_eos=True))
+    _, scored = engine.submit(request(12, output=12), SamplingParams(ignore_eos=True, logprobs=2))
+    engine.run_until_idle()
+    assert plain.tokens == dense_tokens("a", plain.prompt_token_ids, 12)
+    assert scored.tokens == dense_tokens("a", scored.prompt_token_ids, 12)
+    assert [lp.token for lp in scored.logprobs] == scored.tokens and not plain.logprobs
+    assert all(len(lp.top) == 2 and lp.top[0][0] == lp.token and lp.logprob <= 0 for lp in scored.logprobs)
