@@ -169,12 +169,21 @@ def test_concurrent_writes_of_one_fleet_conflict_instead_of_failing(api: Api) ->
     ({"policies": ["dedicated", "dedicated"]}, 400, "policies"),
     ({"fleet": "/no/such/fleet.yaml"}, 400, "fleet"),
     ({"spot_start_s": 60.0}, 400, "spot_start_s"),  # small-hetero has no spot trace to start into
-    ({"fleet": str(EXAMPLES / "spot-mixed.yaml"), "spot_start_s": 1e9}, 400, "spot_start_s"),
 ])
 def test_whatif_jobs_the_cli_would_refuse_are_refused(api: Api, fields: dict, status: int, where: str) -> None:
     body = assert_error(api.client("plan").post("/v1/whatif", json=whatif(**fields)), status, where)
     assert not body["where"].startswith("--")
     assert count(api, WhatIfRunRow) == 0
+
+
+def test_a_whatif_start_past_the_spot_trace_is_refused_before_queueing(api: Api, tmp_path) -> None:
+    (tmp_path / "spot.csv").write_text("0,add,a\n0,add,b\n60000,remove,b\n")
+    spec = yaml.safe_load((EXAMPLES / "small-hetero.yaml").read_text())
+    spec["spec"]["pools"][0].update(spot=True, availability_trace="spot.csv")
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(spec))
+    body = assert_error(api.client("plan").post("/v1/whatif", json=whatif(fleet=str(tmp_path / "fleet.yaml"),
+                                                                          spot_start_s=120.0)), 400, "spot_start_s")
+    assert "before the end of pool" in body["allowed"] and count(api, WhatIfRunRow) == 0
 
 
 def test_a_diff_of_a_first_plan_names_the_parameter_to_give(api: Api) -> None:
