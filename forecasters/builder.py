@@ -64,7 +64,7 @@ class ScenarioBuilder:
         self._anchor_s: float | None = None
         self._buffer = np.zeros((len(self.models), 0))  # whole intervals counted so far, from the anchor
         self._builds_since_select = 0
-        self.availability_forecasts: list[Forecast] = []  # the last build's, one per pool with a trace
+        self.pool_forecasters: list[AvailabilityForecaster] = []  # the last build's, one per pool with a trace
 
     def build(self, history: RequestTable, now_s: float, *, seed: int = 0,
               availability: Mapping[str, AvailabilityTrace] | None = None) -> ScenarioSet:
@@ -140,7 +140,7 @@ class ScenarioBuilder:
             raise ValueError(f"availability traces for unknown pools {sorted(unknown)}; pools: "
                              f"{[p.name for p in self.fleet.pools]}")
         out: list[Forecast | float] = []
-        self.availability_forecasts = []
+        self.pool_forecasters = []
         for pool in self.fleet.pools:
             trace = traces.get(pool.name)
             if trace is None:
@@ -151,7 +151,7 @@ class ScenarioBuilder:
             f = AvailabilityForecaster(pool=pool.name, capacity=pool.count, config=cfg.availability)
             f.fit(counts, interval_s=cfg.interval_s, start_s=start, removals=trace.removals())
             out.append(f.forecast(cfg.horizon, SAMPLING_LEVELS))
-            self.availability_forecasts.append(f.forecast(cfg.horizon))
+            self.pool_forecasters.append(f)
         return tuple(out)
 
     # -- classes and lengths ---------------------------------------------------------------------------------------

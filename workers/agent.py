@@ -155,13 +155,21 @@ class _Call:
             return (body.top_logprobs or 0) if body.logprobs else None
         return body.logprobs
 
+    def is_byte(self, token: int) -> bool:
+        """Whether `token` is a byte of the answer's text (a text prompt's byte-level token, not a special one)."""
+        return self.text and 0 <= token < 256
+
     def token_text(self, token: int) -> str:
         """A token as the logprobs lists name it: its character for an ASCII byte, OpenAI's `bytes:\\xNN` for a
         byte that is part of a longer UTF-8 character (so distinct tokens never share a name), else vLLM's
         `token_id:<id>` (special tokens, token-id prompts)."""
-        if not self.text or not 0 <= token < 256:
+        if not self.is_byte(token):
             return f"token_id:{token}"
         return chr(token) if token < 128 else f"bytes:\\x{token:02x}"
+
+    def token_bytes(self, token: int) -> list[int] | None:
+        """A token's UTF-8 bytes (a byte-level token is one byte); None where the worker has no text for it."""
+        return [token] if self.is_byte(token) else None
 
     def logprobs_of(self, tokens: list[int], logprobs: list[TokenLogprob],
                     offset: int = 0) -> CompletionLogprobs | ChatLogprobs | None:
@@ -170,8 +178,9 @@ class _Call:
             return None
         if self.chat:
             return ChatLogprobs(content=[TokenLogprobOut(
-                token=self.token_text(lp.token), logprob=lp.logprob, bytes=_bytes(self, lp.token),
-                top_logprobs=[TopLogprob(token=self.token_text(t), logprob=v, bytes=_bytes(self, t)) for t, v in lp.top])
+                token=self.token_text(lp.token), logprob=lp.logprob, bytes=self.token_bytes(lp.token),
+                top_logprobs=[TopLogprob(token=self.token_text(t), logprob=v, bytes=self.token_bytes(t))
+                              for t, v in lp.top])
                 for lp in logprobs])
         starts = [offset + len(ByteTokenizer().decode(tokens[:i])) if self.text else offset for i in range(len(tokens))]
         return CompletionLogprobs(
@@ -274,7 +283,7 @@ class _Completions:
         hold = StopHold(handle.params)  # the stop sequence is never sent (as in the non-streamed text)
 
         def text(tokens: list[int], *, final: bool = False) -> str:
-            return decoder.decode(bytes(t for t in tokens if call.text and 0 <= t < 256), final=final)
+            return decoder.decode(bytes(t for t in tokens if call.is_byte(t)), final=final)
 
         sent = chars = 0  # tokens and characters sent so far (the logprobs of a chunk are those of its tokens)
 
@@ -282,11 +291,11 @@ class _Completions:
             nonlocal sent, chars
             lps = call.logprobs_of(tokens, handle.logprobs[sent:sent + len(tokens)], chars)
             sent, chars = sent + len(tokens), chars + len(piece)
-            return self._chunk(call, handle, piece, tokens, finish, logprobs=lps)
+            return self._answer(call, handle, piece, tokens, finish, stream=True, logprobs=lps)
 
         try:
             if call.chat:  # OpenAI's first chat chunk names the role
-                yield _sse(self._chunk(call, handle, "", [], None, role=True))
+                yield _sse(self._answer(call, handle, "", [], None, stream=True, role=True))
             async for token in events:
                 if token is None:
                     rest = hold.end()
@@ -304,36 +313,22 @@ class _Completions:
             if not handle.done:
                 self.engine.abort(handle.request_id, "client disconnected")
 
-    def _answer(self, call: _Call, handle: RequestHandle, text: str, tokens: list[int],
-                finish: str | None) -> CompletionResponse | ChatCompletionResponse:
-        """The whole answer of a call that was not streamed."""
-        created, usage = int(time.time()), _usage(handle)
-        lps = call.logprobs_of(tokens, handle.logprobs[:len(tokens)])
-        if call.chat:
-            return ChatCompletionResponse(
-                id=f"chatcmpl-{handle.request_id}", created=created, model=call.body.model, usage=usage,
-                choices=[ChatChoice(message=ChatMessageOut(content=text), token_ids=tokens, finish_reason=finish,
-                                    logprobs=lps)])
-        return CompletionResponse(id=f"cmpl-{handle.request_id}", created=created, model=call.body.model, usage=usage,
-                                  choices=[Choice(text=text, token_ids=tokens, finish_reason=finish, logprobs=lps)])
-
-    def _chunk(self, call: _Call, handle: RequestHandle, text: str, tokens: list[int], finish: str | None, *,
-               role: bool = False, logprobs: BaseModel | None = None) -> CompletionResponse | ChatCompletionChunk:
-        """One streamed chunk: its new text, token ids and their logprobs; the last (with `finish`) carries the
-        usage."""
-        created, usage = int(time.time()), _usage(handle) if finish is not None else None
-        if call.chat:
-            delta = ChatDelta(role="assistant", content="") if role else ChatDelta(content=text)
-            return ChatCompletionChunk(
-                id=f"chatcmpl-{handle.request_id}", created=created, model=call.body.model, usage=usage,
-                choices=[ChatChunkChoice(delta=delta, token_ids=tokens, finish_reason=finish, logprobs=logprobs)])
-        return CompletionResponse(id=f"cmpl-{handle.request_id}", created=created, model=call.body.model, usage=usage,
-                                  choices=[Choice(text=text, token_ids=tokens, finish_reason=finish, logprobs=logprobs)])
-
-
-def _bytes(call: _Call, token: int) -> list[int] | None:
-    """A token's UTF-8 bytes (a byte-level token is one byte); None where the worker has no text for it."""
-    return [token] if call.text and 0 <= token < 256 else None
+    def _answer(self, call: _Call, handle: RequestHandle, text: str, tokens: list[int], finish: str | None, *,
+                stream: bool = False, role: bool = False, logprobs: BaseModel | None = None) -> BaseModel:
+        """The endpoint's answer: whole (`stream` False: every token, usage, logprobs), or one streamed chunk (its new
+        text, token ids and their `logprobs`; the last, with `finish`, carries the usage; `role`: the chat stream's
+        first chunk, which names the role)."""
+        usage = _usage(handle) if finish is not None or not stream else None
+        common = {"id": f"{'chatcmpl' if call.chat else 'cmpl'}-{handle.request_id}", "created": int(time.time()),
+                  "model": call.body.model, "usage": usage}
+        choice = {"token_ids": tokens, "finish_reason": finish,
+                  "logprobs": logprobs if stream else call.logprobs_of(tokens, handle.logprobs[:len(tokens)])}
+        if not call.chat:
+            return CompletionResponse(**common, choices=[Choice(text=text, **choice)])
+        if not stream:
+            return ChatCompletionResponse(**common, choices=[ChatChoice(message=ChatMessageOut(content=text), **choice)])
+        delta = ChatDelta(role="assistant", content="") if role else ChatDelta(content=text)
+        return ChatCompletionChunk(**common, choices=[ChatChunkChoice(delta=delta, **choice)])
 
 
 def _usage(handle: RequestHandle) -> Usage:

@@ -224,9 +224,12 @@ class ChatLogprobs(BaseModel):
     content: list[TokenLogprobOut]
 
 
-class ChatChoice(_Choice):
-    message: ChatMessageOut
+class _ChatChoice(_Choice):
     logprobs: ChatLogprobs | None = None
+
+
+class ChatChoice(_ChatChoice):
+    message: ChatMessageOut
 
 
 class ChatCompletionResponse(_Answer):
@@ -239,9 +242,8 @@ class ChatDelta(BaseModel):
     content: str | None = None
 
 
-class ChatChunkChoice(_Choice):
+class ChatChunkChoice(_ChatChoice):
     delta: ChatDelta
-    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(_Answer):

@@ -17,8 +17,8 @@ import numpy as np
 
 from core.errors import InputError
 from core.requests import RequestTable, max_requests
-from workloads.arrivals import Family, Segments, moment_match, renewal_arrivals
-from workloads.lengths import LengthModel, as_length_model
+from workloads.lengths import LengthModel
+from workloads.synthetic import gamma_requests
 
 DEFAULT_INTERVAL_S = 60.0  # SpotServe's profiles are per minute
 PROFILE_FORMAT = "a rate profile (.csv of requests/s per interval, in one row or one per line, e.g. SpotServe's " \
@@ -136,17 +136,7 @@ def synthesize_profile(
         raise InputError("rates_per_s", expected, f"at most {limit:,} requests on this machine",
                          source=profile.name, problem=f"the profile makes {expected:.3g} requests")
     live = np.flatnonzero(profile.rates_per_s > 0)
-    family = np.full(live.shape[0], Family.GAMMA, np.int8)
-    rate = profile.rates_per_s[live]
-    shape, scale = moment_match(family, rate, np.full(live.shape[0], float(cv)))
-    segs = Segments(stream=np.zeros(live.shape[0], np.int64), start_s=live * profile.interval_s,
-                    span_s=np.full(live.shape[0], profile.interval_s), rate_per_s=rate, family=family,
-                    shape=shape, scale=scale)
-    rng = np.random.default_rng(seed)
-    arrival_s, stream = renewal_arrivals(segs, rng, origin_s=0.0)
-    prompt, output = as_length_model(lengths).sample(rng, arrival_s.shape[0])
-    return RequestTable.from_columns(
-        arrival_s=arrival_s, model_idx=stream, slo_idx=np.zeros(arrival_s.shape[0], np.int16),
-        prompt_tokens=prompt, output_tokens=output, model_names=(model or profile.name,), slo_names=(slo_class,),
-        sort=False,
-    )
+    n = live.shape[0]
+    return gamma_requests(np.zeros(n, np.int64), live * profile.interval_s, np.full(n, profile.interval_s),
+                          profile.rates_per_s[live], np.full(n, float(cv)), model_names=(model or profile.name,),
+                          lengths=lengths, seed=seed, slo_class=slo_class)

@@ -7,7 +7,7 @@ reports per-client CVs mostly between 1 and 4 — Xiang et al., arXiv 2505.09999
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -41,14 +41,24 @@ def synthesize_rates(
     if not duration_s > 0:
         raise InputError("duration_s", duration_s, "a duration > 0")
     live = np.flatnonzero(rate > 0)
-    family = np.full(live.shape[0], Family.GAMMA, np.int8)
-    shape, scale = moment_match(family, rate[live], cvs[live])
-    segs = Segments(stream=live, start_s=np.zeros(live.shape[0]), span_s=np.full(live.shape[0], float(duration_s)),
-                    rate_per_s=rate[live], family=family, shape=shape, scale=scale)
+    return gamma_requests(live, np.zeros(live.shape[0]), np.full(live.shape[0], float(duration_s)), rate[live],
+                          cvs[live], model_names=names, lengths=lengths, seed=seed, slo_class=slo_class)
+
+
+def gamma_requests(stream: np.ndarray, start_s: np.ndarray, span_s: np.ndarray, rate_per_s: np.ndarray,
+                   cv: np.ndarray, *, model_names: Sequence[str], lengths: RequestTable | LengthModel, seed: int,
+                   slo_class: str = "default") -> RequestTable:
+    """Requests of Gamma renewal segments (one per row: model `stream`, from `start_s` for `span_s` at `rate_per_s`
+    > 0 with gap CV `cv`), lengths from `lengths`, all in `slo_class`; arrival_s from 0."""
+    family = np.full(stream.shape[0], Family.GAMMA, np.int8)
+    shape, scale = moment_match(family, rate_per_s, cv)
+    segs = Segments(stream=stream, start_s=start_s, span_s=span_s, rate_per_s=rate_per_s, family=family, shape=shape,
+                    scale=scale)
     rng = np.random.default_rng(seed)
-    arrival_s, stream = renewal_arrivals(segs, rng, origin_s=0.0)
+    arrival_s, streams = renewal_arrivals(segs, rng, origin_s=0.0)
     prompt, output = as_length_model(lengths).sample(rng, arrival_s.shape[0])
     return RequestTable.from_columns(
-        arrival_s=arrival_s, model_idx=stream, slo_idx=np.zeros(arrival_s.shape[0], np.int16),
-        prompt_tokens=prompt, output_tokens=output, model_names=names, slo_names=(slo_class,), sort=False,
+        arrival_s=arrival_s, model_idx=streams, slo_idx=np.zeros(arrival_s.shape[0], np.int16),
+        prompt_tokens=prompt, output_tokens=output, model_names=tuple(model_names), slo_names=(slo_class,),
+        sort=False,
     )

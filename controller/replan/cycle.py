@@ -164,8 +164,8 @@ def make_scenarios(ctl: Controller, runtime: FleetRuntime, spec: FleetSpec, spec
                                lookback=max(4, int(s.history_s // s.forecast_interval_s)))
         runtime.builder, runtime.builder_key = ScenarioBuilder(spec, config), spec_digest
     scenarios = runtime.builder.build(history, now_s, seed=runtime.num_cycles, availability=availability)
-    forecasts = [f.forecast(s.forecast_horizon) for f in runtime.builder.forecasters]
-    return scenarios, forecasts + runtime.builder.availability_forecasts
+    builder = runtime.builder
+    return scenarios, [f.forecast(s.forecast_horizon) for f in [*builder.forecasters, *builder.pool_forecasters]]
 
 
 def _plan(planner: Planner, obs: Observed, scenarios: ScenarioSet, budget_s: float) -> Plan:
