@@ -115,21 +115,21 @@ class BackendRegistry:
 
     def _spot_changes(self, fleet: str, spec: FleetSpec, config: FleetBackend) -> list[AvailabilityChange]:
         """The per-GPU changes of the pools `config.spot_traces` names, from `spot_start_s` on, starting now."""
-        from simulator.availability import availability_changes, read_trace_for
+        from simulator.availability import replay_pools
 
-        pools = {p.name: p for p in spec.pools}
-        changes: list[AvailabilityChange] = []
+        pools = [p.name for p in spec.pools]
+        traces = {}
         for name, path in config.spot_traces.items():
             where = f"fleets.{fleet}.spot_traces.{name}"
             if name not in pools:
                 raise InputError(where, name, f"a pool of fleet {fleet}: {', '.join(pools)}")
-            trace = read_trace_for(path, where=where)
-            if config.spot_start_s >= trace.duration_s:
-                raise InputError(f"fleets.{fleet}.spot_start_s", config.spot_start_s,
-                                 f"a trace time before the end of {trace.name} ({trace.duration_s:g} s)")
-            changes += availability_changes(trace, pools[name], start_s=self.clock.now(),
-                                            offset_s=config.spot_start_s)
-        return changes
+            traces[name] = (path, where)
+        try:
+            return replay_pools(spec, traces, offset_s=config.spot_start_s, start_s=self.clock.now()).changes
+        except InputError as exc:
+            if exc.where != "offset_s":
+                raise
+            raise InputError(f"fleets.{fleet}.spot_start_s", config.spot_start_s, exc.allowed) from None
 
 
 def _digest(spec: FleetSpec) -> str:

@@ -7,6 +7,7 @@ fleet starts with every GPU up, so GPUs beyond the trace's count at its start le
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,12 +49,20 @@ def spot_replay(fleet: FleetSpec, fleet_dir: str | Path, *, offset_s: float = 0.
                 start_s: float = 0.0) -> SpotReplay:
     """Every pool that names an `availability_trace` (a path relative to the fleet file), replayed from trace time
     `offset_s` at simulation time `start_s`. An offset at or past a trace's end is an error naming `offset_s`."""
+    traces = {p.name: (Path(fleet_dir) / p.availability_trace, f"pool {p.name}: availability_trace")
+              for p in fleet.pools if p.availability_trace}
+    return replay_pools(fleet, traces, offset_s=offset_s, start_s=start_s)
+
+
+def replay_pools(fleet: FleetSpec, traces: Mapping[str, tuple[str | Path, str]], *, offset_s: float,
+                 start_s: float) -> SpotReplay:
+    """The pools of `traces` (pool name → (trace path, the setting that named it, for errors)) replayed from trace
+    time `offset_s` at simulation time `start_s`. An offset at or past a trace's end is an error naming `offset_s`."""
     changes: list[AvailabilityChange] = []
     on_clock: dict[str, AvailabilityTrace] = {}
-    for pool in fleet.pools:
-        if not pool.availability_trace:
-            continue
-        trace = read_pool_trace(pool, fleet_dir)
+    for name, (path, where) in traces.items():
+        pool = fleet.pool(name)
+        trace = read_trace_for(path, where=where)
         if not 0 <= offset_s < trace.duration_s:
             raise InputError("offset_s", offset_s, f"a trace time from 0 to before the end of pool {pool.name}'s "
                              f"trace {trace.name} ({trace.duration_s:g} s)")
