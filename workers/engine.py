@@ -337,13 +337,8 @@ class Engine:
         else:
             ids = tuple(prompt[start:]) + tuple(seq.output_token_ids[max(0, start - p) : start + n - p])
         params = self._handles[seq.seq_id].params
-        if not params.shapes_logits and params.logprobs is None:
-            return SeqWork(seq.seq_id, ids, start, seq.block_table, sample, params.temperature,
-                           params.seed ^ seq.seq_id)
-        penalized = params.presence_penalty or params.frequency_penalty
-        return SeqWork(seq.seq_id, ids, start, seq.block_table, sample, params.temperature, params.seed ^ seq.seq_id,
-                       params.presence_penalty, params.frequency_penalty, params.logit_bias,
-                       tuple(seq.output_token_ids) if sample and penalized else (), params.logprobs)
+        return SeqWork(seq.seq_id, ids, start, seq.block_table, sample, params, params.seed ^ seq.seq_id,
+                       tuple(seq.output_token_ids) if sample and params.penalized else ())
 
     def _deliver(self, tokens: dict[int, int], done: list[Sequence], finished: set[int],
                  logprobs: dict[int, TokenLogprob] | None = None) -> None:

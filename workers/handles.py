@@ -47,9 +47,14 @@ class SamplingParams:
             raise InputError("logprobs", self.logprobs, f"a number of alternatives from 0 to {MAX_TOP_LOGPROBS}")
 
     @property
+    def penalized(self) -> bool:
+        """Whether a penalty reads the tokens generated so far."""
+        return bool(self.presence_penalty or self.frequency_penalty)
+
+    @property
     def shapes_logits(self) -> bool:
         """Whether sampling adjusts the logits first (penalties or biases)."""
-        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
+        return self.penalized or bool(self.logit_bias)
 
     def stops_at(self, tokens: list[int], token: int) -> bool:
         """`tokens` followed by `token` end with one of the stop sequences."""
@@ -99,6 +104,7 @@ class StopHold:
 
 # Replaying a trace: the trace fixes the output length, so EOS must not cut it short.
 REPLAY = SamplingParams(ignore_eos=True)
+GREEDY = SamplingParams()  # argmax, nothing else
 
 # callback(handle, token): a new token, or None once the request has ended.
 Listener = Callable[["RequestHandle", int | None], None]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from workers.attention import AttentionBackend, AttentionBatch, default_backend
-from workers.handles import TokenLogprob
+from workers.handles import GREEDY, SamplingParams, TokenLogprob
 from workers.kernels.layout import PagedKVLayout, kv_views
 from workers.model import LlamaModel
 
@@ -33,13 +33,9 @@ class SeqWork:
     start_pos: int  # position of token_ids[0]
     block_ids: Sequence[int]  # block table covering start_pos + len(token_ids) tokens
     sample: bool  # sample the next token after token_ids[-1]
-    temperature: float = 0.0  # 0: greedy
-    seed: int = 0  # sampling seed (temperature > 0)
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
+    params: SamplingParams = GREEDY  # temperature, penalties, biases, logprobs
+    seed: int = 0  # this sequence's sampling seed (temperature > 0)
     generated: tuple[int, ...] = ()  # the output so far, when a penalty reads it
-    logprobs: int | None = None  # also report the sampled token's log-probability and this many alternatives
 
     @property
     def end_pos(self) -> int:
@@ -118,19 +114,19 @@ def sample_tokens(logits: torch.Tensor, work: Sequence[SeqWork]) -> list[int]:
     (OpenAI's) adjust a row's logits first."""
     tokens = logits.argmax(-1).tolist()
     for i, w in enumerate(work):
-        shaped = w.presence_penalty or w.frequency_penalty or w.logit_bias
-        if w.temperature <= 0 and not shaped:
+        temperature, shaped = w.params.temperature, w.params.shapes_logits
+        if temperature <= 0 and not shaped:
             continue
         row = logits[i].double()
         if shaped:
             row = _shape(row, w)
-        if w.temperature <= 0:
+        if temperature <= 0:
             tokens[i] = int(row.argmax())
             continue
         # Over a tiny temperature (1e-320 is valid input) logits overflow to inf and softmax gives NaN, which
         # killed the engine thread. Shifted to a maximum of 0 they only underflow (to -inf: probability 0), and
         # in float64 every positive temperature stays non-zero: the draw tends to greedy as it tends to 0.
-        probs = torch.softmax((row - row.max()) / w.temperature, dim=-1).cpu()
+        probs = torch.softmax((row - row.max()) / temperature, dim=-1).cpu()
         gen = torch.Generator().manual_seed(hash((w.seed, w.end_pos)) & 0x7FFF_FFFF_FFFF_FFFF)
         tokens[i] = int(torch.multinomial(probs, 1, generator=gen))
     return tokens
@@ -139,11 +135,11 @@ def sample_tokens(logits: torch.Tensor, work: Sequence[SeqWork]) -> list[int]:
 def token_logprobs(logits: torch.Tensor, work: Sequence[SeqWork], tokens: list[int]) -> dict[int, TokenLogprob]:
     """For the rows whose work asks (`logprobs` set): the sampled token's log-probability under the model
     (log-softmax of its logits, in float32) and the `logprobs` likeliest tokens, by seq_id."""
-    rows = [i for i, w in enumerate(work) if w.logprobs is not None]
+    rows = [i for i, w in enumerate(work) if w.params.logprobs is not None]
     if not rows:
         return {}
     lp = torch.log_softmax(logits[rows].float(), dim=-1)
-    k = max(work[i].logprobs or 0 for i in rows)
+    k = max(work[i].params.logprobs or 0 for i in rows)
     chosen = lp.gather(1, torch.tensor([tokens[i] for i in rows], device=lp.device)[:, None])[:, 0].tolist()
     if k:
         best = lp.topk(k, dim=-1)
@@ -152,19 +148,19 @@ def token_logprobs(logits: torch.Tensor, work: Sequence[SeqWork], tokens: list[i
         top_lp = top_ids = [[] for _ in rows]
     out = {}
     for j, i in enumerate(rows):
-        n = work[i].logprobs or 0
+        n = work[i].params.logprobs or 0
         out[work[i].seq_id] = TokenLogprob(tokens[i], chosen[j], tuple(zip(top_ids[j][:n], top_lp[j][:n], strict=True)))
     return out
 
 
 def _shape(row: torch.Tensor, w: SeqWork) -> torch.Tensor:
     """`row` less OpenAI's penalties on the tokens generated so far, plus the request's logit biases."""
-    row = row.clone()
+    row, p = row.clone(), w.params
     vocab = row.shape[0]
-    if w.generated and (w.presence_penalty or w.frequency_penalty):
+    if w.generated and p.penalized:
         counts = torch.bincount(torch.tensor(w.generated, device=row.device), minlength=vocab)[:vocab].double()
-        row -= w.frequency_penalty * counts + w.presence_penalty * (counts > 0).double()
-    kept = [(t, b) for t, b in w.logit_bias if t < vocab]  # ids are checked against the model's vocabulary upstream
+        row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).double()
+    kept = [(t, b) for t, b in p.logit_bias if t < vocab]  # ids are checked against the model's vocabulary upstream
     if kept:
         ids, bias = zip(*kept, strict=True)
         row[torch.tensor(ids, device=row.device)] += torch.tensor(bias, device=row.device, dtype=row.dtype)
