@@ -155,6 +155,27 @@ class _Call:
             return (body.top_logprobs or 0) if body.logprobs else None
         return body.logprobs
 
+    @property
+    def echo(self) -> bool:
+        """The answer starts with the prompt (completions' `echo`)."""
+        return isinstance(self.body, CompletionRequest) and self.body.echo
+
+    @property
+    def scores_only(self) -> bool:
+        """Echo with max_tokens 0: the prompt is scored and nothing generated. The engine's prefill pass samples one
+        token anyway (it costs no pass of its own); it is not returned."""
+        return self.echo and self.body.max_tokens == 0
+
+    def finish_of(self, handle: RequestHandle) -> str | None:
+        """The answer's finish reason: the handle's, and `length` for a prompt scored with max_tokens 0."""
+        reason = handle.finish_reason
+        return "length" if self.scores_only and reason in ("stop", "length") else reason
+
+    def echoed(self, handle: RequestHandle) -> tuple[str, list[int], list[TokenLogprob | None]]:
+        """What echo puts before the completion: the prompt's text, its token ids and their log-probabilities."""
+        text = self.prompt if isinstance(self.prompt, str) else ""
+        return text, list(handle.prompt_token_ids), list(handle.prompt_logprobs)
+
     def is_byte(self, token: int) -> bool:
         """Whether `token` is a byte of the answer's text (a text prompt's byte-level token, not a special one)."""
         return self.text and 0 <= token < 256
@@ -171,9 +192,10 @@ class _Call:
         """A token's UTF-8 bytes (a byte-level token is one byte); None where the worker has no text for it."""
         return [token] if self.is_byte(token) else None
 
-    def logprobs_of(self, tokens: list[int], logprobs: list[TokenLogprob],
+    def logprobs_of(self, tokens: list[int], logprobs: list[TokenLogprob | None],
                     offset: int = 0) -> CompletionLogprobs | ChatLogprobs | None:
-        """The endpoint's form of `logprobs` (one per token of `tokens`); `offset`: characters already sent."""
+        """The endpoint's form of `logprobs` (one per token of `tokens`; None for an echoed prompt's first token);
+        `offset`: characters already sent."""
         if self.logprobs is None:
             return None
         if self.chat:
@@ -184,8 +206,10 @@ class _Call:
                 for lp in logprobs])
         starts = [offset + len(ByteTokenizer().decode(tokens[:i])) if self.text else offset for i in range(len(tokens))]
         return CompletionLogprobs(
-            tokens=[self.token_text(lp.token) for lp in logprobs], token_logprobs=[lp.logprob for lp in logprobs],
-            top_logprobs=[{self.token_text(t): v for t, v in lp.top} for lp in logprobs] if self.logprobs else None,
+            tokens=[self.token_text(t) for t in tokens],
+            token_logprobs=[lp.logprob if lp else None for lp in logprobs],
+            top_logprobs=[{self.token_text(t): v for t, v in lp.top} if lp else None for lp in logprobs]
+            if self.logprobs else None,
             text_offset=starts)
 
 
@@ -211,13 +235,16 @@ class _Completions:
             err = InputError("model", body.model, f"a model this worker serves: {', '.join(self.engine.store.names)}")
             return _error({**err.to_dict(), "error": "model_not_found"}, 404, openai=True)
         call = _Call(body, chat_prompt(body.messages) if isinstance(body, ChatCompletionRequest) else body.prompt)
+        if body.max_tokens == 0 and not call.echo:
+            raise InputError("max_tokens", 0, "1 or more; 0 only with echo: true (the prompt is scored, nothing is "
+                             "generated)")
         request = self._request(call)
         self.engine.validate(request)  # raises InputError → 400 with field, value, allowed
         params = SamplingParams(temperature=body.temperature, seed=body.seed or 0, ignore_eos=body.ignore_eos,
                                 stop=_stop_sequences(call), presence_penalty=body.presence_penalty,
                                 frequency_penalty=body.frequency_penalty,
                                 logit_bias=_logit_bias(body, self.engine.store.source(body.model).arch.vocab_size),
-                                logprobs=call.logprobs)
+                                logprobs=call.logprobs, prompt_logprobs=call.logprobs if call.echo else None)
         result, handle = self.client.submit_with_handle(request, params)
         if handle is None:
             stopped = self.engine.failure is not None
@@ -236,9 +263,10 @@ class _Completions:
         if handle.finish_reason and handle.finish_reason.startswith("error:"):
             return _error({"error": "engine_stopped", "message": handle.finish_reason.removeprefix("error: "),
                            "tokens_generated": len(handle.tokens)}, 503, openai=True)
-        tokens = params.without_stop(handle.tokens) if handle.finish_reason == "stop" else handle.tokens
+        tokens = [] if call.scores_only else (
+            params.without_stop(handle.tokens) if handle.finish_reason == "stop" else handle.tokens)
         text = ByteTokenizer().decode(tokens) if call.text else ""
-        return JSONResponse(self._answer(call, handle, text, tokens, handle.finish_reason).model_dump())
+        return JSONResponse(self._answer(call, handle, text, tokens, call.finish_of(handle)).model_dump())
 
     async def _abort_when_gone(self, http: HttpRequest, handle: RequestHandle, poll_s: float = 0.05) -> None:
         """A client that gives up on a non-streamed completion (a timeout, a cancelled call) must not leave the
@@ -269,7 +297,7 @@ class _Completions:
         given = body.max_tokens if not isinstance(body, ChatCompletionRequest) else (
             body.max_tokens or body.max_completion_tokens)
         if given is not None:
-            return given
+            return max(given, 1)  # 0 (echo only): the prefill's one token, not returned
         if not call.chat:
             return 16
         room = self.engine.store.source(body.model).arch.max_context_tokens - prompt_len
@@ -287,19 +315,29 @@ class _Completions:
 
         sent = chars = 0  # tokens and characters sent so far (the logprobs of a chunk are those of its tokens)
 
-        def chunk(tokens: list[int], piece: str, finish: str | None) -> BaseModel:
+        def chunk(tokens: list[int], piece: str, finish: str | None, scored: list[TokenLogprob | None] | None = None,
+                  ) -> BaseModel:
             nonlocal sent, chars
-            lps = call.logprobs_of(tokens, handle.logprobs[sent:sent + len(tokens)], chars)
-            sent, chars = sent + len(tokens), chars + len(piece)
+            if scored is None:  # generated tokens: their entries follow those already sent
+                scored, sent = handle.logprobs[sent:sent + len(tokens)], sent + len(tokens)
+            lps = call.logprobs_of(tokens, scored, chars)
+            chars += len(piece)
             return self._answer(call, handle, piece, tokens, finish, stream=True, logprobs=lps)
 
         try:
             if call.chat:  # OpenAI's first chat chunk names the role
                 yield _sse(self._answer(call, handle, "", [], None, stream=True, role=True))
+            echo = call.echo
             async for token in events:
+                if echo:  # the prompt goes first, once its prefill (which scores it) is done
+                    prompt_text, prompt_ids, scored = call.echoed(handle)
+                    yield _sse(chunk(prompt_ids, prompt_text, None, scored))
+                    echo = False
                 if token is None:
-                    rest = hold.end()
-                    out = chunk(rest, text(rest, final=True), handle.finish_reason)
+                    rest = [] if call.scores_only else hold.end()
+                    out = chunk(rest, text(rest, final=True), call.finish_of(handle))
+                elif call.scores_only:
+                    continue
                 else:
                     ready = hold.push(token)
                     if not ready:
@@ -318,11 +356,16 @@ class _Completions:
         """The endpoint's answer: whole (`stream` False: every token, usage, logprobs), or one streamed chunk (its new
         text, token ids and their `logprobs`; the last, with `finish`, carries the usage; `role`: the chat stream's
         first chunk, which names the role)."""
-        usage = _usage(handle) if finish is not None or not stream else None
+        usage = _usage(handle, call) if finish is not None or not stream else None
         common = {"id": f"{'chatcmpl' if call.chat else 'cmpl'}-{handle.request_id}", "created": int(time.time()),
                   "model": call.body.model, "usage": usage}
-        choice = {"token_ids": tokens, "finish_reason": finish,
-                  "logprobs": logprobs if stream else call.logprobs_of(tokens, handle.logprobs[:len(tokens)])}
+        if not stream:
+            scored: list[TokenLogprob | None] = list(handle.logprobs[:len(tokens)])
+            if call.echo:  # the whole answer starts with the prompt
+                prompt_text, prompt_ids, prompt_scored = call.echoed(handle)
+                text, tokens, scored = prompt_text + text, prompt_ids + tokens, prompt_scored + scored
+            logprobs = call.logprobs_of(tokens, scored)
+        choice = {"token_ids": tokens, "finish_reason": finish, "logprobs": logprobs}
         if not call.chat:
             return CompletionResponse(**common, choices=[Choice(text=text, **choice)])
         if not stream:
@@ -331,8 +374,8 @@ class _Completions:
         return ChatCompletionChunk(**common, choices=[ChatChunkChoice(delta=delta, **choice)])
 
 
-def _usage(handle: RequestHandle) -> Usage:
-    n_prompt, n_out = len(handle.prompt_token_ids), len(handle.tokens)
+def _usage(handle: RequestHandle, call: _Call) -> Usage:
+    n_prompt, n_out = len(handle.prompt_token_ids), 0 if call.scores_only else len(handle.tokens)
     return Usage(prompt_tokens=n_prompt, completion_tokens=n_out, total_tokens=n_prompt + n_out,
                  num_preemptions=handle.num_preemptions, num_recomputed_tokens=handle.num_recomputed_tokens)
 

@@ -289,6 +289,8 @@ class Engine:
                 runner = self._runners[batch.model]
                 tokens = runner.run(self._work(batch))
                 logprobs = runner.last_logprobs
+                for seq_id, (first, scored) in runner.last_prompt_logprobs.items():
+                    self._handles[seq_id].score_prompt(first, scored)  # before the first token is out
                 self.memory.to_host(batch.checkpoint)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -337,8 +339,11 @@ class Engine:
         else:
             ids = tuple(prompt[start:]) + tuple(seq.output_token_ids[max(0, start - p) : start + n - p])
         params = self._handles[seq.seq_id].params
+        # Prompt log-probabilities: the row at position i scores prompt token i + 1 (the prompt's last row predicts
+        # the first output token, which sampling scores).
+        scored = tuple(prompt[start + 1 : min(start + n + 1, p)]) if params.prompt_logprobs is not None else ()
         return SeqWork(seq.seq_id, ids, start, seq.block_table, sample, params, params.seed ^ seq.seq_id,
-                       tuple(seq.output_token_ids) if sample and params.penalized else ())
+                       tuple(seq.output_token_ids) if sample and params.penalized else (), scored)
 
     def _deliver(self, tokens: dict[int, int], done: list[Sequence], finished: set[int],
                  logprobs: dict[int, TokenLogprob] | None = None) -> None:

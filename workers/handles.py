@@ -7,7 +7,7 @@ subscribes a callback (the HTTP agent forwards tokens to its event loop for stre
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from core.errors import InputError
@@ -31,6 +31,9 @@ class SamplingParams:
     # Log-probabilities of each generated token and of the `logprobs` likeliest ones (None: not computed). They are
     # the model's own (log-softmax of its logits), before temperature, penalties and biases.
     logprobs: int | None = None
+    # The same for every prompt token after the first (each under the tokens before it), with this many alternatives
+    # (vLLM's name; OpenAI's completions ask for it with `echo`). None: not computed.
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.temperature <= 100:
@@ -43,8 +46,10 @@ class SamplingParams:
         for token, bias in self.logit_bias:
             if token < 0 or not -100 <= bias <= 100:
                 raise InputError("logit_bias", {token: bias}, "token ids ≥ 0 with biases in [-100, 100]")
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
-            raise InputError("logprobs", self.logprobs, f"a number of alternatives from 0 to {MAX_TOP_LOGPROBS}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_TOP_LOGPROBS:
+                raise InputError(name, value, f"a number of alternatives from 0 to {MAX_TOP_LOGPROBS}")
 
     @property
     def penalized(self) -> bool:
@@ -120,6 +125,10 @@ class RequestHandle:
         self.params = params
         self.tokens: list[int] = []
         self.logprobs: list[TokenLogprob] = []  # one per token when `params.logprobs` is set
+        # One per prompt token when `params.prompt_logprobs` is set: None for the first (nothing comes before it) and
+        # for any the engine has not scored yet; complete once the first token is out (the prefill is done).
+        self.prompt_logprobs: list[TokenLogprob | None] = (
+            [None] * len(prompt_token_ids) if params.prompt_logprobs is not None else [])
         self.finish_reason: str | None = None  # "stop" (EOS), "length", "dropped: …", "removed: …"
         self.ttft_s: float | None = None
         self.tpot_s: float | None = None
@@ -147,6 +156,12 @@ class RequestHandle:
                 listener(self, token)
             if ended:
                 listener(self, None)
+
+    def score_prompt(self, first: int, scored: Sequence[TokenLogprob]) -> None:
+        """Log-probabilities of the prompt tokens at positions `first`, `first + 1`, … (a prefill chunk's; a chunk
+        computed again after a preemption writes the same values)."""
+        with self._lock:
+            self.prompt_logprobs[first:first + len(scored)] = scored
 
     def push(self, token: int, logprob: TokenLogprob | None = None) -> None:
         with self._lock:

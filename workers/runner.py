@@ -36,6 +36,8 @@ class SeqWork:
     params: SamplingParams = GREEDY  # temperature, penalties, biases, logprobs
     seed: int = 0  # this sequence's sampling seed (temperature > 0)
     generated: tuple[int, ...] = ()  # the output so far, when a penalty reads it
+    # Prompt tokens to score (prompt log-probabilities): rows 0, 1, … of this chunk predict scored[0], scored[1], …
+    scored: tuple[int, ...] = ()
 
     @property
     def end_pos(self) -> int:
@@ -58,9 +60,11 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, work: Sequence[SeqWork]) -> dict[int, int]:
-        """Compute KV for every `work` item and sample where asked; returns {seq_id: next token}. The
-        log-probabilities of the items that asked for them are in `last_logprobs` until the next run."""
+        """Compute KV for every `work` item and sample where asked; returns {seq_id: next token}. Until the next run,
+        `last_logprobs` holds the sampled tokens' log-probabilities of the items that asked for them, and
+        `last_prompt_logprobs` the scored prompt tokens' ({seq_id: (position of the first, entries)})."""
         self.last_logprobs: dict[int, TokenLogprob] = {}
+        self.last_prompt_logprobs: dict[int, tuple[int, list[TokenLogprob]]] = {}
         if not work:
             return {}
         ordered = [w for w in work if len(w.token_ids) == 1] + [w for w in work if len(w.token_ids) > 1]
@@ -70,6 +74,10 @@ class ModelRunner:
         hidden = self.model.forward(inputs.tensor(inputs.tokens, self.device),
                                     inputs.tensor(inputs.positions, self.device),
                                     lambda layer, q, k, v: self.backend.attend(state, layer, q, k, v))
+        for i, w in enumerate(ordered):
+            if w.scored:
+                rows = hidden[int(inputs.cu[i]) : int(inputs.cu[i]) + len(w.scored)]
+                self.last_prompt_logprobs[w.seq_id] = (w.start_pos + 1, prompt_logprobs(self.model, rows, w))
         sampled = [i for i, w in enumerate(ordered) if w.sample]
         if not sampled:
             return {}
@@ -133,24 +141,42 @@ def sample_tokens(logits: torch.Tensor, work: Sequence[SeqWork]) -> list[int]:
 
 
 def token_logprobs(logits: torch.Tensor, work: Sequence[SeqWork], tokens: list[int]) -> dict[int, TokenLogprob]:
-    """For the rows whose work asks (`logprobs` set): the sampled token's log-probability under the model
-    (log-softmax of its logits, in float32) and the `logprobs` likeliest tokens, by seq_id."""
+    """For the rows whose work asks (`logprobs` set): the sampled token's log-probability under the model and the
+    `logprobs` likeliest tokens, by seq_id."""
     rows = [i for i, w in enumerate(work) if w.params.logprobs is not None]
     if not rows:
         return {}
-    lp = torch.log_softmax(logits[rows].float(), dim=-1)
-    k = max(work[i].params.logprobs or 0 for i in rows)
-    chosen = lp.gather(1, torch.tensor([tokens[i] for i in rows], device=lp.device)[:, None])[:, 0].tolist()
+    entries = logprob_entries(logits[rows], [tokens[i] for i in rows], [work[i].params.logprobs or 0 for i in rows])
+    return {work[i].seq_id: entry for i, entry in zip(rows, entries, strict=True)}
+
+
+PROMPT_LOGIT_ROWS = 256  # prompt rows turned into logits at a time: rows × vocabulary floats stay bounded
+
+
+def prompt_logprobs(model: LlamaModel, hidden: torch.Tensor, w: SeqWork) -> list[TokenLogprob]:
+    """The log-probabilities of `w.scored` (the prompt tokens after each row of `hidden`, this chunk's hidden states)
+    and of the `prompt_logprobs` likeliest tokens at each, in slices of `PROMPT_LOGIT_ROWS`."""
+    k = w.params.prompt_logprobs or 0
+    out: list[TokenLogprob] = []
+    for lo in range(0, len(w.scored), PROMPT_LOGIT_ROWS):
+        targets = w.scored[lo : lo + PROMPT_LOGIT_ROWS]
+        out += logprob_entries(model.logits(hidden[lo : lo + len(targets)]), list(targets), [k] * len(targets))
+    return out
+
+
+def logprob_entries(logits: torch.Tensor, targets: list[int], alternatives: list[int]) -> list[TokenLogprob]:
+    """Per row of `logits` [M, vocab]: the log-probability of its target under the model (log-softmax of the
+    logits, in float32) and its `alternatives` likeliest tokens."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = lp.gather(1, torch.tensor(targets, device=lp.device)[:, None])[:, 0].tolist()
+    k = max(alternatives, default=0)
     if k:
         best = lp.topk(k, dim=-1)
         top_lp, top_ids = best.values.tolist(), best.indices.tolist()
     else:
-        top_lp = top_ids = [[] for _ in rows]
-    out = {}
-    for j, i in enumerate(rows):
-        n = work[i].params.logprobs or 0
-        out[work[i].seq_id] = TokenLogprob(tokens[i], chosen[j], tuple(zip(top_ids[j][:n], top_lp[j][:n], strict=True)))
-    return out
+        top_lp = top_ids = [[] for _ in targets]
+    return [TokenLogprob(t, c, tuple(zip(ids[:n], vals[:n], strict=True)))
+            for t, c, ids, vals, n in zip(targets, chosen, top_ids, top_lp, alternatives, strict=True)]
 
 
 def _shape(row: torch.Tensor, w: SeqWork) -> torch.Tensor:

@@ -103,12 +103,17 @@ class CompletionRequest(_Sampling):
     """OpenAI `POST /v1/completions` body. `prompt` is text (byte-level models) or token ids."""
 
     prompt: Prompt
-    # OpenAI parameters honoured at their defaults only, so that clients which always send them work.
-    best_of: Literal[1] | None = Field(default=None, description="Only 1: one candidate per request.")
-    echo: Literal[False] = Field(default=False, description="Only false: the prompt is not echoed.")
+    max_tokens: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Tokens to generate at most (16 when left out; 0 only with echo: the prompt is "
+        "scored, nothing is generated).")
+    echo: bool = Field(default=False, description="Answer with the prompt before the completion: in the text, the "
+                       "token ids and, with logprobs, each prompt token's log-probability under the tokens before "
+                       "it (the first has none).")
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = Field(
         default=None, description="Return each generated token's log-probability and this many likeliest "
         "alternatives (the model's own, before temperature, penalties and biases).")
+    # OpenAI parameters honoured at their defaults only, so that clients which always send them work.
+    best_of: Literal[1] | None = Field(default=None, description="Only 1: one candidate per request.")
     suffix: None = Field(default=None, description="Only null: no insertion after the completion.")
 
 
@@ -161,16 +166,17 @@ class _Choice(BaseModel):
 
     index: int = 0
     token_ids: list[int] = Field(default=[], description="Extension: the generated token ids (in a stream, the "
-                                                          "chunk's new ones).")
+                                 "chunk's new ones; with echo, the prompt's first).")
     finish_reason: str | None = None
 
 
 class CompletionLogprobs(BaseModel):
-    """OpenAI's completions form: parallel lists over the generated tokens."""
+    """OpenAI's completions form: parallel lists over the generated tokens (with echo, the prompt's first; its first
+    token has no log-probability: null)."""
 
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]] | None
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None] | None
     text_offset: list[int]
 
 

@@ -234,6 +234,8 @@ def test_sampling_parameters_out_of_range_are_refused() -> None:
         SamplingParams(logit_bias=((3, 101.0),))
     with pytest.raises(InputError, match="logprobs: 21 is not allowed; a number of alternatives from 0 to 20"):
         SamplingParams(logprobs=21)
+    with pytest.raises(InputError, match="prompt_logprobs: -1 is not allowed"):
+        SamplingParams(prompt_logprobs=-1)
 
 
 def test_logprobs_ride_along_without_changing_a_token() -> None:
@@ -246,3 +248,43 @@ def test_logprobs_ride_along_without_changing_a_token() -> None:
     assert scored.tokens == dense_tokens("a", scored.prompt_token_ids, 12)
     assert [lp.token for lp in scored.logprobs] == scored.tokens and not plain.logprobs
     assert all(len(lp.top) == 2 and lp.top[0][0] == lp.token and lp.logprob <= 0 for lp in scored.logprobs)
+
+
+def test_prompt_logprobs_equal_the_dense_reference_across_chunks_and_a_recompute() -> None:
+    """Every prompt token after the first is scored under the tokens before it, whether the prompt was prefilled in
+    one pass or in chunks, and after a preemption that recomputed it; the output stays the dense reference's."""
+    import torch
+
+    from tests.workers.engines import _dense
+    from workers.reference import dense_logits
+
+    engine = make_engine(activate=("a",), max_num_batched_tokens=40)  # a 70-token prompt takes two chunks
+    _, whole = engine.submit(request(21, prompt=30, output=4), SamplingParams(ignore_eos=True, prompt_logprobs=3))
+    _, chunked = engine.submit(request(22, prompt=70, output=4), SamplingParams(ignore_eos=True, prompt_logprobs=0))
+    engine.run_until_idle()
+    for handle, k in ((whole, 3), (chunked, 0)):
+        prompt = list(handle.prompt_token_ids)
+        with torch.inference_mode():
+            ref = torch.log_softmax(dense_logits(_dense("a"), prompt).float(), -1)
+        scored = handle.prompt_logprobs
+        assert scored[0] is None and all(lp is not None for lp in scored[1:]) and len(scored) == len(prompt)
+        assert [lp.token for lp in scored[1:]] == prompt[1:]
+        assert [lp.logprob for lp in scored[1:]] == pytest.approx(
+            [float(ref[i - 1, t]) for i, t in enumerate(prompt) if i], abs=1e-4)
+        assert all(len(lp.top) == k for lp in scored[1:])
+        if k:
+            assert [lp.top[0][0] for lp in scored[1:]] == ref[:-1].argmax(-1).tolist()
+        assert handle.tokens == dense_tokens("a", handle.prompt_token_ids, 4)
+    # A recompute after a preemption writes the same values again.
+    engine = make_engine(activate=("a",), kv_pages=2)
+    _, first = engine.submit(request(23, prompt=60, output=40), SamplingParams(ignore_eos=True, prompt_logprobs=0))
+    _, second = engine.submit(request(24, prompt=60, output=40), SamplingParams(ignore_eos=True, prompt_logprobs=0))
+    engine.run_until_idle()
+    assert first.num_recomputed_tokens + second.num_recomputed_tokens > 0
+    for handle in (first, second):
+        assert handle.tokens == dense_tokens("a", handle.prompt_token_ids, 40)
+        prompt = list(handle.prompt_token_ids)
+        with torch.inference_mode():
+            ref = torch.log_softmax(dense_logits(_dense("a"), prompt).float(), -1)
+        assert [lp.logprob for lp in handle.prompt_logprobs[1:]] == pytest.approx(
+            [float(ref[i - 1, t]) for i, t in enumerate(prompt) if i], abs=1e-4)
