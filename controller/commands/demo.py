@@ -25,6 +25,9 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the workload mapping and routing.")] = 0,
     database: Annotated[Path | None, typer.Option("--database", help="SQLite file to keep (default: a temporary "
                                                   "one).")] = None,
+    spot: Annotated[bool, typer.Option("--spot", help="Add a pool of 4 spot L4s; the provider reclaims 3 of them "
+                                       "mid-replay and returns them later (the closing simulations add SpotServe's "
+                                       "reactive controller).")] = False,
     no_compare: Annotated[bool, typer.Option("--no-compare", help="Skip the closing simulations.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (tables go to stderr).")]
     = False,
@@ -45,7 +48,7 @@ def demo(
         raise InputError("--workload", str(workload), "an existing trace file or workload YAML")
     options = DemoOptions(workload=workload, duration_s=duration, history_s=history, speedup=speedup,
                           rate_scale=rate_scale, cron=cron, policy=policy, budget_s=budget, seed=seed,
-                          database=database, compare=not no_compare)
+                          database=database, compare=not no_compare, spot=spot)
     summary = Demo(options, err if json_out else out).run()
     if json_out:
         print_json(summary)

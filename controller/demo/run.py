@@ -27,6 +27,7 @@ from rich.live import Live
 
 from controller.api.app import create_app
 from controller.demo.compare import BASELINE, compare
+from controller.demo.spot import describe, wave_replay, with_spot_pool, write_reclaim_wave
 from controller.demo.traffic import Replay, Shipper, post_rows
 from controller.demo.view import LiveState, live_view, summary_table, verdict
 from controller.demo.workload import default_workload, demo_traffic
@@ -63,6 +64,7 @@ class DemoOptions:
     database: Path | None = None  # SQLite file (default: a fresh one in a temporary folder)
     compare: bool = True
     drain_s: float = 120.0  # demo seconds to wait for requests still running at the end
+    spot: bool = False  # add a spot pool that loses three of its four GPUs mid-replay (controller.demo.spot)
 
 
 class Demo:
@@ -72,6 +74,14 @@ class Demo:
         self.o, self.console = options, console
         self.fleet: FleetSpec = load_fleet(DEMO_FLEET)
         self._tmp = tempfile.TemporaryDirectory(prefix="fleetwise-demo-")
+        self.spot_trace: Path | None = None
+        self.spot_up_seen: list[int] = []  # spot GPUs answering healthy, at each refresh of the live view
+        if options.spot:
+            self.fleet = with_spot_pool(self.fleet)
+            self.spot_trace = Path(self._tmp.name) / "spot-wave.csv"
+            wave = write_reclaim_wave(self.spot_trace, duration_s=options.duration_s, drain_s=options.drain_s,
+                                      seed=options.seed)
+            console.print(describe(wave))
 
     def run(self) -> dict[str, Any]:
         o = self.o
@@ -95,8 +105,9 @@ class Demo:
         simulated = {}
         if o.compare:
             with self.console.status("simulating the same requests under each policy …"):
+                spot = wave_replay(self.fleet, self.spot_trace, start_s=replay.start_s) if self.spot_trace else None
                 simulated = compare(self.fleet, replay, o.policy, replan_interval_s=self._cron_period_s(),
-                                    seed=o.seed, budget_s=o.budget_s)
+                                    seed=o.seed, budget_s=o.budget_s, spot=spot)
         self.console.print(summary_table(live, simulated, o.policy))
         self.console.print(verdict(simulated, o.policy, BASELINE))
         return {"live": live, "simulated": simulated, "database": ctl.settings.database_url,
@@ -116,7 +127,9 @@ class Demo:
         ctl = Controller(settings, clock=clock)
         book = build_latency_book(self.fleet)
         simulated = [g for g in self.fleet.gpu_ids() if not g.startswith(f"{LOCAL_POOL}/")]
-        sim = ClockedSimFleet(self.fleet, clock, gpu_ids=simulated, book=book)
+        # The spot wave's trace time 0 is the replay's start, where the clock begins.
+        wave = wave_replay(self.fleet, self.spot_trace, start_s=replay_start_s).changes if self.spot_trace else ()
+        sim = ClockedSimFleet(self.fleet, clock, gpu_ids=simulated, book=book, availability=wave)
         local = [self._engine_client(g) for g in self.fleet.gpu_ids() if g.startswith(f"{LOCAL_POOL}/")]
         workers = WorkerSet([*sim.clients(), *local], RoutingTable(), kind=BackendKind.LOCAL)
         ctl.backends.register(self.fleet.name, workers)
@@ -152,7 +165,8 @@ class Demo:
             _, secret = create_token(s, name="demo", scopes=["admin"])
         http = httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {secret}"})
         name = self.fleet.name
-        _check(http.post("/v1/fleets", json={"yaml": DEMO_FLEET.read_text()}), "store the fleet")
+        fleet = {"spec": self.fleet.model_dump(mode="json")} if self.o.spot else {"yaml": DEMO_FLEET.read_text()}
+        _check(http.post("/v1/fleets", json=fleet), "store the fleet")
         self._ingest_history(http, name, history)
         with self.console.status("first plan …"):
             first = _check(http.post(f"/v1/fleets/{name}/plans", json={"policy": o.policy}), "make the first plan")
@@ -212,11 +226,14 @@ class Demo:
         plans = http.get(f"/v1/fleets/{fleet}/plans", params={"limit": 1}).json()
         workers = http.get(f"/v1/fleets/{fleet}/workers").json()["workers"]
         out = replay_run.outcomes
+        spot_pools = frozenset(p.name for p in self.fleet.pools if p.spot)
+        if spot_pools:
+            self.spot_up_seen.append(sum(w["healthy"] for w in workers if w["pool"] in spot_pools))
         return LiveState(
             demo_s=min(max(ctl.clock.now() - replay.start_s, 0.0), self.o.duration_s + self.o.drain_s),
             duration_s=self.o.duration_s, sent=out.sent, completed=out.completed, dropped=out.dropped,
             met=out.met_slo, acknowledged=shipper.acknowledged, cycles=cycles, plan=plans[0] if plans else None,
-            workers=workers)
+            workers=workers, spot_pools=spot_pools)
 
     def _live_figures(self, http: httpx.Client, fleet: str, replay_run: Replay, replay: RequestTable) -> dict[str, Any]:
         """The live run's figures: attainment from the replay's outcomes, cost from each executed plan's window."""
@@ -235,6 +252,8 @@ class Demo:
             "plans": len(plans), "plans_executed": len(executed),
             "cycles": {o: sum(c["outcome"] == o for c in cycles) for o in ("planned", "unchanged", "skipped",
                                                                            "failed")},
+            **({"spot_gpus_up": {"fewest": min(self.spot_up_seen), "most": max(self.spot_up_seen)}}
+               if self.spot_up_seen else {}),
         }
 
 

@@ -25,6 +25,7 @@ class LiveState:
     cycles: list[dict[str, Any]]  # newest first (GET /v1/fleets/{name}/cycles)
     plan: dict[str, Any] | None  # newest plan summary
     workers: list[dict[str, Any]]  # GET /v1/fleets/{name}/workers → workers
+    spot_pools: frozenset[str] = frozenset()
 
 
 def live_view(s: LiveState) -> Group:
@@ -45,17 +46,24 @@ def live_view(s: LiveState) -> Group:
         f"[bold]plan[/] {plan['plan_id']} ({plan['status']})" if plan else "[bold]plan[/] –",
         f"{plan['num_actions']} actions" if plan else "",
     )
-    return Group(head, replicas_table(s.workers))
+    if s.spot_pools:
+        spot = [w for w in s.workers if w["pool"] in s.spot_pools]
+        head.add_row(f"[bold]spot[/] {sum(w['healthy'] for w in spot)}/{len(spot)} GPUs up", "", "", "")
+    return Group(head, replicas_table(s.workers, s.spot_pools))
 
 
-def replicas_table(workers: list[dict[str, Any]]) -> Table:
-    """Per worker: its replicas, residency and queues."""
+def replicas_table(workers: list[dict[str, Any]], spot_pools: frozenset[str] = frozenset()) -> Table:
+    """Per worker: its replicas, residency and queues; a spot GPU the provider has taken back says so."""
     table = Table("worker", "kind", "replicas (residency: running/waiting)", "KV pages", title="Fleet now",
                   title_justify="left")
     for w in workers:
         reps = ", ".join(f"{r['model']} ({r['residency']}{'…' if r['activating_until_s'] else ''}: "
                          f"{r['num_running']}/{r['num_waiting']})" for r in w["replicas"]) or "–"
         kind = "engine (CPU)" if w["gpu_type"] == "CPU" else f"sim {w['gpu_type']}"
+        if w["pool"] in spot_pools:
+            kind += " spot"
+        if not w["healthy"]:
+            reps = "[red]reclaimed[/]" if w["pool"] in spot_pools else "[red]not answering[/]"
         table.add_row(w["worker_id"], kind, reps, f"{w['kv_pages_used']}/{w['kv_pages_total']}")
     return table
 

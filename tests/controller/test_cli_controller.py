@@ -166,3 +166,17 @@ def _wait(fetch, timeout_s: float) -> list:
             return found
         time.sleep(0.3)
     raise AssertionError("no cron cycle ran")
+
+
+def test_demo_with_spot_loses_three_gpus_mid_replay_and_compares_with_spotserve() -> None:
+    res = run_cli("demo", "--spot", "--duration", "60", "--history", "300", "--speedup", "20", "--cron",
+                  "*/2 * * * * *", "--budget", "0.5", "--json", timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout)
+    live, simulated = summary["live"], summary["simulated"]
+    assert "the provider reclaims 3 of them" in res.stderr
+    assert live["requests"] > 0 and live["plans_executed"] >= 1
+    assert live["spot_gpus_up"]["most"] == 4 and live["spot_gpus_up"]["fewest"] < 4  # the live view saw the wave
+    assert set(simulated) == {"fleetwise", "dedicated", "spotserve"}
+    assert all(f["gpus_removed"] == 3 for f in simulated.values())
+    assert simulated["spotserve"]["requests"]["total"] == live["requests"]
