@@ -130,3 +130,20 @@ def test_the_official_openai_client_scores_a_prompt(agent) -> None:
     assert scored.choices[0].text == text and lps is not None and lps.token_logprobs is not None
     assert lps.token_logprobs[0] is None
     assert lps.token_logprobs[1:] == pytest.approx(reference(ByteTokenizer().encode(text)), abs=1e-4)
+
+
+def test_text_offsets_equal_the_length_of_each_prefix_decoded_alone() -> None:
+    """The linear offsets agree with decoding every prefix, broken and special tokens included."""
+    import random
+
+    from workers.agent import _Call
+    from workers.schemas import CompletionRequest
+
+    call = _Call(CompletionRequest(model="a", prompt="x"), "x")
+    rng = random.Random(0)
+    for _ in range(500):
+        tokens = [rng.choice([rng.randint(0, 255), rng.randint(0xC0, 0xF4), rng.randint(0x80, 0xBF), 256])
+                  for _ in range(rng.randint(0, 24))]
+        expected = [7 + len(ByteTokenizer().decode(tokens[:i])) for i in range(len(tokens))]
+        assert call.text_offsets(tokens, 7) == expected, tokens
+    assert _Call(CompletionRequest(model="a", prompt=[1, 2]), [1, 2]).text_offsets([1, 2], 3) == [3, 3]
