@@ -168,7 +168,9 @@ def test_an_activation_waits_for_the_drain_it_depends_on(engines) -> None:
     assert worker.apply(make_plan(actions=(("local/0", ActivateModel(model="a", replica_id="a@0",
                                                                      gpu_ids=("local/0",)), ()),),
                                   generation=1).actions[0]).status == "applied"
-    _, handle = worker.submit_with_handle(Request(7, 0.0, "a", "interactive", 24, 48), REPLAY)
+    # Long enough (424 of the replica's 512 KV tokens) to be running still when the deactivation arrives on a busy
+    # machine: with 48 tokens CI once saw it finish first, and the deactivation had nothing to wait for.
+    _, handle = worker.submit_with_handle(Request(7, 0.0, "a", "interactive", 24, 400), REPLAY)
     seen_at_activation: list[bool] = []
 
     class Watch(Recorded):
