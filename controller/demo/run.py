@@ -41,6 +41,7 @@ from core.requests import RequestTable
 from db import migrate
 from db.tokens import create_token
 from executors import BackendKind, RoutingTable, WorkerSet
+from simulator.availability import SpotReplay
 from simulator.latency import build_latency_book
 from workers.agent import serve_in_thread
 
@@ -91,7 +92,9 @@ class Demo:
         self.console.print(f"[bold]fleetwise demo[/]: {len(replay)} requests of {source.name} replayed at "
                            f"{o.speedup:g}× on fleet [bold]{self.fleet.name}[/] "
                            f"({len(self.fleet.gpu_ids())} workers), policy {o.policy}, cron {o.cron!r}")
-        ctl, sim, workers = self._controller(replay.start_s)
+        # One replay of the spot wave, trace time 0 at the replay's start: the live GPUs and the simulations follow it.
+        spot = wave_replay(self.fleet, self.spot_trace, start_s=replay.start_s) if self.spot_trace else None
+        ctl, sim, workers = self._controller(replay.start_s, spot)
         agent = serve_in_thread(create_app(ctl))
         try:
             live = self._loop(ctl, agent.url, sim, workers, history, replay)
@@ -105,7 +108,6 @@ class Demo:
         simulated = {}
         if o.compare:
             with self.console.status("simulating the same requests under each policy …"):
-                spot = wave_replay(self.fleet, self.spot_trace, start_s=replay.start_s) if self.spot_trace else None
                 simulated = compare(self.fleet, replay, o.policy, replan_interval_s=self._cron_period_s(),
                                     seed=o.seed, budget_s=o.budget_s, spot=spot)
         self.console.print(summary_table(live, simulated, o.policy))
@@ -114,7 +116,8 @@ class Demo:
                 "options": {k: str(v) for k, v in vars(o).items()}}
 
     # -- setup -------------------------------------------------------------------------------------------------------
-    def _controller(self, replay_start_s: float) -> tuple[Controller, ClockedSimFleet, WorkerSet]:
+    def _controller(self, replay_start_s: float,
+                    spot: SpotReplay | None) -> tuple[Controller, ClockedSimFleet, WorkerSet]:
         o = self.o
         path = o.database or Path(self._tmp.name) / "fleetwise.db"
         url = f"sqlite:///{path}"
@@ -127,9 +130,8 @@ class Demo:
         ctl = Controller(settings, clock=clock)
         book = build_latency_book(self.fleet)
         simulated = [g for g in self.fleet.gpu_ids() if not g.startswith(f"{LOCAL_POOL}/")]
-        # The spot wave's trace time 0 is the replay's start, where the clock begins.
-        wave = wave_replay(self.fleet, self.spot_trace, start_s=replay_start_s).changes if self.spot_trace else ()
-        sim = ClockedSimFleet(self.fleet, clock, gpu_ids=simulated, book=book, availability=wave)
+        sim = ClockedSimFleet(self.fleet, clock, gpu_ids=simulated, book=book,
+                              availability=spot.changes if spot else ())
         local = [self._engine_client(g) for g in self.fleet.gpu_ids() if g.startswith(f"{LOCAL_POOL}/")]
         workers = WorkerSet([*sim.clients(), *local], RoutingTable(), kind=BackendKind.LOCAL)
         ctl.backends.register(self.fleet.name, workers)
