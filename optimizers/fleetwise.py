@@ -49,7 +49,7 @@ from optimizers.plan import (
 )
 from optimizers.queue_actions import plan_queues
 from optimizers.queues import LengthModel, QueueSettings
-from optimizers.spot import SpotStep, on_demand_base, plan_spot_pools, residual_problem
+from optimizers.spot import SpotStep, on_demand_base, plan_spot_pools, residual_problem, spot_alternatives
 
 REPLACE_ON = frozenset({EventKind.GPU_ADDED, EventKind.GPU_REMOVED, EventKind.PREEMPTION_NOTICE,
                         EventKind.ACTION_FAILED})
@@ -69,6 +69,7 @@ class FleetwisePlanner:
     packing_share: float = 0.2
     lengths: LengthModel | None = None  # group output lengths for the queue planner (default: scenario means)
     spot_policy: str = "liveput"  # or "reactive": SpotServe's controller on spot pools (optimizers.spot)
+    notice_expiry_s: float = 300.0  # a GPU still up this long after its preemption notice was not reclaimed after all
     surge_factor: float = 1.1  # observed rate over placed SLO capacity that re-places before the interval ends ...
     min_surge_gap_s: float = 30.0
     # ... and by this many req/s: a bursty tail model a few requests over its capacity is the queues' business (on
@@ -99,11 +100,24 @@ class FleetwisePlanner:
     _last_placement_s: float | None = field(default=None, repr=False)  # full or surge
     _last_full_placement_s: float | None = field(default=None, repr=False)
     _placed: dict[str, PlacedReplica] = field(default_factory=dict, repr=False)  # last placement, before the KV fill
+    # GPU → when its preemption notice came, until the GPU leaves (or comes back); a notice is an event of one
+    # plan's state only, and a replan inside the grace period must not place anything on the GPU either.
+    _notices: dict[str, float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.deterministic:
             self.settings = replace(self.settings, deterministic=True)
             self.queue_settings = replace(self.queue_settings, deterministic=True)
+
+    def _leaving(self, state: FleetState) -> frozenset[str]:
+        """GPUs with a preemption notice, in this plan's events or an earlier one's, that have not left (`_notices`)."""
+        for e in state.events:
+            if e.worker_id and e.kind == EventKind.PREEMPTION_NOTICE:
+                self._notices[e.worker_id] = e.time_s
+            elif e.worker_id and e.kind in (EventKind.GPU_REMOVED, EventKind.GPU_ADDED):
+                self._notices.pop(e.worker_id, None)
+        self._notices = {g: t for g, t in self._notices.items() if state.time_s - t < self.notice_expiry_s}
+        return frozenset(self._notices)
 
     def _left_s(self, budget_s: float, start: float) -> float:
         """What is left of a plan's budget (all of it when deterministic: stages stop on work, not time)."""
@@ -118,7 +132,7 @@ class FleetwisePlanner:
         if scenarios is None:
             scenarios = scenarios_from_load(fleet, state)
             reasons.append("no forecast given: scenarios at 0.7×, 1× and 1.4× the observed rates")
-        healthy = _plannable_gpus(fleet, state)
+        healthy = _plannable_gpus(fleet, state, self._leaving(state))
         weights = {m.name: m.weight_gib for m in fleet.models}
         running = running_replicas(state, weights)
         planned = planned_replicas(state, weights) if state.current_plan is not None else running
@@ -137,25 +151,31 @@ class FleetwisePlanner:
             reasons.append(("added capacity early" if add_only else "re-placed early")
                            + ": observed rate above placed SLO capacity for "
                            + ", ".join(f"{m} ({r:.2f} req/s)" for m, r in sorted(surge.items())))
-        spot = plan_spot_pools(problem, demand_by_interval(fleet, scenarios),
-                               available_by_interval(problem.pools, scenarios), scenarios.interval_s,
-                               _running_counts(running), self.spot_policy,
-                               base=on_demand_base(problem, planned or running))
+        spot_args = (problem, demand_by_interval(fleet, scenarios), available_by_interval(problem.pools, scenarios),
+                     scenarios.interval_s, _running_counts(running))
+        base = on_demand_base(problem, planned or running)
+        replace_all = full or (surge and not add_only)
+        if self.spot_policy == "liveput" and any(p.spot for p in problem.pools):
+            tiers = spot_alternatives(*spot_args, base=base)  # the program chooses (`_place`, `_keep_or_move`)
+        else:
+            tiers = [plan_spot_pools(*spot_args, self.spot_policy, base=base)]
+        spot = tiers[0] if replace_all else self._keep_or_move(problem, tiers, planned or running, reasons)
         stages = {"liveput": time.perf_counter() - start} if spot else {}
-        reasons += [s.reason for s in spot]
         placement = None
-        if full or (surge and not add_only):
-            placement, (targets, dropped, packer) = self._place(problem, spot, running, planned or running, fleet,
-                                                                healthy, budget_s, reasons)
+        if replace_all:
+            placement, spot, (targets, dropped, packer) = self._place(problem, tiers, running, planned or running,
+                                                                      fleet, healthy, budget_s, reasons)
             stages["placement"] = time.perf_counter() - start - sum(stages.values())
             self._last_placement_s = self._last_full_placement_s = state.time_s
             self._placed = {t.replica_id: t for t in targets}
         elif add_only:
+            reasons += [s.reason for s in spot]
             placement, (targets, dropped, packer) = self._add_for_surge(problem, spot, running, planned or running,
                                                                         fleet, healthy, budget_s, held or {})
             stages["placement"] = time.perf_counter() - start - sum(stages.values())
             self._last_placement_s = state.time_s
         else:
+            reasons += [s.reason for s in spot]
             targets, dropped, packer = _targets(problem, None, spot, running, planned or running, fleet, healthy,
                                                 max(0.0, self.packing_share * budget_s))
         if placement is None:
@@ -174,10 +194,35 @@ class FleetwisePlanner:
         parts = _Parts(problem, placement, spot, targets, running, rate_of, routing, packer)
         return self._assemble(fleet, state, scenarios, parts, queue, offline, reasons, stages, start)
 
-    def _place(self, problem: PlacementProblem, spot: list[SpotStep], running: list[RunningReplica],
+    def _place(self, problem: PlacementProblem, tiers: list[list[SpotStep]], running: list[RunningReplica],
                planned: list[RunningReplica], fleet: FleetSpec, healthy: set[str] | None, budget_s: float,
-               reasons: list[str]) -> tuple[PlacementResult, tuple[list[PlacedReplica], list[str], str]]:
-        """Solve the program and pack it onto GPUs. The program counts a pool's memory in aggregate; where packing
+               reasons: list[str]
+               ) -> tuple[PlacementResult, list[SpotStep], tuple[list[PlacedReplica], list[str], str]]:
+        """Choose the spot tier, solve the program for what it leaves and pack that onto GPUs.
+
+        With several spot tiers to choose from (`spot.spot_alternatives`), each is solved and packed
+        (`_solve_and_pack`), and the one whose total is lowest is kept: the program's expected cost of what its
+        packing delivers, plus the spot GPUs and the migrations to them. Packing is part of the price: a tier whose
+        program looks cheap in aggregate memory but does not pack loses what the packing cannot hold."""
+        share = budget_s / len(tiers)
+        done = [self._solve_and_pack(problem, tier, running, planned, fleet, healthy, share) for tier in tiers]
+        totals = [cost + sum(s.cost_usd(problem.horizon_s) for s in tier) for tier, (_, _, cost, _) in zip(tiers, done)]
+        pick = int(np.argmin(totals))
+        placement, packed, _, notes = done[pick]
+        reasons += [s.reason for s in tiers[pick]]
+        if len(tiers) > 1:
+            reasons.append("spot tier chosen with the on-demand placement: " + "; ".join(
+                f"{'+'.join(sorted({s.source for s in tier}))} {total:.2f} USD" + (" (kept)" if i == pick else "")
+                for i, (tier, total) in enumerate(zip(tiers, totals)))
+                + " (expected cost of the packed placement + spot GPUs + migrations over the horizon)")
+        reasons += notes
+        return placement, tiers[pick], packed
+
+    def _solve_and_pack(self, problem: PlacementProblem, spot: list[SpotStep], running: list[RunningReplica],
+                        planned: list[RunningReplica], fleet: FleetSpec, healthy: set[str] | None, budget_s: float
+                        ) -> tuple[PlacementResult, tuple[list[PlacedReplica], list[str], str], float, list[str]]:
+        """The program for what `spot` leaves, packed onto GPUs: (placement, packing, the program's expected cost of
+        the packing, notes for the plan's reasons). The program counts a pool's memory in aggregate; where packing
         falls short of it (a KV share cut, a replica dropped: SLO capacity the program counted on), re-solve with
         that shortfall reserved in the pool (`with_packing_reserve`), at most `repack_rounds` times while the
         placement and packing budget lasts. Of the packings, the one the program itself prices lowest wins
@@ -187,7 +232,7 @@ class FleetwisePlanner:
         original = program = residual_problem(problem, spot)
         priced = replace(original, grow_only=False)  # packings are priced as plans, whatever bounds found them
         pack_s = max(0.0, self.packing_share * budget_s)
-        rounds = []
+        rounds, notes = [], []
         for round_ in range(1 + self.repack_rounds):
             spent = 0.0 if self.deterministic else time.perf_counter() - started
             if round_ and spent >= (self.placement_share + self.packing_share) * budget_s:
@@ -200,16 +245,42 @@ class FleetwisePlanner:
             if short.sum() < self.min_shortfall_gib:
                 break
             program = with_packing_reserve(program, short, d.gpus_used(program))
-            reasons.append("re-placed: packing fell short of the placement by " + ", ".join(
+            notes.append("re-placed: packing fell short of the placement by " + ", ".join(
                 f"{s:.1f} GiB on {pool.name}" for pool, s in zip(program.pools, short) if s > 1e-6)
                 + " (fragmentation: reserved in the program)")
         if len(rounds) == 1:
-            return rounds[0]
+            return rounds[0][0], rounds[0][1], rounds[0][0].objective_usd, notes
         costs = [packed_objective(priced, *_packed_decision(priced, packed[0])) for _, packed in rounds]
         best = int(np.argmin(costs))
-        reasons.append(f"kept the packing of solve {best + 1} of {len(rounds)}: expected cost "
-                       + " / ".join(f"{c:.2f}" for c in costs) + " USD with KV as packed")
-        return rounds[best]
+        notes.append(f"kept the packing of solve {best + 1} of {len(rounds)}: expected cost "
+                     + " / ".join(f"{c:.2f}" for c in costs) + " USD with KV as packed")
+        return rounds[best][0], rounds[best][1], costs[best], notes
+
+    def _keep_or_move(self, problem: PlacementProblem, tiers: list[list[SpotStep]], planned: list[RunningReplica],
+                      reasons: list[str]) -> list[SpotStep]:
+        """Between full placements the on-demand tier stays as placed, and the spot tier moves to liveput's step
+        only if the program, with the on-demand replicas fixed as they are, prices the move below keeping what runs
+        (`packed_objective` of each tier's residual, plus its spot GPUs and migrations). Liveput alone values a spot
+        replica by the requests it serves, so it would trade one that covers what the on-demand tier was sized to
+        leave for one whose model the on-demand tier already serves."""
+        liveput = tiers[0]
+        current = next((t for t in tiers if all(s.source == "current" for s in t)), None)
+        if current is None or all((a.counts == b.counts).all() for a, b in zip(liveput, current)):
+            return liveput
+        kept = _kept(problem, planned, {p.name for p in problem.pools if p.spot})
+        costs = []
+        for tier in (current, liveput):
+            priced = replace(residual_problem(problem, tier), grow_only=False)
+            costs.append(packed_objective(priced, *_packed_decision(priced, kept))
+                         + sum(s.cost_usd(problem.horizon_s) for s in tier))
+        move = costs[1] < costs[0]
+        if not np.isfinite(costs).any():
+            reasons.append("spot tier kept: the program found no solution with the on-demand tier as placed "
+                           "(the next full placement re-decides both)")
+        else:
+            reasons.append(f"spot tier {'moves to liveput' if move else 'kept'}: with the on-demand tier as placed, "
+                           f"liveput's step {costs[1]:.2f} USD, what runs {costs[0]:.2f} USD")
+        return liveput if move else current
 
     def _add_for_surge(self, problem: PlacementProblem, spot: list[SpotStep], running: list[RunningReplica],
                        planned: list[RunningReplica], fleet: FleetSpec, healthy: set[str] | None, budget_s: float,
@@ -368,9 +439,7 @@ def _targets(problem: PlacementProblem, placement: PlacementResult | None, spot:
         items += replica_items(problem, step.counts, kv, None, current)
     kept: list[PlacedReplica] = []
     if placement is None:
-        kept = [PlacedReplica(r.replica_id, r.model, r.pool, r.gpu_type, r.tp, r.gpu_ids, r.kv_share_gib,
-                              r.memory_gib, 0.0, c.index) for r in planned
-                if (c := problem.config_for(r.model, r.pool, r.tp)) is not None and r.pool not in spot_pools]
+        kept = _kept(problem, planned, spot_pools)
         if not items:
             return kept, [], "kept"
     else:
@@ -380,6 +449,13 @@ def _targets(problem: PlacementProblem, placement: PlacementResult | None, spot:
     gpu_ids = {p.name: [g for g in p.gpu_ids() if healthy is None or g in healthy] for p in pools}
     packed = pack(problem, items, gpu_ids, time_limit_s=time_limit_s)
     return kept + list(packed.replicas), [f"not placed: {x}" for x in packed.dropped], packed.packer
+
+
+def _kept(problem: PlacementProblem, planned: list[RunningReplica], spot_pools: set[str]) -> list[PlacedReplica]:
+    """The replicas of `planned` outside `spot_pools`, as placed."""
+    return [PlacedReplica(r.replica_id, r.model, r.pool, r.gpu_type, r.tp, r.gpu_ids, r.kv_share_gib,
+                          r.memory_gib, 0.0, c.index) for r in planned
+            if (c := problem.config_for(r.model, r.pool, r.tp)) is not None and r.pool not in spot_pools]
 
 
 def _packed_decision(problem: PlacementProblem, replicas: list[PlacedReplica]
@@ -405,9 +481,10 @@ def _slo_capacity(problem: PlacementProblem, r: RunningReplica) -> float | None:
     return None if c is None else c.online.rate_at(r.kv_share_gib)
 
 
-def _plannable_gpus(fleet: FleetSpec, state: FleetState) -> set[str] | None:
-    """GPUs a plan may use: the healthy ones (all when no worker reports) minus those with a preemption notice."""
-    leaving = leaving_gpus(state)
+def _plannable_gpus(fleet: FleetSpec, state: FleetState, leaving: frozenset[str] = frozenset()) -> set[str] | None:
+    """GPUs a plan may use: the healthy ones (all when no worker reports) minus those with a preemption notice
+    (this plan's events and `leaving`, the notices of earlier plans whose GPUs have not gone yet)."""
+    leaving = leaving | leaving_gpus(state)
     if not state.workers and not leaving:
         return None
     healthy = set(state.healthy_gpu_ids) if state.workers else set(fleet.gpu_ids())
@@ -481,15 +558,19 @@ def _plan_reasons(problem, placement, expected, num_targets: int, num_running: i
     return out
 
 
+_SOURCES = {"liveput": "liveput's step", "reactive": "SpotServe's reactive step, priced below liveput's",
+            "current": "what runs, priced below liveput's step"}
+
+
 def _why_spot(problem: PlacementProblem, spot: list[SpotStep]) -> dict[str, str]:
-    """'model@pool' → why liveput gives the model its replicas on that spot pool."""
+    """'model@pool' → why the spot tier gives the model its replicas on that spot pool."""
     out = {}
     for step in spot:
         pool = problem.pools[step.pool_index].name
         for m, model in enumerate(problem.models):
             n = sum(int(step.counts[c.index]) for c in problem.configs_of_model(m) if c.pool_index == step.pool_index)
             out[f"{model.name}@{pool}"] = (
-                f"liveput keeps {n} replica(s) on spot pool {pool}: expected to serve "
+                f"{n} replica(s) on spot pool {pool} ({_SOURCES[step.source]}): expected to serve "
                 f"{float(problem.weights @ step.online_rps[:, m]):.2f} req/s online and "
                 f"{float(problem.weights @ step.offline_rps[:, m]):.2f} req/s offline across availability scenarios")
     return out

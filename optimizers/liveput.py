@@ -324,12 +324,17 @@ def plan_liveput(inp: LiveputInput) -> LiveputPlan:
     for t in range(horizon - 1, 0, -1):
         path.append(int(back[t, path[-1]]))
     path.reverse()
-    used = gpus_of(configs[path[0]])
-    lost0 = inp.num_gpus - inp.available[:, 0].astype(int)
-    survive = float(sum(w * survival_probability(inp.num_gpus, int(k), used) if used else w
-                        for w, k in zip(inp.weights, lost0)))
     return LiveputPlan(tuple(configs[i] for i in path), float(score[last]),
-                       tuple(float(gain[t][i]) for t, i in enumerate(path)), survive, len(configs))
+                       tuple(float(gain[t][i]) for t, i in enumerate(path)), survival_first(inp, configs[path[0]]),
+                       len(configs))
+
+
+def survival_first(inp: LiveputInput, config: Config) -> float:
+    """P[no GPU `config` uses is reclaimed in the first interval], over the scenarios."""
+    used = gpus_of(config)
+    lost = inp.num_gpus - inp.available[:, 0].astype(int)
+    return float(sum(w * survival_probability(inp.num_gpus, int(k), used) if used else w
+                     for w, k in zip(inp.weights, lost)))
 
 
 def gpus_of(config: Config) -> int:

@@ -37,6 +37,7 @@ from optimizers.liveput import (
     plan_liveput,
     reactive_config,
     replica_value,
+    survival_first,
     survivor_pmf,
     within_harvest,
 )
@@ -54,6 +55,13 @@ class SpotStep:
     offline_rps: np.ndarray  # (S, M) expected offline req/s it serves in the compute online work leaves
     plan: LiveputPlan
     reason: str  # one line: what liveput chose and why
+    source: str = "liveput"  # which rule proposed it: liveput, reactive (SpotServe) or current (what runs)
+    gpu_usd_per_hour: float = 0.0  # what its GPUs cost
+    migration_usd: float = 0.0  # value lost moving to it from what runs (`liveput.migration_usd`)
+
+    def cost_usd(self, horizon_s: float) -> float:
+        """Its GPUs over `horizon_s` plus the migration to it: what the on-demand program's objective leaves out."""
+        return self.gpu_usd_per_hour * horizon_s / 3600 + self.migration_usd
 
 
 def spot_pool_indices(problem: PlacementProblem) -> list[int]:
@@ -70,6 +78,9 @@ class SpotSettings:
 
     notice_s: float = 30.0  # warning before a spot GPU leaves (SpotServe's grace period; GCP and Azure give 30 s)
     reaction_s: float = 1.0  # a preemption notice triggers a replan (the simulator's minimum gap between replans)
+    # A replica that leaves a GPU another one needs first finishes what it runs (make-before-break); the new replica
+    # waits that long, about one request's decode (a few hundred tokens at tens of ms each).
+    drain_s: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -135,31 +146,91 @@ def _plan_pool(problem: PlacementProblem, p: int, demand: np.ndarray, available:
                base: OnDemandBase | None) -> SpotStep:
     inp, options = liveput_input(problem, p, demand, available, interval_s, running,
                                  settings if policy == "liveput" else None, base if policy == "liveput" else None)
-    plan = plan_liveput(inp) if policy == "liveput" else _reactive_plan(inp)
+    if policy == "liveput":
+        return _step(problem, p, inp, options, plan_liveput(inp), "liveput")
+    return _step(problem, p, inp, options, _fixed_plan(inp, reactive_config(inp, 0)), "reactive")
+
+
+def spot_alternatives(problem: PlacementProblem, demand: np.ndarray, available: np.ndarray, interval_s: float,
+                      running: dict[tuple[str, str], tuple[int, int]], settings: SpotSettings = SpotSettings(),
+                      base: OnDemandBase | None = None) -> list[list[SpotStep]]:
+    """The spot tiers a full placement chooses among (`FleetwisePlanner._place`), each one step per spot pool:
+    liveput's first step, SpotServe's reactive configuration and what runs now (when it still fits the pool), all
+    valued with re-hosting and `base` as liveput is (what runs may be nothing: then the alternative is no spot
+    replica at all). Identical tiers once; liveput's first.
+
+    Liveput values a spot replica by the requests it serves; what it is worth to the fleet is the on-demand capacity
+    it saves, and that depends on what the on-demand tier would otherwise buy (docs/optimizers.md, "Choosing the spot
+    tier with the on-demand one"). The placement program prices each alternative's residual, and the cheapest
+    whole wins."""
+    per_pool: list[dict[str, SpotStep]] = []
+    for p in spot_pool_indices(problem):
+        inp, options = liveput_input(problem, p, demand, available, interval_s, running, settings, base)
+        plans = {"liveput": plan_liveput(inp), "reactive": _fixed_plan(inp, reactive_config(inp, 0))}
+        current = inp.current or tuple((model.tp_options[0], 0) for model in inp.models)
+        if gpus_of(current) <= inp.num_gpus:
+            plans["current"] = _fixed_plan(inp, current)
+        steps = {source: _step(problem, p, inp, options, plan, source, settings.drain_s)
+                 for source, plan in plans.items()}
+        per_pool.append(steps)
+    out: dict[tuple, list[SpotStep]] = {}
+    for source in ("liveput", "current", "reactive"):
+        tier = [steps.get(source, steps["liveput"]) for steps in per_pool]
+        out.setdefault(tuple(s.plan.path[0] for s in tier), tier)
+    return list(out.values())
+
+
+def _step(problem: PlacementProblem, p: int, inp: LiveputInput, options: list[dict[int, ReplicaConfig]],
+          plan: LiveputPlan, source: str, drain_s: float = 0.0) -> SpotStep:
+    """Spot pool p's step: the first configuration of `plan`, in the placement problem's terms."""
     counts = np.zeros(len(problem.configs), dtype=int)
     for m, (tp, n) in enumerate(plan.path[0]):
         if n:
             counts[options[m][tp].index] = n
     online, offline = expected_service(problem, inp, options, plan.path[0])
     used = gpus_of(plan.path[0])
-    if policy == "liveput":
-        reason = (f"liveput on {problem.pools[p].name}: {used} of {inp.num_gpus} GPUs, first step of a "
-                  f"{inp.available.shape[1]}-interval plan worth {plan.liveput_usd:.2f} USD expected (migrations "
-                  f"deducted), P[no replica lost in interval 1] = {plan.survival_first:.2f}")
+    pool = problem.pools[p].name
+    if source == "liveput":
+        reason = (f"liveput on {pool}: {used} of {inp.num_gpus} GPUs, first step of a {inp.available.shape[1]}-interval "
+                  f"plan worth {plan.liveput_usd:.2f} USD expected (migrations deducted), P[no replica lost in "
+                  f"interval 1] = {plan.survival_first:.2f}")
+    elif source == "reactive":
+        reason = (f"reactive (SpotServe) on {pool}: {used} of {inp.num_gpus} GPUs, the fewest replicas that meet the "
+                  f"current rate on the GPUs up now")
     else:
-        reason = (f"reactive (SpotServe) on {problem.pools[p].name}: {used} of {inp.num_gpus} GPUs, the fewest "
-                  f"replicas that meet the current rate on the GPUs up now")
-    return SpotStep(p, counts, online, offline, plan, reason)
+        reason = f"{pool} keeps what runs: {used} of {inp.num_gpus} GPUs"
+    old = inp.current or plan.path[0]
+    migration = migration_usd(inp, old, plan.path[0], 0) + drain_usd(inp, old, plan.path[0], drain_s)
+    return SpotStep(p, counts, online, offline, plan, reason, source, used * inp.gpu_usd_per_hour, migration)
 
 
-def _reactive_plan(inp: LiveputInput) -> LiveputPlan:
-    """SpotServe's choice as a one-step plan (valued like liveput's first interval, for the plan's reasons)."""
-    config = reactive_config(inp, 0)
+def drain_usd(inp: LiveputInput, old: Config, new: Config, drain_s: float) -> float:
+    """Value lost while new replicas wait for GPUs that replicas leaving the pool free only once drained: the new
+    replicas beyond the pool's free GPUs (their share of the GPUs added), each at the requests it would serve (its
+    model's mean demand split over its replicas, at most its SLO capacity), for `drain_s`. Liveput's own migration
+    cost counts the weight load alone."""
+    added, value = 0, 0.0
+    for m, ((tp0, n0), (tp1, n1)) in enumerate(zip(old, new)):
+        new_n = n1 if tp1 != tp0 else max(0, n1 - n0)
+        if not new_n:
+            continue
+        model = inp.models[m]
+        rate = model.online_rate_per_s[model.tp_options.index(tp1)] if tp1 in model.tp_options else 0.0
+        demand = float(inp.weights @ inp.online_rps[:, m, 0])
+        added += new_n * tp1
+        value += new_n * min(rate, demand / n1) * inp.online_usd_per_request * drain_s
+    waiting = max(0, added - (inp.num_gpus - gpus_of(old)))
+    return value * waiting / added if added else 0.0
+
+
+def _fixed_plan(inp: LiveputInput, config: Config) -> LiveputPlan:
+    """`config` as a one-step plan, valued like liveput's first interval (for the plan's reasons)."""
     one = replace(inp, available=inp.available[:, :1], online_rps=inp.online_rps[:, :, :1],
                   offline_rps=inp.offline_rps[:, :, :1])
-    values = [[replica_value(one, m, o, 0) for o in range(len(model.tp_options))] for m, model in enumerate(one.models)]
+    values = [[replica_value(one, m, o, 0, used=gpus_of(config)) for o in range(len(model.tp_options))]
+              for m, model in enumerate(one.models)]
     value = config_value(values, one, config) - migration_usd(one, inp.current or config, config, 0)
-    return LiveputPlan((config,), value, (value,), 1.0, 1)
+    return LiveputPlan((config,), value, (value,), survival_first(inp, config), 1)
 
 
 def liveput_input(problem: PlacementProblem, p: int, demand: np.ndarray, available: np.ndarray, interval_s: float,

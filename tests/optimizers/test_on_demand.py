@@ -62,3 +62,24 @@ def test_a_waiting_model_gets_a_replica_next_to_the_running_ones_which_stay_put(
     assert new.gpu_ids == kept.gpu_ids  # room next to the running replica, no second GPU
     unchanged, none = activate_on_demand(problem, out, {}, {"m2": 0.2}, GPUS, 0.0)
     assert none is None and unchanged == out  # it has a replica now: nothing to add
+
+
+def test_an_activation_takes_the_cheapest_config_that_covers_the_rate_and_a_held_pool_first() -> None:
+    """On the demo's spot fleet: tiny models go to the CPU worker, not to a free A100; a model whose rate one L4
+    covers gets an L4, beside replicas on a held A100 it goes there; a rate no L4 covers takes the A100; spot
+    pools are the spot tier's."""
+    from controller.demo.run import DEMO_FLEET
+    from controller.demo.spot import with_spot_pool
+    from core.fleet import load_fleet
+    from optimizers.on_demand import activation_config
+
+    demo = with_spot_pool(load_fleet(DEMO_FLEET))
+    problem = build_problem(demo, scenario_set(demo, [[1.0] * len(demo.model_names)]))
+    m = {name: i for i, name in enumerate(demo.model_names)}
+    pool = {p.name: i for i, p in enumerate(problem.pools)}
+    pick = lambda model, rate, held=(): problem.pools[
+        activation_config(problem, m[model], rate, {pool[h] for h in held}).pool_index].name
+    assert pick("tiny-2l", 0.2) == "cpu"
+    assert problem.on_demand[m["tiny-2l"]].pool_index == pool["a100"]  # what the program's own choice would take
+    assert pick("chat-1b", 1.0) == "l4" and pick("chat-1b", 1.0, ["a100"]) == "a100"
+    assert pick("chat-8b", 3.0) == "a100"  # 0.61 req/s per L4 within SLO

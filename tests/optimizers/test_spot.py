@@ -6,7 +6,7 @@ from core.state import EventKind, FleetEvent, FleetState, RunningRequest
 from optimizers.fleetwise import FleetwisePlanner
 from optimizers.placement.problem import available_by_interval, build_problem, demand_by_interval
 from optimizers.placement.solve import solver_available
-from optimizers.spot import plan_spot_pools, residual_problem
+from optimizers.spot import plan_spot_pools, residual_problem, spot_alternatives
 from tests.factories import EXAMPLES
 from tests.optimizers.conftest import scenario_set
 
@@ -36,20 +36,63 @@ def _spot_counts(plan) -> dict[tuple[str, int], int]:
     return out
 
 
-def test_spot_replicas_are_the_first_step_of_liveput_and_stay_put_next_interval(fleet) -> None:
+def _kept_tier(plan) -> tuple[str, dict[str, float]]:
+    """The spot tier a full placement kept and every tier's total, from the plan's reasons."""
+    line = next(r for r in plan.reasons if r.startswith("spot tier chosen with the on-demand placement: "))
+    totals, kept = {}, None
+    for part in line.split(": ", 1)[1].split(" (expected cost")[0].split("; "):
+        name, usd = part.split()[:2]
+        totals[name] = float(usd)
+        kept = name if part.endswith("(kept)") else kept
+    return kept, totals
+
+
+def test_the_spot_tier_is_chosen_with_the_on_demand_placement_and_stays_put_next_interval(fleet) -> None:
     sc = _scenarios(fleet, [32, 28, 20])
     problem = build_problem(fleet, sc)
-    steps = plan_spot_pools(problem, demand_by_interval(fleet, sc), available_by_interval(problem.pools, sc), 60.0, {})
-    expected = {(c.model, c.tp): int(steps[0].counts[c.index]) for c in problem.configs if steps[0].counts[c.index]}
+    tiers = spot_alternatives(problem, demand_by_interval(fleet, sc), available_by_interval(problem.pools, sc),
+                              60.0, {})
+    assert [t[0].source for t in tiers] == ["liveput", "current", "reactive"]  # nothing runs: "current" is no spot
+    assert not tiers[1][0].counts.any() and tiers[0][0].counts.any()
     planner = FleetwisePlanner()
     plan = planner.plan(fleet, FleetState(time_s=0.0, workers=()), sc, budget_s=2.0)
+    kept, totals = _kept_tier(plan)
+    assert set(totals) == {"liveput", "current", "reactive"} and totals[kept] == min(totals.values())
+    chosen = next(t[0] for t in tiers if t[0].source == kept)
+    expected = {(c.model, c.tp): int(chosen.counts[c.index]) for c in problem.configs if chosen.counts[c.index]}
     assert _spot_counts(plan) == expected and expected
-    assert any(r.startswith(f"liveput on {SPOT}") for r in plan.reasons)
     spot_acts = [a for a in plan.actions if a.kind == "activate_model" and a.worker_id.startswith(SPOT)]
-    assert spot_acts and all("liveput" in a.reason for a in spot_acts)
+    assert spot_acts and all("spot pool" in a.reason for a in spot_acts)
     nxt = planner.plan(fleet, FleetState(time_s=60.0, workers=(), current_plan=plan), sc, budget_s=2.0)
     assert _spot_counts(nxt) == expected  # receding horizon: replanned, and nothing worth a migration changed
     assert not [a for a in nxt.actions if a.kind in ("activate_model", "deactivate_model")]
+    assert any(r.startswith("spot tier kept: with the on-demand tier as placed") for r in nxt.reasons)
+
+
+def test_a_spot_replica_is_worth_the_on_demand_capacity_it_saves() -> None:
+    """The demo's first plan: four spot L4s, chat-8b at 1.47 req/s needs three of them (0.61 req/s each within
+    SLO) or an A100. Liveput alone, valuing replicas by the requests they serve, gives a spot GPU to chat-1b (which
+    rides for free beside chat-3b-1 on an on-demand L4) and leaves chat-8b's rest to an A100; chosen with the
+    placement, chat-8b takes three spot GPUs and no A100 is bought."""
+    from controller.demo.run import DEMO_FLEET
+    from controller.demo.spot import SPOT_POOL, with_spot_pool
+
+    demo = with_spot_pool(load_fleet(DEMO_FLEET))
+    rates = {"chat-8b": 1.47, "chat-3b-0": 0.82, "chat-3b-1": 0.47, "chat-1b": 0.97, "tiny-2l": 0.22, "tiny-4l": 0.2}
+    demand = np.array([[rates[m] for m in demo.model_names]])
+    share = np.array([[1.0, 0.0, 0.0]] * len(rates))
+    sc = scenario_set(demo, np.repeat(demand[:, :, None], 5, axis=2), interval_s=60.0, share=share)
+    problem = build_problem(demo, sc)
+    liveput = plan_spot_pools(problem, demand_by_interval(demo, sc), available_by_interval(problem.pools, sc), 60.0,
+                              {})[0]
+    on_spot = lambda counts: {c.model: int(counts[c.index]) for c in problem.configs if counts[c.index]}
+    assert on_spot(liveput.counts).get("chat-1b") == 1 and on_spot(liveput.counts)["chat-8b"] < 3
+    plan = FleetwisePlanner().plan(demo, FleetState(time_s=0.0, workers=()), sc, budget_s=2.0)
+    spot = [r.model for r in plan.replicas if r.pool == SPOT_POOL]
+    assert spot.count("chat-8b") == 3 and "chat-1b" not in spot
+    assert not any(r.pool == "a100" for r in plan.replicas)
+    kept, totals = _kept_tier(plan)
+    assert kept != "liveput" and totals[kept] < totals["liveput"]
 
 
 def test_on_demand_covers_what_spot_is_not_expected_to_serve(fleet) -> None:
@@ -84,6 +127,29 @@ def test_preemption_notice_pauses_offline_work_first_and_moves_it(fleet) -> None
     assert move.args.to_replica_id in {r.replica_id for r in nxt.replicas if r.model == "llama-1b"}
     assert all(gone not in r.gpu_ids for r in nxt.replicas)
     assert any(a.kind == "deactivate_model" and a.args.replica_id == victim.replica_id for a in nxt.actions)
+
+
+def test_a_noticed_gpu_stays_out_of_later_plans_until_it_leaves(fleet) -> None:
+    """A notice is an event of one plan's state; the GPU still answers until the provider takes it, and a replan in
+    between (a cron tick, another event) must not place anything there either."""
+    sc = _scenarios(fleet, [32, 28, 24])
+    planner = FleetwisePlanner(notice_expiry_s=120.0)
+    plan = planner.plan(fleet, FleetState(time_s=0.0, workers=()), sc, budget_s=2.0)
+    gone = next(r for r in plan.replicas if r.pool == SPOT).gpu_ids[0]
+    notice = FleetEvent(EventKind.PREEMPTION_NOTICE, 60.0, worker_id=gone)
+    plan = planner.plan(fleet, FleetState(time_s=60.0, workers=(), current_plan=plan, events=(notice,)), sc, 2.0)
+    assert all(gone not in r.gpu_ids for r in plan.replicas)
+    later = planner.plan(fleet, FleetState(time_s=75.0, workers=(), current_plan=plan), sc, budget_s=2.0)
+    assert all(gone not in r.gpu_ids for r in later.replicas) and planner._notices == {gone: 60.0}
+    removed = FleetEvent(EventKind.GPU_REMOVED, 90.0, worker_id=gone)
+    planner.plan(fleet, FleetState(time_s=90.0, workers=(), current_plan=later, events=(removed,)), sc, 2.0)
+    assert planner._notices == {}  # it left: nothing to remember
+    again = FleetEvent(EventKind.PREEMPTION_NOTICE, 100.0, worker_id=gone)
+    planner.plan(fleet, FleetState(time_s=100.0, workers=(), current_plan=later, events=(again,)), sc, 2.0)
+    planner.plan(fleet, FleetState(time_s=200.0, workers=(), current_plan=later), sc, 2.0)
+    assert planner._notices == {gone: 100.0}
+    planner.plan(fleet, FleetState(time_s=230.0, workers=(), current_plan=later), sc, 2.0)
+    assert planner._notices == {}  # still up 130 s after its notice: the provider kept it
 
 
 def test_on_demand_base_counts_replicas_riding_on_gpus_held_for_others(fleet) -> None:
