@@ -36,6 +36,8 @@ class ControllerMetrics:
                              ["lease"], registry=r)
         self.actions = Counter("fleetwise_plan_actions", "Plan actions executed, by final state.", ["state"],
                                registry=r)
+        self.preemption_notices = Counter("fleetwise_preemption_notices", "Preemption notices received through "
+                                          "the API.", registry=r)
         self.lease_held = Gauge("fleetwise_replan_lease_held", "1 while this controller holds the replan lease.",
                                 registry=r)
         for reason in REJECT_REASONS:

@@ -31,13 +31,20 @@ from db.tokens import authenticate_token, hash_secret
 TOKEN_CACHE_S = 5.0  # a revoked token stops working within this long
 
 
-def make_planner(policy: str, book: LatencyBook) -> Planner:
-    """The planner called `policy` (settings.POLICIES)."""
+def make_planner(policy: str, book: LatencyBook, *, interval_s: float | None = None) -> Planner:
+    """The planner called `policy` (settings.POLICIES). `interval_s`: the forecast interval the planner's scenarios
+    come on; fleetwise then prices a placement over as many intervals as the placement holds for
+    (`placement_interval_s`), as the what-if `fleetwise` policy does (`whatif.predictive.fleetwise_setup`) — over
+    one 60 s interval, a placement that holds 300 s saw a missing replica cost a fifth of what it costs, and the
+    churn of adding one outweighed it at every cycle."""
     from optimizers.baselines import BASELINES
     from optimizers.fleetwise import FleetwisePlanner
 
     if policy == "fleetwise":
-        return FleetwisePlanner(book=book)
+        planner = FleetwisePlanner(book=book)
+        if interval_s:
+            planner.horizon_intervals = max(1, round(planner.placement_interval_s / interval_s))
+        return planner
     if policy not in BASELINES:
         raise NotFoundError("policy", policy, ["fleetwise", *BASELINES])
     return BASELINES[policy](book)
@@ -46,8 +53,9 @@ def make_planner(policy: str, book: LatencyBook) -> Planner:
 @dataclass
 class FleetRuntime:
     """What the controller keeps between cycles of one fleet: planners (FleetwisePlanner remembers its last
-    placement), the scenario builder (which refits cheaply between full method selections), and the events the
-    last execution raised (failed actions) for the next cycle's FleetState."""
+    placement), the scenario builder (which refits cheaply between full method selections), the events the last
+    execution raised (failed actions) for the next cycle's FleetState, and the preemption notices posted since the
+    last plan."""
 
     name: str
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -56,13 +64,33 @@ class FleetRuntime:
     builder_key: str = ""
     events: list[FleetEvent] = field(default_factory=list)
     num_cycles: int = 0
+    # Preemption notices posted to the API (`POST /v1/fleets/{name}/preemption-notices`), by worker: handed to every
+    # cycle's state until a plan has taken them (`take_notices`), whatever the cycle that was running did with
+    # `events` meanwhile.
+    notices: dict[str, FleetEvent] = field(default_factory=dict)
+    _notices_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def planner(self, policy: str, spec: FleetSpec, spec_digest: str) -> Planner:
+    def add_notice(self, event: FleetEvent) -> None:
+        with self._notices_lock:
+            self.notices[event.worker_id or ""] = event
+
+    def pending_notices(self) -> tuple[FleetEvent, ...]:
+        with self._notices_lock:
+            return tuple(self.notices.values())
+
+    def take_notices(self, handed: tuple[FleetEvent, ...]) -> None:
+        """Forget the notices a plan was given (a newer notice for the same worker stays)."""
+        with self._notices_lock:
+            for e in handed:
+                if self.notices.get(e.worker_id or "") is e:
+                    del self.notices[e.worker_id or ""]
+
+    def planner(self, policy: str, spec: FleetSpec, spec_digest: str, *, interval_s: float | None = None) -> Planner:
         key = (policy, spec_digest)
         if key not in self.planners:
             from simulator.latency import build_latency_book
 
-            self.planners[key] = make_planner(policy, build_latency_book(spec))
+            self.planners[key] = make_planner(policy, build_latency_book(spec), interval_s=interval_s)
         return self.planners[key]
 
 

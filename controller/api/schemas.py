@@ -130,6 +130,15 @@ class PlanCreateIn(BaseModel):
         default=None, description="Refuse (409) unless the fleet is still at this version.")
 
 
+class PreemptionNoticeIn(BaseModel):
+    """A provider's notice that it will take a GPU away (a spot interruption, a host maintenance event)."""
+
+    model_config = _IN
+    worker_id: str = Field(min_length=1, max_length=256, description="The GPU the provider will take (its worker id).")
+    leaves_in_s: Annotated[float, Field(ge=0, le=86400)] | None = Field(
+        default=None, description="Seconds until it leaves, when the notice says (AWS gives 120, GCP and Azure 30).")
+
+
 class CyclePublic(BaseModel):
     cycle_id: str
     fleet: str

@@ -114,7 +114,8 @@ def _stages(ctl: Controller, runtime: FleetRuntime, stages: _Stages, cycle_id: s
     obs: Observed = stages.run("observe", observe, ctl, runtime)
     settings = fleet_settings(obs.spec, ctl.settings)
     scenarios, forecast_ids = stages.run("forecast", forecast_and_store, ctl, runtime, obs)
-    planner = runtime.planner(policy or settings.policy, obs.spec, obs.spec_digest)
+    planner = runtime.planner(policy or settings.policy, obs.spec, obs.spec_digest,
+                              interval_s=ctl.settings.forecast_interval_s)
     budget = budget_s or ctl.settings.plan_budget_s
     plan: Plan = stages.run("plan", _plan, planner, obs, scenarios, budget)
     stages.run("store", _store, ctl, obs, plan, settings.advisory)
@@ -122,6 +123,7 @@ def _stages(ctl: Controller, runtime: FleetRuntime, stages: _Stages, cycle_id: s
                 "advisory": settings.advisory, "forecast_ids": tuple(forecast_ids), "inputs_digest": plan.input_digest}
     outcome = "planned" if plan.actions else "unchanged"
     runtime.events = []  # the events were handed to this plan
+    runtime.take_notices(obs.state.events)
     if settings.advisory:
         return CycleResult(**base, outcome=outcome, note="advisory: stored, awaiting approval",
                            timings_s=stages.timings_s)

@@ -5,7 +5,9 @@ Spot pools' availability over the history window comes from the stored rounds of
 
 Per-model load (`core.state.ModelLoad`) is computed from the request telemetry of the last observation window.
 Workers that do not answer are left out of the state — planners place only on GPUs that reported healthy — and
-raise a `gpu_removed` event; a fleet none of whose workers answers cannot be planned for, and the stage fails.
+raise a `gpu_removed` event; so does a worker that answers unhealthy after answering healthy, and one healthy again
+raises `gpu_added` (`health_changes`): planners re-place on both. A fleet none of whose workers answers cannot be
+planned for, and the stage fails.
 Requests that the router dropped for want of a replica (`core.state.UNSERVED_DROP_REASONS`) during the last observation window,
 for a model no worker runs now, raise a `request_for_inactive_model` event: the demand exists, and planners that
 activate on demand (fleetwise, prism, qlm) place the model instead of counting on an activation nobody asks for.
@@ -70,7 +72,8 @@ def observe(ctl: Controller, runtime: FleetRuntime) -> Observed:
     events += _unserved_models(history, outcomes, statuses, now, window_s)
     state = FleetState(
         time_s=now, workers=tuple(statuses), current_plan=to_plan(current) if current is not None else None,
-        load=model_loads(history, outcomes, now, window_s), events=tuple(runtime.events) + tuple(events),
+        load=model_loads(history, outcomes, now, window_s),
+        events=tuple(runtime.events) + runtime.pending_notices() + tuple(events),
         observation_window_s=window_s, next_generation=newest.generation + 1 if newest is not None else None,
     )
     return Observed(spec, version, spec_sha256(spec), state, history, outcomes, workers,
@@ -100,7 +103,21 @@ def _worker_statuses(ctl: Controller, fleet: str, workers: WorkerSet | None, sto
         record_worker_statuses(s, fleet=fleet, statuses=seen.statuses)
     events = [FleetEvent(EventKind.GPU_REMOVED, now, worker_id=w, detail=f"no status: {e}")
               for w, e in sorted(seen.errors.items())]
-    return list(seen.statuses), events
+    return list(seen.statuses), events + health_changes(stored, seen.statuses, now)
+
+
+def health_changes(before: list[WorkerStatus], now_seen: list[WorkerStatus], now: float) -> list[FleetEvent]:
+    """Events for workers whose answer changed since their last stored status: healthy before and unhealthy now is
+    `gpu_removed` (a spot GPU reclaimed under a worker that still answers, a device fault); unhealthy before and
+    healthy now is `gpu_added`. A worker seen for the first time raises `gpu_removed` only if it answers unhealthy."""
+    was = {w.worker_id: w.healthy for w in before}
+    out = []
+    for w in sorted(now_seen, key=lambda w: w.worker_id):
+        if not w.healthy and was.get(w.worker_id, True):
+            out.append(FleetEvent(EventKind.GPU_REMOVED, now, worker_id=w.worker_id, detail="reports unhealthy"))
+        elif w.healthy and not was.get(w.worker_id, True):
+            out.append(FleetEvent(EventKind.GPU_ADDED, now, worker_id=w.worker_id, detail="healthy again"))
+    return out
 
 
 def model_loads(history: RequestTable, outcomes: RequestOutcomes, now_s: float, window_s: float) -> dict[str, ModelLoad]:

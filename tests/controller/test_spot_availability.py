@@ -86,28 +86,35 @@ def _status(worker: str, time_s: float) -> WorkerStatus:
                         memory_total_gib=24.0)
 
 
-def test_the_sim_backend_replays_spot_traces_and_the_cycle_sees_the_gpus_go(db_url: str, tmp_path) -> None:
-    """`backend: sim` with `spot_traces` (a workers file, paths relative to it): the trace takes two of three spot
-    GPUs away 100 s in; the rounds after count one, and the stored forecast reads it. The clock is stepped by the
-    test, so the rounds fall where it says whatever the machine's load."""
+def _sim_controller(db_url: str, tmp_path, trace: str, **settings: object):
+    """(clock, controller, fleet): the `sim` backend replaying `trace` (relative to `tmp_path`) on pool `spot`,
+    on a clock the test steps."""
     import yaml
 
     from controller.backends import BackendRegistry
     from controller.runtime import Controller
     from controller.settings import load_settings
 
-    (tmp_path / "traces").mkdir()
-    (tmp_path / "traces" / "spot.csv").write_text("0,add,a\n0,add,b\n0,add,c\n100000,remove,b\n100000,remove,c\n")
     workers = tmp_path / "workers.yaml"
     workers.write_text(yaml.safe_dump({"apiVersion": "fleetwise/v1", "kind": "Workers", "fleets": {
-        FLEET: {"backend": "sim", "spot_traces": {"spot": "traces/spot.csv"}}}}))
+        FLEET: {"backend": "sim", "spot_traces": {"spot": trace}}}}))
     fleet = make_fleet(pools=POOLS, models=[{"name": "chat", "arch": "Llama-3.2-1B", "tp_options": [1],
                                              "max_context_tokens": 4096}])
     fleet = type(fleet).model_validate(fleet.model_dump(mode="json") | {"metadata": {"name": FLEET}})
     clock = SteppedClock(1_000_000.0)
     ctl = Controller(load_settings(database_url=db_url, policy="dedicated", forecast_interval_s=60.0,
-                                   history_s=3600.0, num_scenarios=8, reduce_scenarios_to=4, holder="spot-sim"),
+                                   history_s=3600.0, holder=f"spot-{tmp_path.name}", **settings),
                      clock=clock, backends=BackendRegistry.from_file(workers, clock))
+    return clock, ctl, fleet
+
+
+def test_the_sim_backend_replays_spot_traces_and_the_cycle_sees_the_gpus_go(db_url: str, tmp_path) -> None:
+    """`backend: sim` with `spot_traces` (a workers file, paths relative to it): the trace takes two of three spot
+    GPUs away 100 s in; the rounds after count one, and the stored forecast reads it. The clock is stepped by the
+    test, so the rounds fall where it says whatever the machine's load."""
+    (tmp_path / "traces").mkdir()
+    (tmp_path / "traces" / "spot.csv").write_text("0,add,a\n0,add,b\n0,add,c\n100000,remove,b\n100000,remove,c\n")
+    clock, ctl, fleet = _sim_controller(db_url, tmp_path, "traces/spot.csv", num_scenarios=8, reduce_scenarios_to=4)
     try:
         with ctl.sessions.begin() as s:
             put_fleet(s, spec=fleet)
@@ -172,3 +179,29 @@ def test_forecasting_through_the_api_includes_the_spot_pools(db_url: str) -> Non
         assert {f["series"] for f in listed} == {"chat", "pool:spot"}
     finally:
         api.close()
+
+
+def test_a_worker_that_turns_unhealthy_raises_gpu_removed_and_back_gpu_added(db_url: str, tmp_path) -> None:
+    """Reclaimed spot GPUs of the `sim` backend still answer, unhealthy: the observe stage compares each answer with
+    the worker's last stored one, so the cycle after the reclaim sees `gpu_removed` (and re-places), and the one
+    after the GPU returns sees `gpu_added`."""
+    from controller.replan.observe import observe
+    from core.state import EventKind
+
+    (tmp_path / "spot.csv").write_text("0,add,a\n0,add,b\n100000,remove,b\n250000,add,b\n")
+    clock, ctl, fleet = _sim_controller(db_url, tmp_path, "spot.csv")
+    try:
+        with ctl.sessions.begin() as s:
+            put_fleet(s, spec=fleet)
+        runtime = ctl.fleet(FLEET)
+        seen = []
+        for _ in range(4):  # rounds at 0, 150, 300 and 450 s
+            events = observe(ctl, runtime).state.events
+            seen.append(sorted((e.kind.value, e.worker_id) for e in events
+                               if e.kind in (EventKind.GPU_REMOVED, EventKind.GPU_ADDED)))
+            clock.t += 150.0
+        assert seen[0] == [("gpu_removed", "spot/2")]  # the trace starts with two of three: first seen unhealthy
+        assert len(seen[1]) == 1 and seen[1][0][0] == "gpu_removed" and seen[1][0][1] != "spot/2"
+        assert seen[2] == [("gpu_added", seen[1][0][1])] and not seen[3]  # a worker's state changes once
+    finally:
+        ctl.close()

@@ -48,7 +48,7 @@ def cycle_public(row: ReplanRunRow, fleet: str) -> CyclePublic:
                        started_at=row.started_at, finished_at=row.finished_at)
 
 
-def _result_public(result: CycleResult) -> CyclePublic:
+def cycle_result_public(result: CycleResult) -> CyclePublic:
     return CyclePublic(cycle_id=result.cycle_id, fleet=result.fleet, trigger=result.trigger,
                        outcome=result.outcome, plan_id=result.plan_id, error=result.error,  # type: ignore[arg-type]
                        timings_s=result.timings_s, forecast_ids=list(result.forecast_ids),
@@ -70,7 +70,7 @@ def create_plan_route(name: FleetName, body: PlanCreateIn, ctl: ControllerDep, r
     result = run_cycle(ctl, name, trigger="api", policy=body.policy, budget_s=body.budget_s)
     if result.plan_id is None:
         response.status_code = status.HTTP_200_OK
-    return _result_public(result)
+    return cycle_result_public(result)
 
 
 @router.get("/v1/fleets/{name}/plans", response_model=list[PlanSummary], responses=error_responses(400, 404, *AUTH),
