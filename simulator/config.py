@@ -18,6 +18,9 @@ class SimConfig:
 
     replan_interval_s: float = 60.0  # the planner's periodic tick (simulated seconds)
     min_replan_gap_s: float = 1.0  # event-triggered replans are at least this far apart
+    # Event kinds (`core.state.EventKind` values) that trigger a replan; None: every kind the planner subscribes
+    # to. A controller that replans on its cron and on preemption notices only is `("preemption_notice",)`.
+    replan_events: tuple[str, ...] | None = None
     plan_budget_s: float = 2.0  # wall-clock budget handed to Planner.plan
     monitor_interval_s: float = 1.0  # queues are checked for planner events and router timeouts this often
     router_timeout_s: float = 120.0  # a request waiting at the router (no replica of its model) is dropped after
@@ -52,6 +55,13 @@ class SimConfig:
         for name in ("preemption_notice_s", "host_kv_gib_per_gpu", "host_weights_gib_per_gpu"):
             if (getattr(self, name) or 0.0) < 0:
                 raise InputError(name, getattr(self, name), "a value ≥ 0")
+        if self.replan_events is not None:
+            from core.state import EventKind
+
+            known = {k.value for k in EventKind}
+            for kind in self.replan_events:
+                if kind not in known:
+                    raise InputError("replan_events", kind, "event kinds: " + ", ".join(sorted(known)))
         if self.page_bytes < 4096:
             raise InputError("page_bytes", self.page_bytes, "at least 4096 bytes")
         if self.max_block_tokens < 1:

@@ -239,7 +239,9 @@ class FleetSimulation:
     def raise_event(self, event: FleetEvent) -> None:
         """Record an event for the next plan; call the planner soon if it subscribes to this kind."""
         self._events.append(event)
-        if event.kind in self.planner.subscriptions and self._triggered is None and not self._finished:
+        triggers = self.planner.subscriptions if self.config.replan_events is None else (
+            self.planner.subscriptions & set(self.config.replan_events))
+        if event.kind in triggers and self._triggered is None and not self._finished:
             at = max(self.kernel.now_s, self._last_replan_s + self.config.min_replan_gap_s)
             self._triggered = Replan(at, self, periodic=False)
             self.kernel.schedule(self._triggered)

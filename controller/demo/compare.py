@@ -3,8 +3,8 @@
 live run's figures sit beside what each policy gives on exactly the same requests.
 
 The baseline is configured the way `fleetwise whatif` configures it: told each model's mean rate over the slice
-(`controller.whatif.policies.POLICIES`); the predictive policy plans from what it observes. Both replan at the live
-loop's cron period, as the live controller did.
+(`controller.whatif.policies.POLICIES`); the predictive policy plans from what it observes. All replan at the live
+loop's cron period and on preemption notices, as the live controller did.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from controller.runtime import make_planner
 from controller.whatif.policies import POLICIES, PolicyContext, PolicySetup
 from core.fleet import FleetSpec
 from core.requests import RequestTable
+from core.state import EventKind
 from simulator.availability import SpotReplay
 from simulator.config import SimConfig
 from simulator.fleet import FleetSimulation
@@ -34,8 +35,10 @@ def simulate(fleet: FleetSpec, table: RequestTable, policy: str, *, replan_inter
         setup = POLICIES[policy](PolicyContext(fleet, book, table, seed, availability=spot.on_clock))
     else:
         setup = PolicySetup(make_planner(policy, book))
-    # The live loop replans on its cron only; so do the simulations (events between ticks wait for the next one).
-    config = SimConfig(replan_interval_s=replan_interval_s, min_replan_gap_s=replan_interval_s, plan_budget_s=budget_s)
+    # The live loop replans on its cron and on preemption notices (the demo's spot wave posts them); so do the
+    # simulations: other events wait for the next tick.
+    config = SimConfig(replan_interval_s=replan_interval_s, replan_events=(EventKind.PREEMPTION_NOTICE.value,),
+                       plan_budget_s=budget_s)
     sim = FleetSimulation(fleet, table, setup.planner, config=config, book=book, scenarios_fn=setup.scenarios_fn,
                           availability=spot.changes)
     return sim.run().figures()

@@ -27,7 +27,7 @@ from rich.live import Live
 
 from controller.api.app import create_app
 from controller.demo.compare import BASELINE, compare
-from controller.demo.spot import describe, wave_replay, with_spot_pool, write_reclaim_wave
+from controller.demo.spot import NoticeAgent, describe, wave_replay, with_spot_pool, write_reclaim_wave
 from controller.demo.traffic import Replay, Shipper, post_rows
 from controller.demo.view import LiveState, live_view, summary_table, verdict
 from controller.demo.workload import default_workload, demo_traffic
@@ -97,7 +97,7 @@ class Demo:
         ctl, sim, workers = self._controller(replay.start_s, spot)
         agent = serve_in_thread(create_app(ctl))
         try:
-            live = self._loop(ctl, agent.url, sim, workers, history, replay)
+            live = self._loop(ctl, agent.url, sim, workers, history, replay, spot)
         finally:
             agent.stop()
             ctl.close()
@@ -161,7 +161,7 @@ class Demo:
 
     # -- the loop ----------------------------------------------------------------------------------------------------
     def _loop(self, ctl: Controller, url: str, sim: ClockedSimFleet, workers: WorkerSet, history: RequestTable,
-              replay: RequestTable) -> dict[str, Any]:
+              replay: RequestTable, spot: SpotReplay | None) -> dict[str, Any]:
         o = self.o
         with ctl.sessions.begin() as s:
             _, secret = create_token(s, name="demo", scopes=["admin"])
@@ -181,19 +181,27 @@ class Demo:
                             lambda c, ttft, tpot: slo[c].attained(ttft, tpot), seed=o.seed)
         shipper = Shipper(url, secret, name, replay_run.outcomes)
         scheduler = ReplanScheduler(ctl).start()
+        notices = NoticeAgent(url, secret, name, ctl.clock, spot.changes) if spot else None
         threads = [threading.Thread(target=t.run, daemon=True, name=n)
-                   for t, n in ((replay_run, "demo-replay"), (shipper, "demo-telemetry"))]
+                   for t, n in ((replay_run, "demo-replay"), (shipper, "demo-telemetry"),
+                                *([(notices, "demo-notices")] if notices else []))]
         for t in threads:
             t.start()
         try:
             self._watch(http, name, ctl, replay_run, shipper, replay, threads[0])
         finally:
             replay_run.stopped.set()
+            if notices:
+                notices.stopped.set()
+                threads[2].join(timeout=130)
+                notices.close()
             scheduler.stop()
             shipper.stopped.set()
             threads[1].join(timeout=60)
             shipper.close()
         live = self._live_figures(http, name, replay_run, replay)
+        if notices:
+            live["preemption_notices"] = {"sent": len(notices.sent), "failed": notices.errors}
         http.close()
         return live
 

@@ -4,20 +4,27 @@ Cloud providers reclaim spot capacity in bursts: several instances of a pool wit
 later (both Parcae's p3 trace and SpotServe's g4dn trace show such waves; REFERENCES.md). The demo's wave is drawn
 from a seed, on the replay's own time: three of the four GPUs go between 25 % and 40 % of the replay, and come back
 one at a time from 60–70 % on. The simulated GPUs follow it (a GPU taken away
-drops its work and reports itself unhealthy); the controller is not told the trace: it sees the GPUs stop
-answering, as it would in production, and forecasts the pool from those rounds. The closing simulations replay the
-same wave. Its steps scale with the replay: at the default 600 s, three GPUs go within 30 s, and each comes back
+drops its work and reports itself unhealthy); the controller is not told the trace. As a node agent on a spot VM
+would, `NoticeAgent` forwards the provider's preemption notice 30 s before each GPU goes
+(`POST /v1/fleets/{name}/preemption-notices`), and the controller replans at once; it learns of returns, and of
+everything else, from the GPUs' answers, and forecasts the pool from those rounds. The closing simulations replay
+the same wave, replanning on the notices too. Its steps scale with the replay: at the default 600 s, three GPUs go within 30 s, and each comes back
 18–48 s after the one before.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from core.fleet import FleetSpec, PoolSpec
+from core.protocols import Clock
 from simulator.availability import SpotReplay, replay_pools
+from simulator.config import SimConfig
+from simulator.fleet import AvailabilityChange
 
 SPOT_POOL = "l4-spot"
 SPOT_GPUS = 4
@@ -61,3 +68,35 @@ def describe(rows: list[tuple[float, int]]) -> str:
     all_back = next(t for t, n in rows if t > low[0] and n == SPOT_GPUS)
     return (f"spot pool {SPOT_POOL}: {SPOT_GPUS} L4 at ${SPOT_PRICE_PER_HOUR:.2f}/h; the provider reclaims "
             f"{RECLAIMED} of them from {first_gone:.0f} s into the replay and returns them by {all_back:.0f} s")
+
+
+class NoticeAgent:
+    """Forwards the provider's preemption notices to the controller, `notice_s` (the simulator's grace period, 30 s)
+    before each GPU of the wave goes, as a node agent on a spot VM forwards the cloud's (run `run()` in a thread).
+    A failed post is logged in `errors` and not retried: the controller still sees the GPU go."""
+
+    def __init__(self, base_url: str, secret: str, fleet: str, clock: Clock, changes: list[AvailabilityChange],
+                 *, notice_s: float = SimConfig().preemption_notice_s) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=120, headers={"Authorization": f"Bearer {secret}"})
+        self.fleet, self.clock, self.notice_s = fleet, clock, notice_s
+        self.due = sorted((c.time_s - notice_s, c.gpu_id) for c in changes if not c.up)
+        self.sent: list[tuple[float, str]] = []  # (demo time, GPU)
+        self.errors: list[str] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        for at, gpu in self.due:
+            while self.clock.now() < at:
+                if self.stopped.wait(0.05):
+                    return
+            try:
+                res = self.http.post(f"/v1/fleets/{self.fleet}/preemption-notices",
+                                     json={"worker_id": gpu, "leaves_in_s": self.notice_s})
+                res.raise_for_status()
+                self.sent.append((self.clock.now(), gpu))
+            except httpx.HTTPError as exc:
+                self.errors.append(f"{gpu}: {exc}")
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.http.close()

@@ -61,8 +61,10 @@ class Recorder(StaticPlanner):
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[tuple[float, str, str]] = []
+        self.calls: list[float] = []
 
     def plan(self, fleet, state, scenarios, budget_s):
+        self.calls.append(state.time_s)
         self.seen += [(e.time_s, e.kind.value, e.worker_id) for e in state.events]
         return super().plan(fleet, state, scenarios, budget_s)
 
@@ -76,3 +78,19 @@ def test_spot_gpus_announce_their_removal_30_s_ahead_by_default(spot: bool) -> N
     notices = [(t, g) for t, kind, g in planner.seen if kind == "preemption_notice"]
     assert notices == ([(20.0, "h100/1")] if spot else [])  # an on-demand GPU that leaves fails without notice
     assert (50.0, "gpu_removed", "h100/1") in planner.seen
+
+
+def test_replan_events_narrow_what_triggers_a_replan() -> None:
+    """A controller that replans on its cron and on preemption notices only: the notice at 20 s replans at once,
+    the removal at 50 s waits for the 60 s tick (and is in that plan's events)."""
+    from simulator.config import SimConfig
+
+    fleet = small_fleet(pools=[{"name": "h100", "gpu": "H100-SXM", "count": 2, "gpus_per_node": 1, "spot": True}])
+    planner = Recorder()
+    config = SimConfig(replan_interval_s=60.0, replan_events=("preemption_notice",))
+    FleetSimulation(fleet, make_table(1200, rate_per_s=10.0, seed=1), planner, config=config,
+                    availability=[AvailabilityChange(50.0, "h100/1", False)]).run()
+    after_notice = [t for t in planner.calls if t > 20.0]
+    assert 20.0 in planner.calls and after_notice and after_notice[0] == pytest.approx(60.0, abs=0.5)
+    with pytest.raises(InputError, match="replan_events"):
+        SimConfig(replan_events=("gpu_vanished",))
