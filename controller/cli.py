@@ -36,6 +36,7 @@ app.command("plan")(plan_command.plan)
 app.command("demo")(demo_command.demo)
 app.command("worker")(worker_command.worker)
 app.command("profile")(worker_command.profile)
+app.command("notices")(worker_command.notices)
 app.command("forecast")(forecast.forecast)
 app.command("whatif")(whatif)
 

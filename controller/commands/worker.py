@@ -244,3 +244,54 @@ def _profile_table(results: list) -> Table:
                   f"{e.p90_abs_rel_error:.1%}",
                   str(e.num_heldout))
     return t
+
+
+def notices(
+    provider: Annotated[str, typer.Option(help="The cloud whose metadata service announces interruptions: aws, gcp or "
+                                                "azure.")],
+    controller: Annotated[str, typer.Option(help="The controller's URL.")],
+    fleet: Annotated[str, typer.Option(help="The fleet this VM's GPUs belong to.")],
+    worker_id: Annotated[list[str], typer.Option(help="A GPU of this VM, <pool>/<index>; repeat for each.")],
+    token_env: Annotated[str, typer.Option(help="Environment variable holding a token of scope plan.")] =
+    "FLEETWISE_TOKEN",
+    metadata_url: Annotated[str | None, typer.Option(
+        help="The metadata service (default: the provider's link-local address).")] = None,
+    vm_name: Annotated[str | None, typer.Option(help="Azure: this VM's name among a scheduled event's Resources "
+                                                     "(default: every event is this VM's).")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between polls (AWS advises 5).", min=0.5,
+                                            max=300)] = 5.0,
+    once: Annotated[bool, typer.Option("--once", help="Poll once, forward what it finds, and exit.")] = False,
+) -> None:
+    """Watch this VM's metadata service for a preemption notice and forward it to the controller for each of the VM's
+    GPUs; the controller replans at once (POST /v1/fleets/{fleet}/preemption-notices). Run one per VM."""
+    import os
+
+    from workers.notices import PROVIDERS, NoticeWatcher
+
+    if provider not in PROVIDERS:
+        raise InputError("--provider", provider, ", ".join(PROVIDERS))
+    token = os.environ.get(token_env, "")
+    if not token:
+        raise InputError(f"--token-env {token_env}", None, "the name of a set environment variable holding a token",
+                         problem=f"environment variable {token_env} is not set")
+    watcher = NoticeWatcher(provider, controller, fleet, tuple(worker_id), token, metadata_url=metadata_url,
+                            interval_s=interval, vm_name=vm_name)
+    seen = 0
+    try:
+        while True:
+            notice = watcher.poll()
+            for n in watcher.sent[seen:]:
+                out.print(f"forwarded {n.detail} for {', '.join(worker_id)} to {controller}", highlight=False)
+            seen = len(watcher.sent)
+            for error in watcher.errors:
+                out.print(f"[yellow]{error}[/]", highlight=False)
+            watcher.errors.clear()
+            if once:
+                if notice is None:
+                    out.print(f"no interruption announced ({provider})", highlight=False)
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watcher.close()
