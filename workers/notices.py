@@ -15,9 +15,10 @@ Each cloud tells a VM ahead of taking it away, on a link-local metadata endpoint
   `NotBefore` the earliest time it happens. The watcher does not acknowledge the event: that would let Azure act
   sooner.
 
-`NoticeWatcher.poll()` asks once; `run()` polls every `interval_s` until stopped. A notice is forwarded once for
-each GPU of the VM (keyed by what the provider says: action and time, event id), with retries on transport errors
-and 5xx answers (tenacity); a 4xx answer (an unknown worker, a bad token) is not retried, and is kept in `errors`.
+`NoticeWatcher.poll()` asks once; `run()` polls every `interval_s` until stopped. A notice is forwarded once, for
+all the VM's GPUs in one request (keyed by what the provider says: action and time, event id), with retries on
+transport errors and 5xx answers (tenacity); a 4xx answer (an unknown worker, a bad token) is not retried, and is
+kept in `errors`.
 """
 
 from __future__ import annotations
@@ -67,7 +68,6 @@ class NoticeWatcher:
     errors: list[str] = field(default_factory=list)
     stopped: threading.Event = field(default_factory=threading.Event)
     _aws_token: tuple[str, float] | None = None  # (token, monotonic expiry)
-    _posted: dict[str, set[str]] = field(default_factory=dict)  # notice key → GPUs the controller answered for
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -149,30 +149,23 @@ class NoticeWatcher:
 
     # -- the controller ----------------------------------------------------------------------------------------------
     def _forward(self, notice: Notice) -> None:
-        """Post the notice for every GPU of the VM; it counts as sent once every post was answered (a refusal too:
-        sending it again would be refused again). A GPU whose post failed in transport is tried at the next poll."""
-        done = self._posted.setdefault(notice.key, set())
-        for worker_id in self.worker_ids:
-            if worker_id in done:
-                continue
-            body: dict[str, object] = {"worker_id": worker_id}
-            if notice.leaves_in_s is not None:
-                body["leaves_in_s"] = max(0.0, min(notice.leaves_in_s, 86400.0))
-            try:
-                for attempt in Retrying(stop=stop_after_attempt(self.attempts), reraise=True, retry=retry_if_exception(
-                        _retryable), wait=wait_exponential(multiplier=0.2, max=2.0)):
-                    with attempt:
-                        self._controller.post(f"/v1/fleets/{self.fleet}/preemption-notices",
-                                              json=body).raise_for_status()
-                done.add(worker_id)
-            except httpx.HTTPStatusError as exc:
-                done.add(worker_id)
-                self.errors.append(f"controller ({worker_id}): HTTP {exc.response.status_code}: "
-                                   f"{exc.response.text[:300]}")
-            except httpx.HTTPError as exc:
-                self.errors.append(f"controller ({worker_id}): {type(exc).__name__}: {exc}")
-        if done >= set(self.worker_ids):
+        """Post the notice for every GPU of the VM in one request (one replan). It counts as sent once the controller
+        answered, a refusal too: sending it again would be refused again. A post that failed in transport is tried
+        again at the next poll."""
+        body: dict[str, object] = {"worker_ids": list(self.worker_ids)}
+        if notice.leaves_in_s is not None:
+            body["leaves_in_s"] = max(0.0, min(notice.leaves_in_s, 86400.0))
+        try:
+            for attempt in Retrying(stop=stop_after_attempt(self.attempts), reraise=True,
+                                    retry=retry_if_exception(_retryable), wait=wait_exponential(multiplier=0.2, max=2.0)):
+                with attempt:
+                    self._controller.post(f"/v1/fleets/{self.fleet}/preemption-notices", json=body).raise_for_status()
             self.sent.append(notice)
+        except httpx.HTTPStatusError as exc:
+            self.sent.append(notice)
+            self.errors.append(f"controller: HTTP {exc.response.status_code}: {exc.response.text[:300]}")
+        except httpx.HTTPError as exc:
+            self.errors.append(f"controller: {type(exc).__name__}: {exc}")
 
 
 def _retryable(exc: BaseException) -> bool:

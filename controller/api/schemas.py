@@ -130,13 +130,29 @@ class PlanCreateIn(BaseModel):
         default=None, description="Refuse (409) unless the fleet is still at this version.")
 
 
+WorkerId = Annotated[str, Field(min_length=1, max_length=256)]
+
+
 class PreemptionNoticeIn(BaseModel):
-    """A provider's notice that it will take a GPU away (a spot interruption, a host maintenance event)."""
+    """A provider's notice that it will take GPUs away (a spot interruption, a host maintenance event): one GPU
+    (`worker_id`) or all of a VM's (`worker_ids`), exactly one of the two."""
 
     model_config = _IN
-    worker_id: str = Field(min_length=1, max_length=256, description="The GPU the provider will take (its worker id).")
+    worker_id: WorkerId | None = Field(default=None, description="The GPU the provider will take (its worker id).")
+    worker_ids: Annotated[list[WorkerId], Field(min_length=1, max_length=1024)] | None = Field(
+        default=None, description="The GPUs of the VM the provider will take: one replan for all.")
     leaves_in_s: Annotated[float, Field(ge=0, le=86400)] | None = Field(
         default=None, description="Seconds until it leaves, when the notice says (AWS gives 120, GCP and Azure 30).")
+
+    @model_validator(mode="after")
+    def _one(self) -> PreemptionNoticeIn:
+        if (self.worker_id is None) == (self.worker_ids is None):
+            raise ValueError("give exactly one of 'worker_id' (a GPU) or 'worker_ids' (the GPUs of a VM)")
+        return self
+
+    @property
+    def gpus(self) -> list[str]:
+        return [self.worker_id] if self.worker_id is not None else list(dict.fromkeys(self.worker_ids or []))
 
 
 class CyclePublic(BaseModel):

@@ -66,6 +66,12 @@ def test_a_bad_notice_names_the_field(fleetwise_api: Api) -> None:
     res = c.post(f"/v1/fleets/{FLEET}/preemption-notices", json={"worker_id": "h100/0", "leaves_in_s": -1})
     assert res.status_code == 422 and "leaves_in_s" in res.text
     assert c.post("/v1/fleets/nowhere/preemption-notices", json={"worker_id": "h100/0"}).status_code == 404
+    res = c.post(f"/v1/fleets/{FLEET}/preemption-notices", json={"worker_ids": ["h100/0", "gpu-9"]})
+    assert res.status_code == 400 and res.json()["where"] == "worker_ids[1]" and res.json()["value"] == "gpu-9"
+    for body in ({}, {"worker_id": "h100/0", "worker_ids": ["h100/1"]}, {"worker_ids": []}):
+        res = c.post(f"/v1/fleets/{FLEET}/preemption-notices", json=body)
+        assert res.status_code == 422 and "worker_id" in res.text, body
+    assert not [x for x in c.get(f"/v1/fleets/{FLEET}/cycles").json() if x["trigger"] == "event:preemption_notice"]
     anonymous = fleetwise_api.client(None)
     assert anonymous.post(f"/v1/fleets/{FLEET}/preemption-notices", json={"worker_id": "h100/0"}).status_code == 401
     reader = fleetwise_api.client("read")

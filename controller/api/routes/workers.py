@@ -39,19 +39,23 @@ def workers(name: FleetName, ctl: ControllerDep, session: SessionDep, _: ReadTok
 
 @router.post("/v1/fleets/{name}/preemption-notices", response_model=CyclePublic, status_code=201,
              responses=error_responses(400, 404, 401, 403, 422, 503),
-             summary="A GPU will be taken away: replan now (201 when a plan was stored, 200 when the cycle failed)")
+             summary="GPUs will be taken away: replan now (201 when a plan was stored, 200 when the cycle failed)")
 def preemption_notice(name: FleetName, body: PreemptionNoticeIn, ctl: ControllerDep, response: Response,
                       _: PlanToken) -> CyclePublic:
     with ctl.sessions.begin() as s:
         spec = fleet_spec(s, name=name)
-    gpus = spec.gpu_ids()
-    if body.worker_id not in gpus:
-        shown = ", ".join(gpus[:6]) + (f" … ({len(gpus)} in all)" if len(gpus) > 6 else "")
-        raise InputError("worker_id", body.worker_id, f"a GPU of fleet {name}: {shown}")
+    gpus = set(spec.gpu_ids())
+    for i, gpu in enumerate(body.gpus):
+        if gpu not in gpus:
+            shown = ", ".join(spec.gpu_ids()[:6]) + (f" … ({len(gpus)} in all)" if len(gpus) > 6 else "")
+            raise InputError("worker_id" if body.worker_id is not None else f"worker_ids[{i}]", gpu,
+                             f"a GPU of fleet {name}: {shown}")
     when = "" if body.leaves_in_s is None else f"; leaves in {body.leaves_in_s:g} s"
-    ctl.fleet(name).add_notice(FleetEvent(EventKind.PREEMPTION_NOTICE, ctl.clock.now(), worker_id=body.worker_id,
-                                          detail=f"notice through the API{when}"))
-    ctl.metrics.preemption_notices.inc()
+    runtime, now = ctl.fleet(name), ctl.clock.now()
+    for gpu in body.gpus:
+        runtime.add_notice(FleetEvent(EventKind.PREEMPTION_NOTICE, now, worker_id=gpu,
+                                      detail=f"notice through the API{when}"))
+    ctl.metrics.preemption_notices.inc(len(body.gpus))
     result = run_cycle(ctl, name, trigger="event:preemption_notice")
     if result.plan_id is None:
         response.status_code = status.HTTP_200_OK
