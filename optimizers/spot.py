@@ -13,7 +13,13 @@ their SLO capacity and offline throughput) as serving first, so a spot replica i
 (`liveput.LiveputInput.uncovered`). The on-demand placement program then covers what the spot tier is not
 expected to serve (`residual_problem`): per scenario, the demand minus the spot replicas' expected service,
 E[min(demand, surviving replicas × rate)] under the scenario's survivor distribution — so a scenario in which spot GPUs vanish buys on-demand backup, and one in which
-they survive does not. Spot pools are closed to the program (no GPUs), so every spot replica comes from liveput.
+they survive does not. Spot pools are closed to the program (no GPUs), so every spot replica comes from the spot
+tier's step.
+
+Liveput's step is one proposal for the spot tier (`spot_alternatives`): SpotServe's reactive configuration and what
+runs now are the others, and the planner keeps the one whose total — the program's expected cost of the residual as
+packed, plus the spot GPUs and the migrations to them (`drain_usd`: a new replica may wait for a GPU to drain) — is
+lowest (`FleetwisePlanner._place`, `_keep_or_move`).
 
 Both see a reclaimed replica as the planner treats it (`SpotSettings`): the pool announces a removal `notice_s`
 ahead, the planner replans on the notice and re-hosts the replica on a spare GPU, so a replica is lost only when

@@ -207,3 +207,22 @@ def test_the_harvest_rate_is_what_half_the_tpot_holds_and_off_it_is_the_offline_
     qwen = next(c for c in harvested.configs if c.model == "qwen-14b" and c.tp == 1)
     assert qwen.harvest_rate_per_s < 0.8 * qwen.offline_rate_per_s
     assert all(c.harvest_rate_per_s == c.offline_rate_per_s for c in whole.configs)
+
+
+def test_a_new_spot_replica_that_waits_for_a_drained_gpu_pays_for_the_wait() -> None:
+    """One GPU up, running m0: moving it to m1 leaves m1 waiting for m0's replica to drain (its demand, capped at a
+    replica's capacity, unserved for drain_s); with a free GPU nothing waits."""
+    from optimizers.liveput import LiveputInput, SpotModel
+    from optimizers.spot import drain_usd
+
+    models = tuple(SpotModel(f"m{i}", (1,), (2.0,), (4.0,), (5.0,)) for i in range(2))
+    demand = np.array([[[3.0], [0.5]]])  # (S, M, T) req/s
+    inp = LiveputInput(1, 60.0, models, np.ones(1), np.ones((1, 1)), demand, np.zeros_like(demand),
+                       online_usd_per_request=0.02)
+    assert drain_usd(inp, ((1, 1), (1, 0)), ((1, 0), (1, 1)), 20.0) == pytest.approx(0.5 * 0.02 * 20.0)
+    assert drain_usd(inp, ((1, 1), (1, 0)), ((1, 1), (1, 0)), 20.0) == 0.0  # nothing new
+    two = LiveputInput(2, 60.0, models, np.ones(1), np.full((1, 1), 2.0), demand, np.zeros_like(demand),
+                       online_usd_per_request=0.02)
+    assert drain_usd(two, ((1, 1), (1, 0)), ((1, 1), (1, 1)), 20.0) == 0.0  # the second GPU is free
+    # m0 at 3 req/s over one new replica of capacity 2: the wait loses at most the replica's capacity
+    assert drain_usd(inp, ((1, 0), (1, 1)), ((1, 1), (1, 0)), 20.0) == pytest.approx(2.0 * 0.02 * 20.0)
