@@ -6,7 +6,8 @@ A notice is what a node agent forwards from the cloud's metadata service (an AWS
 preemption or maintenance event, an Azure scheduled event). The controller replans at once rather than at the next
 cron tick; fleetwise's plan no longer places anything on the GPU, moves the offline work it runs first, and
 re-hosts its replicas on GPUs that stay, and it remembers the notice until the GPU leaves (the baselines do not
-read notices). Without notices the controller learns of a reclaimed GPU only when it stops answering."""
+read notices). Without notices the controller learns of a reclaimed GPU only when its worker stops answering or
+answers unhealthy (`controller.replan.observe.health_changes`)."""
 
 from __future__ import annotations
 
