@@ -15,7 +15,7 @@ Each cloud tells a VM ahead of taking it away, on a link-local metadata endpoint
   `NotBefore` the earliest time it happens. The watcher does not acknowledge the event: that would let Azure act
   sooner.
 
-`NoticeWatcher.poll()` asks once; `run()` polls every `interval_s` until stopped. A notice is forwarded once, for
+`NoticeWatcher.poll()` asks once (`fleetwise notices` polls every 5 s, as AWS advises). A notice is forwarded once, for
 all the VM's GPUs in one request (keyed by what the provider says: action and time, event id), with retries on
 transport errors and 5xx answers (tenacity); a 4xx answer (an unknown worker, a bad token) is not retried, and is
 kept in `errors`.
@@ -23,7 +23,6 @@ kept in `errors`.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,13 +59,11 @@ class NoticeWatcher:
     worker_ids: tuple[str, ...]
     token: str
     metadata_url: str | None = None
-    interval_s: float = 5.0
     vm_name: str | None = None
     timeout_s: float = 2.0
     attempts: int = 5
     sent: list[Notice] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    stopped: threading.Event = field(default_factory=threading.Event)
     _aws_token: tuple[str, float] | None = None  # (token, monotonic expiry)
 
     def __post_init__(self) -> None:
@@ -78,15 +75,8 @@ class NoticeWatcher:
                                         headers={"Authorization": f"Bearer {self.token}"})
 
     def close(self) -> None:
-        self.stopped.set()
         self._metadata.close()
         self._controller.close()
-
-    def run(self) -> None:
-        """Poll until `stopped` is set (a failed poll is kept in `errors` and the next one tries again)."""
-        while not self.stopped.is_set():
-            self.poll()
-            self.stopped.wait(self.interval_s)
 
     def poll(self) -> Notice | None:
         """Ask the metadata service once; forward a notice not forwarded yet. Returns the notice seen, if any."""

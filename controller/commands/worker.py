@@ -275,7 +275,7 @@ def notices(
         raise InputError(f"--token-env {token_env}", None, "the name of a set environment variable holding a token",
                          problem=f"environment variable {token_env} is not set")
     watcher = NoticeWatcher(provider, controller, fleet, tuple(worker_id), token, metadata_url=metadata_url,
-                            interval_s=interval, vm_name=vm_name)
+                            vm_name=vm_name)
     seen = 0
     try:
         while True:
