@@ -49,7 +49,15 @@ from optimizers.plan import (
 )
 from optimizers.queue_actions import plan_queues
 from optimizers.queues import LengthModel, QueueSettings
-from optimizers.spot import SpotStep, on_demand_base, plan_spot_pools, residual_problem, spot_alternatives
+from optimizers.spot import (
+    SOURCES,
+    SpotStep,
+    on_demand_base,
+    plan_spot_pools,
+    residual_problem,
+    spot_alternatives,
+    tier_usd,
+)
 
 REPLACE_ON = frozenset({EventKind.GPU_ADDED, EventKind.GPU_REMOVED, EventKind.PREEMPTION_NOTICE,
                         EventKind.ACTION_FAILED})
@@ -156,7 +164,9 @@ class FleetwisePlanner:
         base = on_demand_base(problem, planned or running)
         replace_all = full or (surge and not add_only)
         if self.spot_policy == "liveput" and any(p.spot for p in problem.pools):
-            tiers = spot_alternatives(*spot_args, base=base)  # the program chooses (`_place`, `_keep_or_move`)
+            # the program chooses (`_place`; between placements `_keep_or_move` weighs liveput's step against what runs)
+            tiers = spot_alternatives(*spot_args, base=base,
+                                      sources=SOURCES if replace_all else ("liveput", "current"))
         else:
             tiers = [plan_spot_pools(*spot_args, self.spot_policy, base=base)]
         spot = tiers[0] if replace_all else self._keep_or_move(problem, tiers, planned or running, reasons)
@@ -206,7 +216,7 @@ class FleetwisePlanner:
         program looks cheap in aggregate memory but does not pack loses what the packing cannot hold."""
         share = budget_s / len(tiers)
         done = [self._solve_and_pack(problem, tier, running, planned, fleet, healthy, share) for tier in tiers]
-        totals = [cost + sum(s.cost_usd(problem.horizon_s) for s in tier) for tier, (_, _, cost, _) in zip(tiers, done)]
+        totals = [cost + tier_usd(tier, problem.horizon_s) for tier, (_, _, cost, _) in zip(tiers, done)]
         pick = int(np.argmin(totals))
         placement, packed, _, notes = done[pick]
         reasons += [s.reason for s in tiers[pick]]
@@ -271,8 +281,7 @@ class FleetwisePlanner:
         costs = []
         for tier in (current, liveput):
             priced = replace(residual_problem(problem, tier), grow_only=False)
-            costs.append(packed_objective(priced, *_packed_decision(priced, kept))
-                         + sum(s.cost_usd(problem.horizon_s) for s in tier))
+            costs.append(packed_objective(priced, *_packed_decision(priced, kept)) + tier_usd(tier, problem.horizon_s))
         move = costs[1] < costs[0]
         if not np.isfinite(costs).any():
             reasons.append("spot tier kept: the program found no solution with the on-demand tier as placed "

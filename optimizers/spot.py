@@ -70,6 +70,11 @@ class SpotStep:
         return self.gpu_usd_per_hour * horizon_s / 3600 + self.migration_usd
 
 
+def tier_usd(tier: list[SpotStep], horizon_s: float) -> float:
+    """A spot tier's GPUs over `horizon_s` and the migrations to it, over its pools (`SpotStep.cost_usd`)."""
+    return sum(s.cost_usd(horizon_s) for s in tier)
+
+
 def spot_pool_indices(problem: PlacementProblem) -> list[int]:
     """Spot pools with healthy GPUs and at least one config."""
     return [p for p, pool in enumerate(problem.pools) if pool.spot and pool.num_gpus and problem.configs_of_pool(p)]
@@ -157,13 +162,16 @@ def _plan_pool(problem: PlacementProblem, p: int, demand: np.ndarray, available:
     return _step(problem, p, inp, options, _fixed_plan(inp, reactive_config(inp, 0)), "reactive")
 
 
+SOURCES = ("liveput", "current", "reactive")
+
+
 def spot_alternatives(problem: PlacementProblem, demand: np.ndarray, available: np.ndarray, interval_s: float,
                       running: dict[tuple[str, str], tuple[int, int]], settings: SpotSettings = SpotSettings(),
-                      base: OnDemandBase | None = None) -> list[list[SpotStep]]:
+                      base: OnDemandBase | None = None, sources: tuple[str, ...] = SOURCES) -> list[list[SpotStep]]:
     """The spot tiers a full placement chooses among (`FleetwisePlanner._place`), each one step per spot pool:
     liveput's first step, SpotServe's reactive configuration and what runs now (when it still fits the pool), all
     valued with re-hosting and `base` as liveput is (what runs may be nothing: then the alternative is no spot
-    replica at all). Identical tiers once; liveput's first.
+    replica at all); `sources` narrows them (liveput's is always there). Identical tiers once; liveput's first.
 
     Liveput values a spot replica by the requests it serves; what it is worth to the fleet is the on-demand capacity
     it saves, and that depends on what the on-demand tier would otherwise buy (docs/optimizers.md, "Choosing the spot
@@ -172,15 +180,17 @@ def spot_alternatives(problem: PlacementProblem, demand: np.ndarray, available: 
     per_pool: list[dict[str, SpotStep]] = []
     for p in spot_pool_indices(problem):
         inp, options = liveput_input(problem, p, demand, available, interval_s, running, settings, base)
-        plans = {"liveput": plan_liveput(inp), "reactive": _fixed_plan(inp, reactive_config(inp, 0))}
+        plans = {"liveput": plan_liveput(inp)}
+        if "reactive" in sources:
+            plans["reactive"] = _fixed_plan(inp, reactive_config(inp, 0))
         current = inp.current or tuple((model.tp_options[0], 0) for model in inp.models)
-        if gpus_of(current) <= inp.num_gpus:
+        if "current" in sources and gpus_of(current) <= inp.num_gpus:
             plans["current"] = _fixed_plan(inp, current)
         steps = {source: _step(problem, p, inp, options, plan, source, settings.drain_s)
                  for source, plan in plans.items()}
         per_pool.append(steps)
     out: dict[tuple, list[SpotStep]] = {}
-    for source in ("liveput", "current", "reactive"):
+    for source in SOURCES:
         tier = [steps.get(source, steps["liveput"]) for steps in per_pool]
         out.setdefault(tuple(s.plan.path[0] for s in tier), tier)
     return list(out.values())
