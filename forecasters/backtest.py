@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -131,8 +131,6 @@ def improvement_tstat(baseline: np.ndarray, paths: np.ndarray, y: np.ndarray, fi
     (Diebold & Mariano, J. Business & Economic Statistics 13(3), 1995). Positive and large: the candidate is
     better beyond what chance in the backtest explains.
     """
-    import statsmodels.api as sm
-
     max_lead = paths.shape[1]
     origins = origins_for(len(y), first_origin, max_lead)
     actual = np.stack([y[origins + h] for h in range(1, max_lead + 1)], axis=1)
@@ -147,8 +145,34 @@ def improvement_tstat(baseline: np.ndarray, paths: np.ndarray, y: np.ndarray, fi
     diff = ((np.abs(base - actual) - np.abs(cand - actual)) * lead_weights(max_lead)).sum(axis=1)
     if np.ptp(diff) <= 1e-12 * max(1.0, float(np.abs(diff).max())):
         return 0.0 if abs(diff[0]) <= 1e-12 else float(np.sign(diff[0]) * np.inf)
-    fit = sm.OLS(diff, np.ones(origins.size)).fit(cov_type="HAC", cov_kwds={"maxlags": max_lead})
-    return float(fit.tvalues[0])
+    mean, se = hac_mean(diff, max_lead)
+    return mean / se
+
+
+def hac_mean(x: np.ndarray, maxlags: int) -> tuple[float, float]:
+    """The mean of a serially correlated series and its Newey–West (HAC) standard error with `maxlags` lags
+    (statsmodels' OLS on a constant)."""
+    import statsmodels.api as sm
+
+    fit = sm.OLS(np.asarray(x, dtype=np.float64), np.ones(len(x))).fit(cov_type="HAC", cov_kwds={"maxlags": maxlags})
+    return float(fit.params[0]), float(fit.bse[0])
+
+
+def share_se(hits: np.ndarray, lead: int) -> float:
+    """Standard error of a coverage figure: the share of `hits` (one 0/1 outcome per origin, in time order) as an
+    estimate of the band's true coverage. Misses come in runs — a burst outlasts one interval, and forecasts of lead
+    h from neighbouring origins share h − 1 outcomes — so the binomial √(p(1−p)/n) understates it; the Newey–West
+    variance takes the autocorrelation in, with max(h − 1, ⌊4 (n/100)^(2/9)⌋) lags (Newey & West, Review of
+    Economic Studies 61(4), 1994). On ServeGen's test days the p90's share at +10 min gets 1.3–1.4 points (a
+    moving-block bootstrap with 2-hour to 1-day blocks: 1.3–2.0) against a binomial 1.2–1.3. NaN with fewer than 3
+    outcomes; 0 when every outcome is the same."""
+    hits = np.asarray(hits, dtype=np.float64)
+    n = hits.size
+    if n < 3:
+        return math.nan
+    if np.ptp(hits) == 0:
+        return 0.0
+    return hac_mean(hits, max(lead - 1, int(4 * (n / 100) ** (2 / 9))))[1]
 
 
 @dataclass(frozen=True)
@@ -161,6 +185,7 @@ class LeadScore:
     coverage: dict[str, float]  # interval name → fraction of origins whose actual fell inside
     pinball: float  # mean pinball loss over the evaluated levels, in counts
     num_origins: int
+    coverage_se: dict[str, float] = field(default_factory=dict)  # the same keys: standard error (`share_se`)
 
 
 def rolling_bands(
@@ -210,19 +235,20 @@ def rolling_scores(
     calib_start: int = 0,
     levels: Sequence[float] = (0.01, 0.1, 0.5, 0.9, 0.99),
 ) -> list[LeadScore]:
-    """WAPE, MAE, band coverage and pinball loss per lead over origins `≥ first_origin` (see `rolling_bands`)."""
+    """WAPE, MAE, band coverage (with its standard error, `share_se`) and pinball loss per lead over origins
+    `≥ first_origin` (see `rolling_bands`)."""
     wanted = sorted(set(levels) | {a for pair in INTERVALS.values() for a in pair})
     out = []
     for h in leads:
         test, point, band = rolling_bands(paths, y, first_origin, h, wanted, floor=floor, window=window,
                                           calib_start=calib_start)
         actual = y[test + h]
-        coverage = {name: float(np.mean((actual >= band[lo]) & (actual <= band[hi])))
-                    for name, (lo, hi) in INTERVALS.items()}
-        coverage["p90"] = float(np.mean(actual <= band[0.9]))
+        hits = {name: (actual >= band[lo]) & (actual <= band[hi]) for name, (lo, hi) in INTERVALS.items()}
+        hits["p90"] = actual <= band[0.9]
         pinball = float(np.mean([pinball_loss(actual, band[float(q)], q) for q in levels]))
-        out.append(LeadScore(h, wape(point, actual), float(np.mean(np.abs(point - actual))), coverage, pinball,
-                             int(test.size)))
+        out.append(LeadScore(h, wape(point, actual), float(np.mean(np.abs(point - actual))),
+                             {name: float(np.mean(hit)) for name, hit in hits.items()}, pinball, int(test.size),
+                             {name: share_se(hit, h) for name, hit in hits.items()}))
     return out
 
 

@@ -1,5 +1,5 @@
 """WAPE, conformal quantiles, calibration beyond the calibrated leads, Diebold–Mariano, no look-ahead, and the
-randomised PIT of count forecasts."""
+randomised PIT of count forecasts, and the standard error of a coverage share."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from forecasters.backtest import (
     pit_coverage,
     rolling_bands,
     rolling_scores,
+    share_se,
     wape,
 )
 
@@ -119,3 +120,22 @@ def test_randomised_pit_of_a_point_mass_is_uniform_when_right_and_outside_when_w
     assert hit == pytest.approx(0.8)
     miss = pit_coverage(np.ones(4), np.ones(4), 0.1, 0.9)  # outcome above all the mass: U = 1
     assert miss == 0.0
+
+
+def test_share_se_is_binomial_for_independent_outcomes_and_wider_when_misses_come_in_runs() -> None:
+    rng = np.random.default_rng(3)
+    independent = rng.random(4000) < 0.9
+    assert share_se(independent, 1) == pytest.approx(np.sqrt(0.09 / 4000), rel=0.15)
+    runs = np.repeat(rng.random(400) < 0.9, 10)  # the same 4,000 outcomes' share, in runs of ten
+    assert share_se(runs, 1) > 2 * np.sqrt(0.09 / 4000)
+    assert share_se(np.ones(50, dtype=bool), 1) == 0.0
+    assert np.isnan(share_se(np.array([True, False]), 1))
+
+
+def test_rolling_scores_give_each_coverage_its_standard_error() -> None:
+    rng = np.random.default_rng(4)
+    y = 100 + rng.normal(0, 5, 600)
+    paths = np.tile(np.r_[100.0, y[:-1]][:, None], (1, 2))  # persistence-like paths of two leads
+    for score in rolling_scores(paths, y, 300, (1, 2), floor=10.0, window=200):
+        assert set(score.coverage_se) == set(score.coverage)
+        assert all(0 < se < 0.1 for se in score.coverage_se.values())
