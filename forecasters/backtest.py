@@ -258,6 +258,16 @@ def pinball_loss(actual: np.ndarray, quantile: np.ndarray, level: float) -> floa
     return float(np.mean(np.maximum(level * diff, (level - 1.0) * diff)))
 
 
+def ranked_probability_score(pmf: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Per row, the ranked probability score of a forecast pmf over counts 0…K against the count that came:
+    Σ_k (F(k) − 1{actual ≤ k})², the CRPS of a count (Epstein 1969; Gneiting & Raftery, JASA 102(477), 2007).
+    It rewards sharpness and calibration at once, and is in count units: a point mass one GPU off scores 1."""
+    pmf = np.atleast_2d(np.asarray(pmf, dtype=np.float64))
+    cdf = np.cumsum(pmf, axis=1)
+    step = np.arange(pmf.shape[1])[None, :] >= np.asarray(actual, dtype=np.float64)[:, None]
+    return ((cdf - step) ** 2).sum(axis=1)
+
+
 def pit_coverage(cdf_below: np.ndarray, cdf_at: np.ndarray, lo: float, hi: float) -> float:
     """Expected share of randomised PITs inside `[lo, hi]` for integer outcomes `a`, given the predictive CDF at
     `a - 1` (`cdf_below`) and at `a` (`cdf_at`).

@@ -55,13 +55,28 @@ def test_hazard_and_distribution_on_a_known_stream() -> None:
     assert d.preempt_prob_per_interval == pytest.approx(1 - np.exp(-f.hazard_per_hour / 60))
 
 
-def test_a_short_history_falls_back_to_binomial_survival() -> None:
+def test_a_short_history_mixes_its_changes_with_binomial_survival() -> None:
     f = AvailabilityForecaster(pool="spot", capacity=8)
     f.fit(np.full(10, 8.0), interval_s=60.0)
     fc = f.forecast(5)
-    assert fc.method == "binomial_survival" and "binomial survival" in fc.fallback_reason
+    assert fc.method == "empirical_change+binomial_survival" and "binomial survival" in fc.fallback_reason
     assert f.hazard_per_hour > 0  # the prior keeps a pool without seen preemptions from looking immortal
     assert fc.quantile(0.1)[-1] <= 8.0 and fc.mean[-1] < 8.0
+
+
+def test_a_young_trace_expects_reclaimed_gpus_back_as_it_has_seen_them_return() -> None:
+    # a wave took three of eight GPUs and they came back; now three are gone again
+    y = np.array([8, 8, 8, 5, 5, 6, 7, 8, 8, 8, 8, 5], dtype=float)
+    f = AvailabilityForecaster(pool="spot", capacity=8)
+    f.fit(y, interval_s=300.0)
+    d = f.distribution(3)
+    assert d.forecast.fallback_reason and d.pmf[:, 6:].sum(axis=1).min() > 0.05  # binomial survival alone: 0
+    # with min_samples changes resolved the mixture is the empirical forecast itself (no jump at the threshold)
+    full = AvailabilityForecaster(pool="spot", capacity=8, config=AvailabilityConfig(min_samples=len(y) - 1))
+    full.fit(y, interval_s=300.0)
+    one = full.distribution(1)
+    assert one.forecast.method == "empirical_change"
+    assert one.pmf[0] == pytest.approx(np.bincount(np.clip(5 + np.diff(y), 0, 8).astype(int), minlength=9) / 11)
 
 
 def test_backtest_matches_the_forecaster_and_reports_baselines() -> None:

@@ -12,6 +12,7 @@ from forecasters.backtest import (
     conformal_quantile,
     improvement_tstat,
     pit_coverage,
+    ranked_probability_score,
     rolling_bands,
     rolling_scores,
     share_se,
@@ -139,3 +140,10 @@ def test_rolling_scores_give_each_coverage_its_standard_error() -> None:
     for score in rolling_scores(paths, y, 300, (1, 2), floor=10.0, window=200):
         assert set(score.coverage_se) == set(score.coverage)
         assert all(0 < se < 0.1 for se in score.coverage_se.values())
+
+
+def test_ranked_probability_score_is_zero_when_right_and_counts_gpus_when_off() -> None:
+    exact, one_off = np.eye(5)[2], np.eye(5)[3]
+    assert ranked_probability_score(np.stack([exact, one_off]), np.array([2, 2])) == pytest.approx([0.0, 1.0])
+    spread = np.full(5, 0.2)  # uniform over 0…4 against 2: (0.2² + 0.4² + 0.4² + 0.2²)
+    assert ranked_probability_score(spread, np.array([2]))[0] == pytest.approx(0.4)
