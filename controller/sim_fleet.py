@@ -7,9 +7,11 @@ submit — and on `advance()`, the kernel handles every event due by `clock.now(
 and the demo's request replay talk to them exactly as to real workers (the `WorkerClient` protocol), while the
 GPUs behave as the simulator says.
 
-Finished and dropped requests are collected for telemetry (`take_done`). A request whose replica goes away (a
-deactivation that does not drain) is dropped with reason `no_router`: there is no fleet router inside this
-backend to re-send it (the demo's router routes only new arrivals).
+Finished and dropped requests are collected for telemetry (`take_done`). A request its replica gives back — queued
+on a replica that starts to drain, or in flight on one that leaves or whose GPU is reclaimed — is sent again to
+the least busy replica of its model that still takes requests here, as the simulator's fleet router re-sends it
+(`_Resend`); only a request whose model has none left is dropped, with reason `no_router` (the executor's router
+routes new arrivals only).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from core.actions import Action, ApplyResult
+from core.actions import Action, ApplyResult, Residency
 from core.fleet import FleetSpec
 from core.latency import LatencyBook
 from core.protocols import Clock
@@ -43,8 +45,8 @@ class ClockedSimFleet:
                  availability: Iterable[AvailabilityChange] = ()) -> None:
         self.clock = clock
         # The simulator's hooks for workers without a fleet simulation: they share its kernel, keep finished and
-        # dropped sequences, and drop what would need re-routing (reason `no_router`).
-        self.hooks = LocalHooks(kernel=Kernel(start_s=clock.now()))
+        # dropped sequences, and re-send what a replica gives back (`_Resend`).
+        self.hooks = _Resend(kernel=Kernel(start_s=clock.now()))
         self.lock = threading.RLock()
         ids = list(gpu_ids) if gpu_ids is not None else fleet.gpu_ids()
         for g in ids:
@@ -73,6 +75,42 @@ class ClockedSimFleet:
             done, self.hooks.finished = self.hooks.finished, []
             dropped, self.hooks.dropped = self.hooks.dropped, []
         return done, dropped
+
+
+class _Resend(LocalHooks):
+    """`LocalHooks` whose requeue re-sends each request to the least busy replica of its model that takes requests
+    on these workers — serving, else still loading (it waits there as at the router) — and drops it (`no_router`)
+    only when its model has none. The re-send is an event at the same instant, so that a worker giving requests
+    back (a GPU being reclaimed, a replica leaving) has finished changing before the targets are chosen."""
+
+    def requeue(self, seqs: Iterable[Sequence]) -> None:
+        if seqs := list(seqs):
+            self.kernel.schedule(_Resent(self.kernel.now_s, self, seqs))
+
+    def resend(self, seqs: list[Sequence]) -> None:
+        lost = []
+        for seq in seqs:
+            target = min(((w, rep) for w in self.workers.values() if w.healthy for rep in w.replicas.values()
+                          if rep.model.name == seq.model and rep.residency is Residency.ACTIVE and not rep.draining),
+                         key=lambda wr: (not wr[1].serving, wr[0].scheduler.num_live(seq.model)), default=None)
+            if target is None:
+                lost.append(seq)
+            else:
+                target[0].enqueue(seq, target[1])
+        super().requeue(lost)
+
+
+@dataclass(slots=True)
+class _Resent:
+    """Requests a replica gave back, re-sent at `time_s` (a kernel event)."""
+
+    time_s: float
+    hooks: _Resend
+    seqs: list[Sequence]
+    priority: int = Priority.ARRIVAL
+
+    def handle(self) -> None:
+        self.hooks.resend(self.seqs)
 
 
 @dataclass(slots=True)
