@@ -25,6 +25,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the workload mapping and routing.")] = 0,
     database: Annotated[Path | None, typer.Option("--database", help="SQLite file to keep (default: a temporary "
                                                   "one).")] = None,
+    warmup: Annotated[float, typer.Option("--warmup", help="Demo seconds before the replay in which the first "
+                                          "plan is made and its replicas load (0: a cold fleet).", min=0)] = 60.0,
     spot: Annotated[bool, typer.Option("--spot", help="Add a pool of 4 spot L4s; the provider reclaims 3 of them "
                                        "mid-replay and returns them later (the closing simulations add SpotServe's "
                                        "reactive controller).")] = False,
@@ -48,7 +50,7 @@ def demo(
         raise InputError("--workload", str(workload), "an existing trace file or workload YAML")
     options = DemoOptions(workload=workload, duration_s=duration, history_s=history, speedup=speedup,
                           rate_scale=rate_scale, cron=cron, policy=policy, budget_s=budget, seed=seed,
-                          database=database, compare=not no_compare, spot=spot)
+                          database=database, compare=not no_compare, spot=spot, warmup_s=warmup)
     summary = Demo(options, err if json_out else out).run()
     if json_out:
         print_json(summary)

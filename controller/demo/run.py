@@ -5,9 +5,12 @@
 2. Workers: the simulated GPUs on the controller's clock (`controller.sim_fleet`) and two CPU workers running real
    engines with tiny models (`workers.control.LocalWorkerClient`), behind one executor `WorkerSet` and its router.
 3. History: the trace's first `history_s` seconds posted as telemetry (arrivals), so forecasts start from a past.
-4. A first plan through the API (`POST /v1/fleets/demo/plans`), executed on the workers; then cron replanning
-   (`ReplanScheduler`, under the lease) while the rest of the slice replays on the clock (`controller.demo.traffic`)
-   and every ended request goes back to the controller as telemetry through the API.
+4. A first plan through the API (`POST /v1/fleets/demo/plans`), executed on the workers `warmup_s` demo seconds
+   before the replay starts, so that its replicas have loaded when the first request comes: the fleet is serving
+   when the replay starts, as a fleet the controller takes over is and as the closing simulations start (with the
+   first plan in place). Then cron replanning (`ReplanScheduler`, under the lease) while the slice replays on the
+   clock (`controller.demo.traffic`) and every ended request goes back to the controller as telemetry through the
+   API. The live figures count from the replay's start.
 5. A live Rich table while it runs; at the end the live figures beside simulations of the demo's policy and of the
    `dedicated` baseline on the same requests (`controller.demo.compare`).
 """
@@ -65,6 +68,7 @@ class DemoOptions:
     database: Path | None = None  # SQLite file (default: a fresh one in a temporary folder)
     compare: bool = True
     drain_s: float = 120.0  # demo seconds to wait for requests still running at the end
+    warmup_s: float = 60.0  # demo seconds between the clock's start and the replay's: the first plan loads
     spot: bool = False  # add a spot pool that loses three of its four GPUs mid-replay (controller.demo.spot)
 
 
@@ -122,7 +126,7 @@ class Demo:
         path = o.database or Path(self._tmp.name) / "fleetwise.db"
         url = f"sqlite:///{path}"
         migrate.upgrade(url)
-        clock = WallClock(o.speedup, origin_s=replay_start_s)
+        clock = WallClock(o.speedup, origin_s=replay_start_s - o.warmup_s)
         settings = load_settings(
             database_url=url, replan_cron=o.cron, policy=o.policy, plan_budget_s=o.budget_s,
             forecast_interval_s=60.0, forecast_horizon=5, history_s=o.history_s + o.duration_s, num_scenarios=16,
@@ -246,10 +250,13 @@ class Demo:
             workers=workers, spot_pools=spot_pools)
 
     def _live_figures(self, http: httpx.Client, fleet: str, replay_run: Replay, replay: RequestTable) -> dict[str, Any]:
-        """The live run's figures: attainment from the replay's outcomes, cost from each executed plan's window."""
+        """The live run's figures: attainment from the replay's outcomes, cost from each executed plan's window from
+        the replay's start on (the warm-up's share of a window is left out, as the simulations start there; it serves
+        no replayed request, so goodput needs no such cut)."""
         plans = http.get(f"/v1/fleets/{fleet}/plans", params={"limit": 1000}).json()
         executed = [p for p in plans if p["status"] in ("applied", "superseded")]
         windows = [http.get(f"/v1/plans/{p['plan_id']}/outcome").json() for p in executed]
+        share = [replay_share(w["window_start_s"], w["window_end_s"], replay.start_s) for w in windows]
         out = replay_run.outcomes
         cycles = http.get(f"/v1/fleets/{fleet}/cycles", params={"limit": 1000}).json()
         return {
@@ -257,14 +264,22 @@ class Demo:
             "slo_attainment": out.met_slo / out.sent if out.sent else None,
             "goodput_tokens_per_s": sum(w["observed"]["goodput_tokens_per_s"] * (w["window_end_s"] -
                                         w["window_start_s"]) for w in windows) / max(self.o.duration_s, 1.0),
-            "gpu_hours": sum(w["observed"]["gpu_hours"] for w in windows),
-            "cost_usd": sum(w["observed"]["cost_usd"] for w in windows),
+            "gpu_hours": sum(w["observed"]["gpu_hours"] * f for w, f in zip(windows, share)),
+            "cost_usd": sum(w["observed"]["cost_usd"] * f for w, f in zip(windows, share)),
             "plans": len(plans), "plans_executed": len(executed),
             "cycles": {o: sum(c["outcome"] == o for c in cycles) for o in ("planned", "unchanged", "skipped",
                                                                            "failed")},
             **({"spot_gpus_up": {"fewest": min(self.spot_up_seen), "most": max(self.spot_up_seen)}}
                if self.spot_up_seen else {}),
         }
+
+
+def replay_share(start_s: float, end_s: float, replay_start_s: float) -> float:
+    """The share of a plan's window [start_s, end_s) that falls in the replay (from `replay_start_s` on): a plan
+    holds its GPUs evenly over its window, so its GPU-hours and cost count in that proportion."""
+    if end_s <= start_s:
+        return 1.0 if start_s >= replay_start_s else 0.0
+    return min(max((end_s - max(start_s, replay_start_s)) / (end_s - start_s), 0.0), 1.0)
 
 
 def _check(res: httpx.Response, what: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Cloud providers reclaim spot capacity in bursts: several instances of a pool wit
 later (both Parcae's p3 trace and SpotServe's g4dn trace show such waves; REFERENCES.md). The demo's wave is drawn
 from a seed, on the replay's own time: three of the four GPUs go between 25 % and 40 % of the replay, and come back
 one at a time from 60–70 % on. The simulated GPUs follow it (a GPU taken away
-drops its work and reports itself unhealthy); the controller is not told the trace. As a node agent on a spot VM
+gives its requests back to other replicas of their models and reports itself unhealthy); the controller is not told the trace. As a node agent on a spot VM
 would, `NoticeAgent` forwards the provider's preemption notice 30 s before each GPU goes
 (`POST /v1/fleets/{name}/preemption-notices`), and the controller replans at once; it learns of returns, and of
 everything else, from the GPUs' answers, and forecasts the pool from those rounds. The closing simulations replay

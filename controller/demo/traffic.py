@@ -3,8 +3,9 @@ executor sets from each plan) to the replica's leader worker, and what happened 
 controller as telemetry through the REST API.
 
 - `Replay` submits each request when the clock reaches its arrival: to a simulated GPU (`ClockedWorker.submit`) or
-  to a local engine (`LocalWorkerClient.submit_with_handle`, whose handle tells how the request ended). A model
-  with no replica, or a worker that rejects the request, drops it at once (with the reason).
+  to a local engine (`LocalWorkerClient.submit_with_handle`, whose handle tells how the request ended). A request
+  whose model has no replica waits, as at the simulator's router (`simulator.router`), until one appears, and is
+  dropped after `SimConfig.router_timeout_s` (`no_replica_timeout`); a worker that rejects it drops it at once.
 - `Outcomes` gathers what ended: finished and dropped sequences of the simulated GPUs (simulated seconds) and ended
   handles of the engines (their own measured latencies, in real seconds: they are real hardware).
 - `Shipper` posts what ended, as column batches, to `POST /v1/fleets/{name}/telemetry`, retrying until acknowledged.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +26,9 @@ import numpy as np
 from controller.sim_fleet import ClockedSimFleet
 from core.protocols import Clock
 from core.requests import Request, RequestTable
-from core.state import NO_REPLICA
+from core.state import NO_REPLICA_TIMEOUT
 from executors import RoutingTable, WorkerSet
+from simulator.config import SimConfig
 from workers.handles import REPLAY, RequestHandle
 from workers.scheduler import Sequence
 
@@ -77,6 +80,8 @@ class Replay:
         self._lock = threading.Lock()
         self.stopped = threading.Event()
         self.position = 0
+        self.waiting: deque[Request] = deque()  # arrived while their model had no replica, oldest first
+        self.router_timeout_s = SimConfig().router_timeout_s
 
     def run(self) -> None:
         for i in range(len(self.table)):
@@ -85,8 +90,16 @@ class Replay:
             request = self.table.request(i)
             self.clock.sleep_until(request.arrival_s)
             self._refresh_homes()
-            self._dispatch(request)
+            self._send_waiting()
+            self.outcomes.sent += 1
+            if not self._route(request):
+                self.waiting.append(request)
             self.position = i + 1
+            self.collect()
+        while self.waiting and not self.stopped.is_set():  # the last arrivals may still wait for a replica
+            self.clock.sleep_until(self.clock.now() + 1.0)
+            self._refresh_homes()
+            self._send_waiting()
             self.collect()
 
     def _refresh_homes(self) -> None:
@@ -97,13 +110,22 @@ class Replay:
         seen = self.workers.observe()
         self.homes = {r.replica_id: w.worker_id for w in seen.statuses for r in w.replicas}
 
-    def _dispatch(self, request: Request) -> None:
-        self.outcomes.sent += 1
+    def _send_waiting(self) -> None:
+        """Send the waiting requests whose model has a replica now; drop those that waited too long."""
+        now = self.clock.now()
+        for _ in range(len(self.waiting)):
+            request = self.waiting.popleft()
+            if now - request.arrival_s > self.router_timeout_s:
+                self._drop(request, NO_REPLICA_TIMEOUT)
+            elif not self._route(request):
+                self.waiting.append(request)
+
+    def _route(self, request: Request) -> bool:
+        """Submit to a replica of the request's model by the router's weights; False when it has none."""
         shares = self.router.shares(request.model)
         replicas = [r for r in shares if r in self.homes]
         if not replicas:
-            self._drop(request, NO_REPLICA)
-            return
+            return False
         weights = np.array([shares[r] for r in replicas])
         replica = replicas[int(self.rng.choice(len(replicas), p=weights / weights.sum()))]
         client = self.workers.clients[self.homes[replica]]
@@ -116,6 +138,7 @@ class Replay:
             result = client.submit(request)
         if result.status == "rejected":
             self._drop(request, "rejected")
+        return True
 
     def _drop(self, request: Request, reason: str) -> None:
         self.outcomes.add(_row(request, "dropped", finish_s=self.clock.now(), drop_reason=reason), met=False)
