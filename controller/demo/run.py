@@ -251,13 +251,14 @@ class Demo:
 
     def _live_figures(self, http: httpx.Client, fleet: str, replay_run: Replay, replay: RequestTable) -> dict[str, Any]:
         """The live run's figures: attainment from the replay's outcomes, cost from each executed plan's window from
-        the replay's start on (the warm-up's share of a window is left out, as the simulations start there; it serves
-        no replayed request, so goodput needs no such cut)."""
+        the replay's start until its last request ended, as the simulations count (the warm-up and the wait for the
+        loop to stop serve no replayed request, so goodput needs no such cut)."""
         plans = http.get(f"/v1/fleets/{fleet}/plans", params={"limit": 1000}).json()
         executed = [p for p in plans if p["status"] in ("applied", "superseded")]
         windows = [http.get(f"/v1/plans/{p['plan_id']}/outcome").json() for p in executed]
-        share = [replay_share(w["window_start_s"], w["window_end_s"], replay.start_s) for w in windows]
         out = replay_run.outcomes
+        end_s = out.last_end_s if out.ended == out.sent else replay_run.clock.now()
+        share = [replay_share(w["window_start_s"], w["window_end_s"], replay.start_s, end_s) for w in windows]
         cycles = http.get(f"/v1/fleets/{fleet}/cycles", params={"limit": 1000}).json()
         return {
             "requests": out.sent, "completed": out.completed, "dropped": out.dropped,
@@ -274,12 +275,13 @@ class Demo:
         }
 
 
-def replay_share(start_s: float, end_s: float, replay_start_s: float) -> float:
-    """The share of a plan's window [start_s, end_s) that falls in the replay (from `replay_start_s` on): a plan
+def replay_share(start_s: float, end_s: float, replay_start_s: float, replay_end_s: float = float("inf")) -> float:
+    """The share of a plan's window [start_s, end_s) that falls in the replay [replay_start_s, replay_end_s): a plan
     holds its GPUs evenly over its window, so its GPU-hours and cost count in that proportion."""
     if end_s <= start_s:
-        return 1.0 if start_s >= replay_start_s else 0.0
-    return min(max((end_s - max(start_s, replay_start_s)) / (end_s - start_s), 0.0), 1.0)
+        return 1.0 if replay_start_s <= start_s < replay_end_s else 0.0
+    inside = min(end_s, replay_end_s) - max(start_s, replay_start_s)
+    return min(max(inside / (end_s - start_s), 0.0), 1.0)
 
 
 def _check(res: httpx.Response, what: str) -> dict[str, Any]:

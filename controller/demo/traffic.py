@@ -46,11 +46,13 @@ class Outcomes:
     completed: int = 0
     dropped: int = 0
     met_slo: int = 0
+    last_end_s: float = float("-inf")  # demo clock time the last ended request ended (finished or was dropped)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, row: Row, *, met: bool) -> None:
         with self.lock:
             self.rows.append(row)
+            self.last_end_s = max(self.last_end_s, row["finish_s"] if row["finish_s"] is not None else -np.inf)
             self.completed += row["outcome"] == "completed"
             self.dropped += row["outcome"] == "dropped"
             self.met_slo += met

@@ -1,6 +1,6 @@
 """The demo's replay (`controller.demo.traffic.Replay`) on simulated GPUs: a request waits at the router while its
 model has no replica, as in the simulator, and is dropped only past the router's timeout; the live figures count a
-plan's window from the replay's start."""
+plan's window from the replay's start to its last request's end."""
 
 from __future__ import annotations
 
@@ -49,3 +49,4 @@ def test_the_demo_replay_drops_a_request_that_waited_past_the_router_timeout() -
 def test_replay_share_counts_only_the_part_of_a_plan_window_inside_the_replay() -> None:
     assert replay_share(0.0, 100.0, 50.0) == pytest.approx(0.5)
     assert replay_share(60.0, 100.0, 50.0) == 1.0 and replay_share(0.0, 40.0, 50.0) == 0.0
+    assert replay_share(0.0, 100.0, 50.0, 75.0) == pytest.approx(0.25)  # nor what comes after its last request
