@@ -74,7 +74,7 @@ def test_scores(test_paths: np.ndarray, val_paths: np.ndarray | None, y: np.ndar
         paths[:fit_end - 1] = val_paths[:fit_end - 1]
     floor = scale_floor(y[:fit_end])
     scores = rolling_scores(paths, y, fit_end - 1, LEADS, floor=floor, window=config.calibration_window,
-                            calib_start=val_start)
+                            calib_start=val_start, standard_errors=True)
     return {s.lead: {"wape": s.wape, "coverage_p90": s.coverage["p90"], "coverage_p90_se": s.coverage_se["p90"],
                      "coverage_p10_p90": s.coverage["p10-p90"], "pinball": s.pinball} for s in scores}
 

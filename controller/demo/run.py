@@ -10,7 +10,7 @@
    when the replay starts, as a fleet the controller takes over is and as the closing simulations start (with the
    first plan in place). Then cron replanning (`ReplanScheduler`, under the lease) while the slice replays on the
    clock (`controller.demo.traffic`) and every ended request goes back to the controller as telemetry through the
-   API. The live figures count from the replay's start.
+   API. The live figures count from the replay's start to its last request's end.
 5. A live Rich table while it runs; at the end the live figures beside simulations of the demo's policy and of the
    `dedicated` baseline on the same requests (`controller.demo.compare`).
 """
@@ -257,7 +257,7 @@ class Demo:
         executed = [p for p in plans if p["status"] in ("applied", "superseded")]
         windows = [http.get(f"/v1/plans/{p['plan_id']}/outcome").json() for p in executed]
         out = replay_run.outcomes
-        end_s = out.last_end_s if out.ended == out.sent else replay_run.clock.now()
+        end_s = out.last_end_s if out.sent and out.ended == out.sent else replay_run.clock.now()
         share = [replay_share(w["window_start_s"], w["window_end_s"], replay.start_s, end_s) for w in windows]
         cycles = http.get(f"/v1/fleets/{fleet}/cycles", params={"limit": 1000}).json()
         return {

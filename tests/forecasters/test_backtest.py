@@ -137,7 +137,8 @@ def test_rolling_scores_give_each_coverage_its_standard_error() -> None:
     rng = np.random.default_rng(4)
     y = 100 + rng.normal(0, 5, 600)
     paths = np.tile(np.r_[100.0, y[:-1]][:, None], (1, 2))  # persistence-like paths of two leads
-    for score in rolling_scores(paths, y, 300, (1, 2), floor=10.0, window=200):
+    assert rolling_scores(paths, y, 300, (1,), floor=10.0, window=200)[0].coverage_se == {}  # only when asked
+    for score in rolling_scores(paths, y, 300, (1, 2), floor=10.0, window=200, standard_errors=True):
         assert set(score.coverage_se) == set(score.coverage)
         assert all(0 < se < 0.1 for se in score.coverage_se.values())
 
