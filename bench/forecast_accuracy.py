@@ -43,7 +43,6 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console
 from rich.table import Table
-from scipy.stats import binom
 
 from forecasters.availability import AvailabilityForecaster, backtest_availability
 from forecasters.backtest import pinball_loss, ranked_probability_score, rolling_scores, scale_floor, wape
@@ -161,10 +160,9 @@ def young_availability(leads: tuple[int, ...] = (1, 3, 6), ages: range = range(3
                 now = int(history[-1])
                 for h in leads:
                     actual = np.array([y[start + age + h]])
-                    survive = np.exp(-f.hazard_per_hour * h * interval / 3600.0)
-                    binomial = binom.pmf(np.arange(cap + 1), now, survive)
                     scores["fleetwise"][h].append(float(ranked_probability_score(pmf[h - 1], actual)[0]))
-                    scores["binomial_survival"][h].append(float(ranked_probability_score(binomial, actual)[0]))
+                    scores["binomial_survival"][h].append(float(ranked_probability_score(f.survival_pmf(h),
+                                                                                          actual)[0]))
                     scores["persistence"][h].append(float(ranked_probability_score(np.eye(cap + 1)[now], actual)[0]))
         out[name] = {k: {h: float(np.mean(v)) for h, v in by_lead.items()} for k, by_lead in scores.items()}
         out[name]["forecasts"] = len(scores["fleetwise"][leads[0]])

@@ -125,6 +125,13 @@ class AvailabilityForecaster:
         changes = y[lead:] - y[:-lead]
         return changes[-self.config.window:]
 
+    def survival_pmf(self, lead: int) -> np.ndarray:
+        """(capacity + 1,) binomial survival at `lead` intervals: each GPU up now stays with probability
+        exp(-hazard · lead · interval), none comes back (the prior a young trace's changes are shrunk towards)."""
+        cap = int(self.capacity or 0)
+        now = int(np.clip(self._y[-1], 0, cap))
+        return binom.pmf(np.arange(cap + 1), now, np.exp(-self._hazard * lead * self._interval_s / 3600.0))
+
     def distribution(self, horizon: int, quantiles: Sequence[float] = DEFAULT_LEVELS) -> AvailabilityForecast:
         """Per-interval distribution of available GPUs for the next `horizon` intervals."""
         if len(self._y) == 0:
@@ -139,9 +146,7 @@ class AvailabilityForecaster:
                                     minlength=cap + 1) / max(samples.size, 1)
             weight = min(samples.size / self.config.min_samples, 1.0)
             if weight < 1.0:
-                survive = np.exp(-self._hazard * h * self._interval_s / 3600.0)
-                binomial = binom.pmf(np.arange(cap + 1), now, survive)
-                empirical = weight * empirical + (1.0 - weight) * binomial
+                empirical = weight * empirical + (1.0 - weight) * self.survival_pmf(h)
                 fallback = (f"{samples.size} resolved origins at lead {h} < {self.config.min_samples}: their changes "
                             f"(weight {weight:.2f}) mixed with binomial survival of the {now} GPUs up now at "
                             f"{self._hazard:.3f} preemptions per GPU-hour")
